@@ -1,0 +1,225 @@
+"""Flax CLIP with named sites and pure edits (DESIGN.md §2-3).
+
+``CLIPModel.apply(variables, pixel_values, input_ids, attention_mask, edits=..., capture=...)``
+returns ``(outputs, acts)``. Images are NHWC float arrays (already preprocessed, see
+``clip_preprocess``); HF's NCHW ``pixel_values`` are ``x.transpose(0, 2, 3, 1)``.
+
+For patching sweeps every tower is exposed in three stages, so a sweep reuses the clean prefix:
+``embed`` (inputs -> residual stream), ``run_layers(h, start, stop)`` and ``readout`` (residual ->
+projected embedding). Call them through ``apply(..., method=...)``; see ``ContrastiveTowers``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mrepe_jax.models.attention import causal_mask, padding_mask
+from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from mrepe_jax.models.clip_layers import CLIPEncoder, layer_norm
+from mrepe_jax.sites import Sites, SitedModel, tower_site_names
+
+
+class CLIPVisionEmbeddings(nn.Module):
+    config: CLIPVisionConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_values):
+        c = self.config
+        b, h, w, ch = pixel_values.shape
+        if (h, w) != c.image_hw or ch != c.num_channels:
+            raise ValueError(
+                f"pixel_values of shape {pixel_values.shape} (NHWC) do not match the model's "
+                f"image size {c.image_hw} with {c.num_channels} channels"
+            )
+        p, (gh, gw) = c.patch_size, c.grid
+        kernel = self.param(
+            "patch_embedding", nn.initializers.lecun_normal(), (p, p, c.num_channels, c.hidden_size)
+        )
+        # A stride-p convolution written as a patch matmul: the same arithmetic, one GEMM on CPU/GPU.
+        patches = pixel_values.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5)
+        x = jnp.einsum("bhwijc,ijcd->bhwd", patches.astype(self.dtype), kernel.astype(self.dtype))
+        x = x.reshape(b, gh * gw, c.hidden_size)
+        cls = self.param("class_embedding", nn.initializers.normal(0.02), (c.hidden_size,))
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.hidden_size)), x], 1)
+        pos = nn.Embed(c.num_positions, c.hidden_size, dtype=self.dtype, name="position_embedding")
+        return x + pos(jnp.arange(c.num_positions))[None]
+
+
+class CLIPVisionTransformer(nn.Module):
+    """A ViT tower; ``tower`` names its sites (``vision``, or ``audio`` for a ViT over log-mels)."""
+
+    config: CLIPVisionConfig
+    tower: str = "vision"
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        eps = self.config.layer_norm_eps
+        self.embeddings = CLIPVisionEmbeddings(self.config, self.dtype)
+        self.pre_layrnorm = layer_norm(eps, None, self.dtype)
+        self.encoder = CLIPEncoder(self.config, self.tower, self.dtype)
+        self.post_layernorm = layer_norm(eps, None, self.dtype)
+
+    def embed(self, pixel_values, sites: Sites):
+        x = sites(self, f"{self.tower}.embed", self.embeddings(pixel_values))
+        return self.pre_layrnorm(x)
+
+    def run_layers(self, h, sites: Sites, start=0, stop=None, mask=None):
+        return self.encoder(h, sites, None, start, stop)
+
+    def readout(self, h, sites: Sites, **_):
+        return sites(self, f"{self.tower}.pooled", self.post_layernorm(h[:, 0]))
+
+    def __call__(self, pixel_values, sites: Sites = Sites()):
+        h = self.run_layers(self.embed(pixel_values, sites), sites)
+        return h, self.readout(h, sites)
+
+
+class CLIPTextTransformer(nn.Module):
+    config: CLIPTextConfig
+    tower: str = "text"
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.embeddings = CLIPTextEmbeddings(c, self.dtype)
+        self.encoder = CLIPEncoder(c, self.tower, self.dtype)
+        self.final_layer_norm = layer_norm(c.layer_norm_eps, None, self.dtype)
+
+    def embed(self, input_ids, sites: Sites):
+        return sites(self, f"{self.tower}.embed", self.embeddings(input_ids))
+
+    @staticmethod
+    def attention_mask(input_ids, attention_mask=None):
+        """Causal AND padding mask, ``[B, 1, T, T]`` boolean."""
+        mask = causal_mask(input_ids.shape[1])
+        if attention_mask is not None:
+            mask = mask & padding_mask(attention_mask)
+        return mask
+
+    def run_layers(self, h, sites: Sites, start=0, stop=None, mask=None):
+        return self.encoder(h, sites, mask, start, stop)
+
+    def pool_index(self, input_ids):
+        """CLIP's EOS pooling: argmax of ids for legacy configs (``eos_token_id == 2``, EOS is the
+        largest id), else the first position holding ``eos_token_id``."""
+        if self.config.eos_token_id == 2:
+            return jnp.argmax(input_ids, axis=-1)
+        return jnp.argmax((input_ids == self.config.eos_token_id).astype(jnp.int32), axis=-1)
+
+    def final_states(self, h):
+        return self.final_layer_norm(h)
+
+    def readout(self, h, sites: Sites, input_ids=None):
+        h = self.final_layer_norm(h)
+        pooled = jnp.take_along_axis(h, self.pool_index(input_ids)[:, None, None], axis=1)[:, 0]
+        return sites(self, f"{self.tower}.pooled", pooled)
+
+    def __call__(self, input_ids, attention_mask=None, sites: Sites = Sites()):
+        mask = self.attention_mask(input_ids, attention_mask)
+        h = self.run_layers(self.embed(input_ids, sites), sites, mask=mask)
+        return self.final_layer_norm(h), self.readout(h, sites, input_ids=input_ids)
+
+
+class CLIPTextEmbeddings(nn.Module):
+    config: CLIPTextConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids):
+        c = self.config
+        t = input_ids.shape[1]
+        if t > c.max_position_embeddings:
+            raise ValueError(
+                f"input_ids have {t} tokens but the text tower has {c.max_position_embeddings} positions"
+            )
+        tok = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, name="token_embedding")
+        pos = nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=self.dtype, name="position_embedding")
+        return tok(input_ids) + pos(jnp.arange(t))[None]
+
+
+class ContrastiveTowers(SitedModel):
+    """Shared machinery of dual/tri-tower contrastive models: per-tower staging for sweeps.
+
+    Subclasses define ``tower_modules() -> {tower: (encoder module, projection module)}``.
+    """
+
+    def tower_modules(self) -> dict:
+        raise NotImplementedError
+
+    def tower_layers(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def site_names(self) -> tuple[str, ...]:
+        return sum((tower_site_names(t, n) for t, n in self.tower_layers().items()), ())
+
+    def _tower(self, tower: str):
+        towers = self.tower_modules()
+        if tower not in towers:
+            raise ValueError(f"unknown tower {tower!r}; this model has {sorted(towers)}")
+        return towers[tower]
+
+    def embed(self, tower: str, inputs, sites: Sites = Sites()):
+        """Inputs -> residual stream entering layer 0 (``{tower}.layers.0.resid_pre``)."""
+        return self._tower(tower)[0].embed(inputs, sites)
+
+    def run_layers(self, tower: str, h, start: int = 0, stop: int | None = None, mask=None,
+                   sites: Sites = Sites()):
+        """Runs layers ``[start, stop)`` of ``tower`` on residual stream ``h``."""
+        return self._tower(tower)[0].run_layers(h, sites, start, stop, mask)
+
+    def readout(self, tower: str, h, input_ids=None, sites: Sites = Sites()):
+        """Final residual stream -> projected (unnormalised) embedding, through ``pooled``/``proj``."""
+        enc, proj = self._tower(tower)
+        return sites(self, f"{tower}.proj", proj(enc.readout(h, sites, input_ids=input_ids)))
+
+    def encode(self, tower: str, inputs, attention_mask=None, sites: Sites = Sites()):
+        """Projected (unnormalised) embedding of one tower's inputs."""
+        mask = None
+        if tower == "text":
+            mask = self.text_model.attention_mask(inputs, attention_mask)
+        h = self.run_layers(tower, self.embed(tower, inputs, sites), mask=mask, sites=sites)
+        return self.readout(tower, h, input_ids=inputs if tower == "text" else None, sites=sites)
+
+
+def normalize(x):
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class CLIPModel(ContrastiveTowers):
+    config: CLIPConfig
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.vision_model = CLIPVisionTransformer(c.vision_config, "vision", self.dtype)
+        self.text_model = CLIPTextTransformer(c.text_config, "text", self.dtype)
+        self.visual_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)
+        self.text_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)
+        self.logit_scale = self.param(
+            "logit_scale", nn.initializers.constant(c.logit_scale_init_value), ()
+        )
+
+    def tower_modules(self):
+        return {
+            "vision": (self.vision_model, self.visual_projection),
+            "text": (self.text_model, self.text_projection),
+        }
+
+    def tower_layers(self):
+        return {
+            "vision": self.config.vision_config.num_hidden_layers,
+            "text": self.config.text_config.num_hidden_layers,
+        }
+
+    def __call__(self, pixel_values, input_ids, attention_mask=None, sites: Sites = Sites()):
+        image_embeds = self.encode("vision", pixel_values, sites=sites)
+        text_embeds = self.encode("text", input_ids, attention_mask, sites=sites)
+        logits_per_text = normalize(text_embeds) @ normalize(image_embeds).T * jnp.exp(self.logit_scale)
+        return {
+            "image_embeds": image_embeds,
+            "text_embeds": text_embeds,
+            "logits_per_text": logits_per_text,
+            "logits_per_image": logits_per_text.T,
+        }

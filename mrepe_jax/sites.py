@@ -1,0 +1,172 @@
+"""Named sites: the one table of intermediate states every tower exposes (DESIGN.md §3).
+
+A *site* is a named point in a forward pass, such as ``vision.layers.3.resid_post``. Towers call
+``sites(module, name, x)`` at each of them; that call applies the edits registered for ``name`` and
+records ``x`` when ``name`` matches one of the ``capture`` glob patterns. Both are pure: edits are
+array pytrees passed into ``apply`` and captured values come back as outputs, so everything here
+composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+
+Activation layouts, fixed for every tower so that ``where`` masks mean the same thing everywhere:
+
+=================================  =====================================
+site point                          shape
+=================================  =====================================
+embed, resid_*, attn_out, mlp_out   [batch, token, d_model]
+attn.q, attn.k, attn.v, attn.z      [batch, token, head, d_head]
+attn.logits, attn.pattern           [batch, head, query, key]
+mlp.hidden                          [batch, token, d_mlp]
+pooled, proj                        [batch, d]
+=================================  =====================================
+
+``attn.logits`` is the raw ``Q K^T`` *before* the ``1/sqrt(d_k)`` scaling and before the causal /
+padding mask, which is where eq 7 of the paper adds its concept mask ``M_c``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+from flax import struct
+
+from mrepe_jax import edits as edits_lib
+
+TOWERS = ("vision", "text", "audio", "qformer", "lm")
+
+ATTN_POINTS = ("attn.q", "attn.k", "attn.v", "attn.logits", "attn.pattern", "attn.z")
+LAYER_POINTS = (
+    ("resid_pre",) + ATTN_POINTS + ("attn_out", "resid_mid", "mlp.hidden", "mlp_out", "resid_post")
+)
+# The Q-Former's cross-attention block sits between its self-attention and its MLP.
+XATTN_POINTS = tuple("x" + p for p in ATTN_POINTS) + ("xattn_out", "resid_xmid")
+TOWER_POINTS = ("embed", "pooled", "proj")
+
+COLLECTION = "intermediates"
+
+
+def layer_site(tower: str, layer: int, point: str) -> str:
+    """The name of ``point`` in layer ``layer`` of ``tower``, e.g. ``vision.layers.3.resid_post``."""
+    return f"{tower}.layers.{layer}.{point}"
+
+
+def tower_site_names(tower: str, num_layers: int, cross_attention: bool = False) -> tuple[str, ...]:
+    """Every site of one tower, in forward order."""
+    if tower not in TOWERS:
+        raise ValueError(f"unknown tower {tower!r}; towers are {TOWERS}")
+    names = [f"{tower}.embed"]
+    for i in range(num_layers):
+        for point in LAYER_POINTS:
+            names.append(layer_site(tower, i, point))
+            if cross_attention and point == "resid_mid":
+                names.extend(layer_site(tower, i, p) for p in XATTN_POINTS)
+    names += [f"{tower}.pooled", f"{tower}.proj"]
+    return tuple(names)
+
+
+def near_matches(name: str, known: Sequence[str], n: int = 5) -> list[str]:
+    return difflib.get_close_matches(name, known, n=n, cutoff=0.5)
+
+
+def _unknown(kind: str, name: str, known: Sequence[str]) -> ValueError:
+    close = near_matches(name, known)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown site {name!r} in {kind}{hint} (the model has {len(known)} sites)")
+
+
+@functools.lru_cache(maxsize=65536)
+def matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """True when ``name`` matches one of the glob ``patterns`` (``*`` also crosses dots)."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def resolve_capture(patterns: Iterable[str] | str, known: Sequence[str]) -> tuple[str, ...]:
+    """Validates capture patterns: each must match at least one site of the model."""
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    patterns = tuple(patterns)
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(k, p) for k in known):
+            raise _unknown("capture", p, known)
+    return patterns
+
+
+def validate_edits(edits: Mapping[str, Any] | None, known: Sequence[str]) -> dict[str, Any]:
+    """Checks edit keys against the model's site table and each edit against its site kind."""
+    edits = dict(edits or {})
+    known_set = set(known)
+    for name, edit in edits.items():
+        if name not in known_set:
+            raise _unknown("edits", name, known)
+        for e in edits_lib.as_tuple(edit):
+            if not isinstance(e, edits_lib.EDIT_TYPES):
+                raise TypeError(
+                    f"edit at site {name!r} is a {type(e).__name__}; expected one of "
+                    f"{[t.__name__ for t in edits_lib.EDIT_TYPES]} or a tuple of them"
+                )
+            if isinstance(e, edits_lib.AttnBias) and not name.endswith("attn.logits"):
+                raise ValueError(
+                    f"AttnBias is an attention-logit edit (eq 7) but site {name!r} is not an "
+                    "'*.attn.logits' site"
+                )
+    return edits
+
+
+@struct.dataclass
+class Sites:
+    """Edits and capture patterns threaded through a forward pass.
+
+    ``edits`` maps site names to an edit or a tuple of edits (applied in order); it is a pytree
+    with array leaves, so its values may be traced, vmapped or differentiated. ``capture`` is a
+    static tuple of glob patterns.
+    """
+
+    edits: dict[str, Any] = struct.field(default_factory=dict)
+    capture: tuple[str, ...] = struct.field(pytree_node=False, default=())
+
+    def __call__(self, module: nn.Module, name: str, x):
+        edit = self.edits.get(name)
+        if edit is not None:
+            x = edits_lib.apply_edits(edit, x, name)
+        if self.capture and matches(name, self.capture):
+            module.sow(COLLECTION, name, x, init_fn=lambda: None, reduce_fn=lambda _, v: v)
+        return x
+
+
+def collect(intermediates: Mapping[str, Any]) -> dict[str, Any]:
+    """Flattens Flax's per-module ``intermediates`` tree into ``{site_name: array}``."""
+    out: dict[str, Any] = {}
+
+    def walk(tree):
+        for key, value in tree.items():
+            if isinstance(value, Mapping):
+                walk(value)
+            else:
+                out[key] = value
+
+    walk(intermediates)
+    return out
+
+
+class SitedModel(nn.Module):
+    """Mixin for top-level models: ``apply`` takes ``edits`` and ``capture``, returns (outputs, acts).
+
+    Subclasses define ``site_names()``. Keys and patterns are validated against that table before
+    tracing, so a typo fails with the near matches instead of silently editing nothing.
+    """
+
+    def site_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def apply(self, variables, *args, edits=None, capture=(), method=None, **kwargs):
+        known = self.site_names()
+        sites = Sites(validate_edits(edits, known), resolve_capture(capture, known))
+        if sites.capture:
+            out, state = super().apply(
+                variables, *args, sites=sites, method=method, mutable=[COLLECTION], **kwargs
+            )
+            return out, collect(state.get(COLLECTION, {}))
+        return super().apply(variables, *args, sites=sites, method=method, **kwargs), {}
