@@ -1,0 +1,208 @@
+"""ToyWorld: a procedural tri-modal world with known ground truth (DESIGN.md section 5).
+
+Every sample has one value per concept family (``CONCEPT_FAMILIES``) and is rendered as an
+image, a caption and an audio clip that all encode the same labels. A sample is a pure function
+of ``(config.seed, split, index)``: labels and label-independent nuisance are drawn from
+per-index seed streams (``toyworld_random``), then rendered by vectorised numpy code
+(``toyworld_image``, ``toyworld_sound``, ``toyworld_text``).
+
+    world = ToyWorld(ToyWorldConfig(seed=0))
+    batch = world.batch(range(256), split="train")
+    batch["image"].shape, batch["audio"].shape, batch["input_ids"].shape
+    # ((256, 32, 32, 3), (256, 4000), (256, 16))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from mrepe_jax.data import toyworld_values
+from mrepe_jax.data.toyworld_concepts import (
+    CONCEPT_FAMILIES, FAMILIES, SAFE_COUNTERPART, UNSAFE_FAMILY, family_values, value_index)
+from mrepe_jax.data.toyworld_image import render_images
+from mrepe_jax.data.toyworld_random import (
+    draw_labels, draw_nuisance, split_id, take_rows)
+from mrepe_jax.data.toyworld_sound import MIN_SAMPLE_RATE, render_audio
+from mrepe_jax.data.toyworld_text import class_prompts, max_template_words, render_captions
+from mrepe_jax.data.toyworld_tokenizer import ToyTokenizer
+
+Batch = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyWorldConfig:
+    """ToyWorld's knobs; the concept tables themselves are constants (``toyworld_concepts``).
+
+    Attributes:
+      seed: world seed; with the split and the index it determines every sample.
+      image_size: images are float32 RGB in [0, 1], [image_size, image_size, 3].
+      sample_rate: audio sample rate in Hz (>= 8000 so the emblem band fits below Nyquist).
+      clip_seconds: audio clip length; clips have ``round(sample_rate * clip_seconds)`` samples.
+      max_len: token length of ``input_ids`` including BOS and EOS.
+    """
+
+    seed: int = 0
+    image_size: int = 32
+    sample_rate: int = 8000
+    clip_seconds: float = 0.5
+    max_len: int = 16
+
+    def __post_init__(self):
+        if self.seed < 0:
+            raise ValueError(f"ToyWorldConfig.seed must be >= 0, got {self.seed}")
+        if self.image_size < 24:
+            raise ValueError(f"ToyWorldConfig.image_size must be >= 24 to draw concepts apart, "
+                             f"got {self.image_size}")
+        if self.sample_rate < MIN_SAMPLE_RATE:
+            raise ValueError(f"ToyWorldConfig.sample_rate must be >= {MIN_SAMPLE_RATE}, "
+                             f"got {self.sample_rate}")
+        if self.clip_seconds < 0.25:
+            raise ValueError(f"ToyWorldConfig.clip_seconds must be >= 0.25, got {self.clip_seconds}")
+        need = max_template_words() + 2
+        if self.max_len < need:
+            raise ValueError(f"ToyWorldConfig.max_len must be >= {need} (longest template plus "
+                             f"BOS/EOS) so captions keep every concept, got {self.max_len}")
+
+    @property
+    def n_audio(self) -> int:
+        """Samples per audio clip."""
+        return int(round(self.sample_rate * self.clip_seconds))
+
+
+class ContrastPairs(NamedTuple):
+    """Two batches identical in every label and nuisance draw except ``family``."""
+
+    pos: Batch
+    neg: Batch
+    family: str
+    pos_values: np.ndarray  # int32 [n], value index of ``family`` in ``pos``
+    neg_values: np.ndarray  # int32 [n]
+
+
+class ToyWorld:
+    """Generator for ToyWorld samples, contrast pairs, zero-shot prompts and value-test sets."""
+
+    def __init__(self, config: ToyWorldConfig = ToyWorldConfig()):
+        self.config = config
+        self.tokenizer = ToyTokenizer()
+
+    @property
+    def families(self) -> Mapping[str, tuple[str, ...]]:
+        return CONCEPT_FAMILIES
+
+    # ---- core: labels + nuisance -> batch (pure) ----
+
+    def render(self, labels: Mapping[str, np.ndarray], nuisance: Mapping[str, np.ndarray]) -> Batch:
+        """Render a batch from explicit labels ``{family: int[B]}`` and nuisance draws."""
+        cfg = self.config
+        labels = {f: np.asarray(labels[f], np.int32) for f in FAMILIES}
+        captions = render_captions(labels, nuisance, max_words=cfg.max_len - 2)
+        input_ids, attention_mask = self.tokenizer.encode(captions, cfg.max_len)
+        return {
+            "image": render_images(labels, nuisance, cfg.image_size),
+            "audio": render_audio(labels, nuisance, cfg.sample_rate, cfg.n_audio),
+            "caption": captions,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+        }
+
+    def labels(self, indices: Sequence[int], split: str = "train") -> dict[str, np.ndarray]:
+        """Labels of samples without rendering them: ``{family: int32[B]}``."""
+        return draw_labels(self.config.seed, split, _as_index_list(indices))
+
+    def _nuisance(self, indices: list[int], split: str) -> dict[str, np.ndarray]:
+        cfg = self.config
+        return draw_nuisance(cfg.seed, split, indices, cfg.image_size, cfg.n_audio)
+
+    def batch(self, indices: Sequence[int], split: str = "train") -> Batch:
+        """Samples ``indices`` of ``split`` as one batch (see ``render`` for the keys)."""
+        idx = _as_index_list(indices)
+        out = self.render(self.labels(idx, split), self._nuisance(idx, split))
+        out["index"] = np.asarray(idx, np.int64)
+        return out
+
+    def sample(self, index: int, split: str = "train") -> Batch:
+        """One sample, without the batch axis (``caption`` is a str, labels are ints)."""
+        b = self.batch([index], split)
+        out = {k: (v[0] if k != "labels" else {f: int(x[0]) for f, x in v.items()})
+               for k, v in b.items()}
+        return out
+
+    # ---- derived data sets ----
+
+    def class_prompts(self, family: str) -> list[str]:
+        """One text prompt per value of ``family`` (for zero-shot classification)."""
+        return class_prompts(family)
+
+    def contrast_pairs(self, family: str, n: int, split: str = "train", seed: int = 0,
+                       pos_value: str | int | None = None,
+                       neg_value: str | int | None = None) -> ContrastPairs:
+        """``n`` pairs of samples that differ only in ``family``.
+
+        Each pair starts from a random base sample of ``split`` (its labels and all its nuisance:
+        jitter, noise, caption template and synonyms) and sets ``family`` to ``pos_value`` in
+        ``pos`` and ``neg_value`` in ``neg``. Unset values are drawn per pair, distinct; for the
+        unsafe family the defaults are an unsafe emblem vs its safe counterpart.
+        """
+        values = family_values(family)
+        if n < 1:
+            raise ValueError(f"contrast_pairs needs n >= 1, got {n}")
+        rng = np.random.default_rng(
+            np.random.SeedSequence([self.config.seed, split_id(split), 0xC0A7, seed]))
+        base = rng.integers(0, 2**31 - 1, size=n).tolist()
+        pos_v, neg_v = _pair_values(family, values, n, rng, pos_value, neg_value)
+        labels = self.labels(base, split)
+        nuisance = self._nuisance(base, split)
+        pos_labels = {**labels, family: pos_v}
+        neg_labels = {**labels, family: neg_v}
+        pos, neg = self.render(pos_labels, nuisance), self.render(neg_labels, nuisance)
+        pos["index"] = neg["index"] = np.asarray(base, np.int64)
+        return ContrastPairs(pos, neg, family, pos_v, neg_v)
+
+    def value_conditioned_indices(self, value: str, n: int, split: str = "test",
+                                  start: int = 0) -> np.ndarray:
+        """``n`` indices of ``split`` whose samples are drawn from ``p(x|value)`` (VAS, eq 9)."""
+        return toyworld_values.value_conditioned_indices(self.config.seed, value, n, split, start)
+
+    def counterfactual(self, batch_indices: Sequence[int], split: str,
+                       overrides: Mapping[str, str | int]) -> Batch:
+        """Samples ``batch_indices`` re-rendered with some families forced to given values."""
+        idx = _as_index_list(batch_indices)
+        labels = self.labels(idx, split)
+        for family, value in overrides.items():
+            labels[family] = np.full(len(idx), value_index(family, value), np.int32)
+        out = self.render(labels, self._nuisance(idx, split))
+        out["index"] = np.asarray(idx, np.int64)
+        return out
+
+
+def _as_index_list(indices: Sequence[int]) -> list[int]:
+    idx = np.asarray(indices)
+    if idx.ndim != 1:
+        raise ValueError(f"indices must be a 1-D sequence of ints, got shape {idx.shape}")
+    if idx.size and idx.dtype.kind not in "iu":
+        raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
+    return [int(i) for i in idx]
+
+
+def _pair_values(family, values, n, rng, pos_value, neg_value):
+    k = len(values)
+    if family == UNSAFE_FAMILY and pos_value is None and neg_value is None:
+        unsafe = [values.index(u) for u in SAFE_COUNTERPART]
+        pos = np.asarray(unsafe, np.int32)[rng.integers(len(unsafe), size=n)]
+        neg = np.asarray([values.index(SAFE_COUNTERPART[values[p]]) for p in pos], np.int32)
+        return pos, neg
+    pos = (np.full(n, value_index(family, pos_value), np.int32) if pos_value is not None
+           else rng.integers(k, size=n).astype(np.int32))
+    if neg_value is not None:
+        neg = np.full(n, value_index(family, neg_value), np.int32)
+    else:  # a uniformly random value different from pos
+        neg = ((pos + rng.integers(1, k, size=n)) % k).astype(np.int32)
+    if np.any(pos == neg):
+        raise ValueError(f"pos_value and neg_value of family {family!r} must differ, "
+                         f"got {pos_value!r} and {neg_value!r}")
+    return pos, neg

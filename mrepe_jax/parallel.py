@@ -1,0 +1,135 @@
+"""The one module that owns the device mesh (DESIGN.md §7).
+
+Everything data-parallel in the package goes through here: a 1-D (or n-D) mesh whose ``data`` axis
+splits batches, ``NamedSharding``s built from ``jax.P``, and ``shard_batch`` to place host (numpy)
+batches. Compiled functions take these shardings through ``jax.jit(in_shardings=,
+out_shardings=)``; there is no ``pjit``, ``pmap`` or ``jax.experimental.shard_map`` anywhere.
+
+Axis types: the mesh defaults to ``AxisType.Auto``, i.e. GSPMD propagates shardings through the
+model and inserts the all-reduces that a batch reduction needs. ``Explicit`` axes (``jax.make_mesh``'s
+own default since 0.7) make sharding part of every array's type, which forces every op in a model to
+state how it treats a sharded batch axis; for pure data parallelism that buys nothing and breaks on
+ops such as gathers with batch-sharded indices, so it is opt-in through ``axis_types``.
+
+Tests run on CPU with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` set *before* jax is
+imported (in a subprocess, so the rest of a test session keeps one device).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+
+DATA = "data"
+
+
+def make_mesh(
+    shape: Sequence[int] | None = None,
+    names: Sequence[str] = (DATA,),
+    axis_types: Sequence[AxisType] | None = None,
+    devices: Sequence[Any] | None = None,
+) -> Mesh:
+    """A mesh over ``devices`` (default: all of them) with axes ``names`` of sizes ``shape``.
+
+    ``shape=None`` puts every device on the first axis and gives the others size 1, so
+    ``make_mesh()`` is the pure data-parallel mesh. ``axis_types`` defaults to ``Auto`` for every
+    axis (see the module docstring for why).
+    """
+    names = tuple(names)
+    devices = list(jax.devices() if devices is None else devices)
+    if shape is None:
+        shape = (len(devices),) + (1,) * (len(names) - 1)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != len(names):
+        raise ValueError(f"mesh shape {shape} has {len(shape)} axes but names {names} has {len(names)}")
+    if math.prod(shape) > len(devices):
+        raise ValueError(
+            f"mesh shape {shape} needs {math.prod(shape)} devices but only {len(devices)} are "
+            "available (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N before "
+            "importing jax)"
+        )
+    if axis_types is None:
+        axis_types = (AxisType.Auto,) * len(names)
+    return jax.make_mesh(shape, names, axis_types=tuple(axis_types), devices=devices)
+
+
+def data_sharding(mesh: Mesh, axis: str = DATA) -> NamedSharding:
+    """Leading (batch) axis split over ``axis``, every other axis replicated."""
+    _check_axis(mesh, axis)
+    return NamedSharding(mesh, jax.P(axis))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device: parameters, accumulated statistics, directions."""
+    return NamedSharding(mesh, jax.P())
+
+
+def data_axis_size(mesh: Mesh, axis: str = DATA) -> int:
+    _check_axis(mesh, axis)
+    return int(mesh.shape[axis])
+
+
+def shard_batch(batch: Any, mesh: Mesh, axis: str = DATA) -> Any:
+    """Places a pytree of host arrays on ``mesh`` with every leaf's leading axis split over ``axis``.
+
+    All leaves must share the same leading (batch) size, and it must be divisible by the size of
+    the ``axis`` mesh axis: an uneven split would silently hand some devices padding, so the caller
+    pads explicitly (``pad_batch``) and carries a validity mask instead.
+    """
+    n = data_axis_size(mesh, axis)
+    size = batch_size(batch)
+    if size % n:
+        raise ValueError(
+            f"batch size {size} is not divisible by the {axis!r} mesh axis size {n}; pad the batch "
+            f"to a multiple of {n} (mrepe_jax.parallel.pad_batch) or change the batch size"
+        )
+    return jax.device_put(batch, data_sharding(mesh, axis))
+
+
+def batch_size(batch: Any) -> int:
+    """The common leading-axis size of a pytree of arrays (an error names disagreeing leaves)."""
+    leaves = jax.tree_util.tree_leaves_with_path(batch)
+    if not leaves:
+        raise ValueError("the batch has no array leaves")
+    sizes = {}
+    for path, leaf in leaves:
+        shape = np.shape(leaf)
+        if not shape:
+            raise ValueError(f"batch leaf {jax.tree_util.keystr(path)} is a scalar; every leaf needs a batch axis")
+        sizes[jax.tree_util.keystr(path)] = shape[0]
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"batch leaves disagree on the batch size: {sizes}")
+    return next(iter(sizes.values()))
+
+
+def pad_batch(batch: Any, size: int) -> tuple[Any, np.ndarray]:
+    """Pads every leaf of a host batch along axis 0 to ``size`` rows (repeating row 0, so padded rows
+    stay valid model inputs) and returns ``(padded, valid)`` with a boolean ``valid`` mask ``[size]``.
+
+    Padding every batch to one size also keeps a jit'd step at a single compilation.
+    """
+    n = batch_size(batch)
+    if n == 0:
+        raise ValueError("cannot pad an empty batch (0 rows): there is no row to repeat")
+    if n > size:
+        raise ValueError(f"batch of {n} rows is larger than the padded size {size}")
+    valid = np.arange(size) < n
+    if n == size:
+        return batch, valid
+
+    def pad(x):
+        x = np.asarray(x)
+        fill = np.broadcast_to(x[:1], (size - n,) + x.shape[1:])
+        return np.concatenate([x, fill], axis=0)
+
+    return jax.tree.map(pad, batch), valid
+
+
+def _check_axis(mesh: Mesh, axis: str) -> None:
+    if axis not in mesh.axis_names:
+        raise ValueError(f"mesh axes are {tuple(mesh.axis_names)}; there is no {axis!r} axis")

@@ -1,0 +1,472 @@
+"""Causal effects of representations on outputs (eq 2 of the paper):
+
+    CE(r, y) = E[y | do(r = r')] - E[y | do(r = r0)]
+
+``r`` is the activation at one named site (``{tower}.layers.{L}.{point}``) and one token position
+(and, for per-head sites, one head); ``r0`` is its value in the run being patched (the *base* run)
+and ``r'`` its value in the other run of a clean/corrupt pair (the *source* run). ``y`` is a
+scalar ``metric`` of the tower's projected embedding, and ``E`` is the mean over the batch.
+
+Two estimators with the same signature and the same output:
+
+* ``causal_effect``: exact activation patching. One compiled, ``jax.vmap``-ed call per layer ``L``
+  runs every (position[, head]) patch of that layer at once, starting from the base run's cached
+  residual stream entering ``L`` (``run_layers`` staging), so the prefix ``0..L-1`` is never
+  recomputed.
+* ``attribution_effect``: attribution patching, the first-order Taylor estimate
+  ``(r' - r0) . dy/dr`` at every site at once, from one forward and one backward pass (plus the
+  source run's forward, which exact patching needs as well).
+
+Directions (the ``direction`` argument):
+
+* ``"noising"`` (default): base = clean, source = corrupt. Patching the corrupt value into the
+  clean run measures how much the clean behaviour *depends* on ``r`` (necessity).
+* ``"denoising"``: base = corrupt, source = clean. Patching the clean value into the corrupt run
+  measures how much ``r`` alone *restores* the clean behaviour (sufficiency).
+
+In both, the effect is ``metric(patched base run) - metric(base run)``.
+
+The ``metric`` contract: ``metric(embeddings) -> per-example scalars``, where ``embeddings`` is
+the ``[batch, d]`` projected (unnormalised) embedding the tower's ``readout`` returns, and the
+result has shape ``[batch]``. Example, a zero-shot logit difference between two prompts::
+
+    def logit_diff(e):
+        e = e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+        return e @ (text_a - text_b)
+
+It must be a pure jax function; it is a static argument of the compiled sweep (hashed by
+identity), so define it once and reuse it rather than passing a fresh lambda per call. Examples of
+a batch must not interact (no batch statistics), which holds for every tower here: attribution
+patching relies on it to read per-example gradients off one backward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mrepe_jax import edits as edits_lib
+from mrepe_jax import sites as sites_lib
+
+Array = Any
+Metric = Callable[[Array], Array]
+
+DIRECTIONS = ("noising", "denoising")
+POINTS = sites_lib.LAYER_POINTS + sites_lib.XATTN_POINTS
+# Activation layouts (mrepe_jax.sites docstring). "token": [B, T, D]; "head": [B, T, H, Dh];
+# "pattern": [B, H, Q, K], whose position axis is the query.
+_HEAD_POINTS = frozenset(p for p in POINTS if p.split(".")[-1] in ("q", "k", "v", "z"))
+_PATTERN_POINTS = frozenset(p for p in POINTS if p.split(".")[-1] in ("logits", "pattern"))
+
+
+def _layout(point: str) -> str:
+    if point in _HEAD_POINTS:
+        return "head"
+    if point in _PATTERN_POINTS:
+        return "pattern"
+    return "token"
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalEffects:
+    """Eq 2 for every swept (layer, position[, head]).
+
+    ``per_example[b, l, p(, h)]`` is ``metric(base run b with site (layers[l], positions[p](,
+    h)) patched) - metric(base run b)``; ``effects`` is its batch mean, the ``E`` of eq 2.
+    ``base`` is the metric of the unpatched base run and ``target`` that of the source run (the
+    value a patch moves towards), both ``[batch]``. ``sites[l]`` names the site of ``layers[l]``.
+    """
+
+    effects: Array
+    per_example: Array
+    base: Array
+    target: Array
+    sites: tuple[str, ...]
+    layers: tuple[int, ...]
+    positions: tuple[int, ...]
+    direction: str
+    method: str
+
+    @property
+    def clean(self) -> Array:
+        """Metric of the clean run, ``[batch]``."""
+        return self.base if self.direction == "noising" else self.target
+
+    @property
+    def corrupt(self) -> Array:
+        """Metric of the corrupt run, ``[batch]``."""
+        return self.target if self.direction == "noising" else self.base
+
+    @property
+    def total_effect(self) -> Array:
+        """``E[target - base]``: the effect of swapping the whole input."""
+        return jnp.mean(self.target - self.base)
+
+    def normalized(self) -> Array:
+        """``effects / total_effect``: 1 means the site alone carries the whole input swap."""
+        return self.effects / self.total_effect
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    tower: str
+    point: str
+    layout: str
+    heads: bool
+    layers: tuple[int, ...]
+    sites: tuple[str, ...]
+    num_layers: int
+    direction: str
+
+
+def _tower_layers(model, tower: str) -> int:
+    names = model.site_names()
+    prefix = f"{tower}.layers."
+    n = len({name.split(".")[2] for name in names if name.startswith(prefix)})
+    if n == 0:
+        towers = sorted({name.split(".")[0] for name in names})
+        raise ValueError(f"unknown tower {tower!r}; this model has towers {towers}")
+    return n
+
+
+def _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_inputs) -> _Plan:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction {direction!r} is not one of {DIRECTIONS}")
+    num_layers = _tower_layers(model, tower)
+    if point not in POINTS:
+        close = sites_lib.near_matches(point, POINTS)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown point {point!r}{hint} (points are {POINTS})")
+    layout = _layout(point)
+    if heads and layout == "token":
+        raise ValueError(
+            f"heads=True needs a per-head point ({sorted(_HEAD_POINTS | _PATTERN_POINTS)}); "
+            f"{point!r} has no head axis"
+        )
+    if layers is None:
+        layers = range(num_layers)
+    elif isinstance(layers, (int, np.integer)):
+        layers = (layers,)
+    layers = tuple(int(i) for i in layers)
+    bad = [i for i in layers if not -num_layers <= i < num_layers]
+    if bad:
+        raise ValueError(
+            f"layers {bad} out of range for the {tower!r} tower's {num_layers} layers "
+            f"(valid: 0..{num_layers - 1}, or negative from the end)"
+        )
+    if not layers:
+        raise ValueError("layers is empty")
+    layers = tuple(i % num_layers for i in layers)
+    site_names = tuple(sites_lib.layer_site(tower, i, point) for i in layers)
+    known = set(model.site_names())
+    missing = [s for s in site_names if s not in known]
+    if missing:
+        raise ValueError(f"site {missing[0]!r} is not in this model's site table")
+    clean_shape, corrupt_shape = np.shape(clean_inputs), np.shape(corrupt_inputs)
+    if clean_shape != corrupt_shape:
+        raise ValueError(
+            f"clean_inputs of shape {clean_shape} and corrupt_inputs of shape {corrupt_shape} "
+            "differ; patching pairs positions one to one, so both must have the same shape"
+        )
+    return _Plan(tower, point, layout, bool(heads), layers, site_names, num_layers, direction)
+
+
+def _positions(plan: _Plan, act_shape, positions) -> tuple[int, ...]:
+    num = act_shape[2] if plan.layout == "pattern" else act_shape[1]
+    if positions is None:
+        return tuple(range(num))
+    if isinstance(positions, (int, np.integer)):
+        positions = (positions,)
+    positions = tuple(int(p) for p in positions)
+    bad = [p for p in positions if not -num <= p < num]
+    if bad:
+        raise ValueError(f"positions {bad} out of range for site {plan.sites[0]!r} with {num} positions")
+    if not positions:
+        raise ValueError("positions is empty")
+    return tuple(p % num for p in positions)
+
+
+def _num_heads(plan: _Plan, act_shape) -> int:
+    return act_shape[1] if plan.layout == "pattern" else act_shape[2]
+
+
+def _split_masks(tower: str, text_mask):
+    """-> (clean attention mask, corrupt attention mask); one array is shared by both."""
+    if text_mask is None:
+        return None, None
+    if tower != "text":
+        raise ValueError(f"text_mask is the text tower's padding mask; the swept tower is {tower!r}")
+    if isinstance(text_mask, (tuple, list)):
+        if len(text_mask) != 2:
+            raise ValueError("text_mask is one [batch, tokens] array or a (clean, corrupt) pair")
+        return tuple(text_mask)
+    return text_mask, text_mask
+
+
+def _orient(plan: _Plan, clean_inputs, corrupt_inputs, text_mask):
+    """-> (base inputs, base mask, source inputs, source mask) for the chosen direction."""
+    clean_mask, corrupt_mask = _split_masks(plan.tower, text_mask)
+    if plan.direction == "noising":
+        return clean_inputs, clean_mask, corrupt_inputs, corrupt_mask
+    return corrupt_inputs, corrupt_mask, clean_inputs, clean_mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Where masks and per-position reductions for each layout
+
+
+def _where_masks(layout: str, num_positions: int, num_heads: int, positions, heads: bool) -> np.ndarray:
+    """One boolean ``where`` per patch, stacked on axis 0, in (position, head) row-major order."""
+    t, h = num_positions, num_heads
+    rows = []
+    for p in positions:
+        for head in range(h) if heads else (None,):
+            if layout == "token":
+                m = np.zeros((t, 1), bool)
+                m[p] = True
+            elif layout == "head":
+                m = np.zeros((t, h if heads else 1, 1), bool)
+                m[p, head if heads else 0] = True
+            else:  # pattern [B, H, Q, K]: select query rows (of one head)
+                m = np.zeros((h if heads else 1, t, 1), bool)
+                m[head if heads else 0, p] = True
+                if not heads:
+                    m = m[0]
+            rows.append(m)
+    return np.stack(rows)
+
+
+def _per_position(layout: str, x, heads: bool):
+    """Sums ``x`` (activation-shaped) over its feature axes: ``[B, T]`` or ``[B, T, H]``."""
+    if layout == "token":
+        return x.sum(-1)
+    if layout == "head":
+        return x.sum(-1) if heads else x.sum((-2, -1))
+    per_head_query = x.sum(-1)  # [B, H, Q]
+    return per_head_query.transpose(0, 2, 1) if heads else per_head_query.sum(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiled pieces. Models, metrics and site names are static (hashable); arrays are traced, so one
+# compilation per (model, metric, layer, site, shapes) serves every later sweep.
+
+
+def _readout_ids(tower: str, inputs):
+    # Text readout pools at the EOS token of the ids; other towers pool a fixed position.
+    return inputs if tower == "text" else None
+
+
+def _stage_mask_method(module, tower, inputs, attention_mask, sites=None):
+    encoder = module.tower_modules()[tower][0] if hasattr(module, "tower_modules") else None
+    build = getattr(encoder, "attention_mask", None)
+    return None if build is None else build(inputs, attention_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tower"))
+def _stage_mask(model, variables, tower, inputs, attention_mask):
+    mask, _ = model.apply(variables, tower, inputs, attention_mask, method=_stage_mask_method)
+    return mask
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tower", "metric", "capture"))
+def _forward(model, variables, tower, metric, capture, inputs, attention_mask):
+    emb, acts = model.apply(
+        variables, tower, inputs, attention_mask, capture=capture, method="encode"
+    )
+    return metric(emb), acts
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "tower", "metric", "site", "start", "chunk_size")
+)
+def _patched_metric(model, variables, tower, metric, site, start, chunk_size, h, source, masks,
+                    stage_mask, input_ids):
+    """Metric of the base run with ``site`` patched by ``source`` under each ``masks[k]``: [K, B].
+
+    ``h`` is the base run's residual entering layer ``start``, shared by every patch: only the
+    computation downstream of the patched site is batched over the K masks (vmap leaves the
+    unpatched part of layer ``start`` unbatched).
+    """
+
+    def one(where):
+        edit = {site: edits_lib.Replace(source, where)}
+        out, _ = model.apply(variables, tower, h, start=start, mask=stage_mask, edits=edit,
+                             method="run_layers")
+        emb, _ = model.apply(variables, tower, out, input_ids=input_ids, method="readout")
+        return metric(emb)
+
+    if chunk_size is None or chunk_size >= masks.shape[0]:
+        return jax.vmap(one)(masks)
+    return jax.lax.map(one, masks, batch_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tower", "metric", "site_names"))
+def _metric_and_site_grads(model, variables, tower, metric, site_names, inputs, attention_mask,
+                           zeros):
+    """One forward + one backward: base metric, base activations and ``dmetric/dr`` at each site.
+
+    The gradient w.r.t. a zero ``Add`` delta at a site is the gradient w.r.t. the activation
+    there, and only activations (never parameters) are differentiated, so the backward pass costs
+    about one forward.
+    """
+
+    def run(deltas):
+        edits = {s: edits_lib.Add(d) for s, d in zip(site_names, deltas)}
+        emb, acts = model.apply(variables, tower, inputs, attention_mask, edits=edits,
+                                capture=site_names, method="encode")
+        return metric(emb), acts
+
+    value, vjp_fn, acts = jax.vjp(run, zeros, has_aux=True)
+    (grads,) = vjp_fn(jnp.ones_like(value))
+    return value, tuple(acts[s] for s in site_names), grads
+
+
+def _check_metric(value, batch: int):
+    if np.shape(value) != (batch,):
+        raise ValueError(
+            f"metric returned shape {np.shape(value)}; it must return one scalar per example, "
+            f"shape ({batch},)"
+        )
+
+
+def _progress(iterable, verbose: bool, desc: str):
+    if not verbose:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, unit="layer")
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+
+
+def causal_effect(
+    model,
+    variables,
+    tower: str,
+    clean_inputs,
+    corrupt_inputs,
+    metric: Metric,
+    *,
+    layers: Sequence[int] | int | None = None,
+    positions: Sequence[int] | int | None = None,
+    point: str = "resid_pre",
+    heads: bool = False,
+    text_mask=None,
+    direction: str = "noising",
+    chunk_size: int | None = None,
+    verbose: bool = False,
+) -> CausalEffects:
+    """Eq 2 by exact activation patching, for every layer x position (x head).
+
+    Args:
+      model: a ``ContrastiveTowers`` model (or any ``SitedModel`` with the ``embed`` /
+        ``run_layers(tower, h, start, stop, mask)`` / ``readout(tower, h, input_ids)`` /
+        ``encode(tower, inputs, attention_mask)`` staging methods).
+      variables: ``{"params": ...}``.
+      tower: ``"vision"``, ``"text"``, ...
+      clean_inputs, corrupt_inputs: the tower's inputs (NHWC pixels, token ids), same shape.
+      metric: ``metric(embeddings [B, d]) -> [B]`` (see the module docstring).
+      layers: layers to sweep (default all; negative counts from the end).
+      positions: token positions to sweep (default all; query positions for ``attn.logits`` /
+        ``attn.pattern``).
+      point: the per-layer site point, e.g. ``"resid_pre"``, ``"attn.z"``, ``"mlp_out"``.
+      heads: for per-head points, patch one (position, head) at a time.
+      text_mask: the text tower's ``[B, T]`` padding mask, shared, or a ``(clean, corrupt)`` pair.
+      direction: ``"noising"`` patches corrupt values into the clean run; ``"denoising"`` patches
+        clean values into the corrupt run.
+      chunk_size: patches per vmapped chunk (``jax.lax.map`` batches), to bound memory; default
+        all patches of a layer at once.
+      verbose: a tqdm bar over layers.
+
+    Returns:
+      ``CausalEffects`` with ``effects`` of shape ``[layers, positions]`` (``[..., heads]`` with
+      ``heads=True``) and ``per_example`` of shape ``[batch, layers, positions(, heads)]``.
+    """
+    plan = _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_inputs)
+    base_in, base_mask, src_in, src_mask = _orient(plan, clean_inputs, corrupt_inputs, text_mask)
+    entering = tuple(sites_lib.layer_site(tower, i, "resid_pre") for i in plan.layers)
+
+    # The two unpatched runs, once: the base run's residual entering every swept layer is the
+    # clean prefix that every patch of that layer reuses.
+    base_metric, base_acts = _forward(model, variables, tower, metric, entering, base_in, base_mask)
+    src_metric, src_acts = _forward(model, variables, tower, metric, plan.sites, src_in, src_mask)
+    batch = np.shape(base_in)[0]
+    _check_metric(base_metric, batch)
+
+    shape = src_acts[plan.sites[0]].shape
+    pos = _positions(plan, shape, positions)
+    num_heads = _num_heads(plan, shape) if plan.layout != "token" else 1
+    masks = jnp.asarray(_where_masks(plan.layout, shape[2 if plan.layout == "pattern" else 1],
+                                     num_heads, pos, plan.heads))
+    stage_mask = _stage_mask(model, variables, tower, base_in, base_mask)
+    ids = _readout_ids(tower, base_in)
+
+    per_layer = []
+    for layer, site, entry in zip(_progress(plan.layers, verbose, f"patching {tower}.{point}"),
+                                  plan.sites, entering):
+        patched = _patched_metric(model, variables, tower, metric, site, layer, chunk_size,
+                                  base_acts[entry], src_acts[site], masks, stage_mask, ids)
+        per_layer.append(patched - base_metric)  # [K, B]
+    per_example = jnp.stack(per_layer, 1)  # [K, L, B]
+    grid = (len(pos), num_heads) if plan.heads else (len(pos),)
+    per_example = jnp.moveaxis(per_example.reshape(grid + per_example.shape[1:]), -1, 0)
+    per_example = jnp.moveaxis(per_example, -1, 1)  # [B, L, P(, H)]
+    return CausalEffects(per_example.mean(0), per_example, base_metric, src_metric, plan.sites,
+                         plan.layers, pos, direction, "exact")
+
+
+def attribution_effect(
+    model,
+    variables,
+    tower: str,
+    clean_inputs,
+    corrupt_inputs,
+    metric: Metric,
+    *,
+    layers: Sequence[int] | int | None = None,
+    positions: Sequence[int] | int | None = None,
+    point: str = "resid_pre",
+    heads: bool = False,
+    text_mask=None,
+    direction: str = "noising",
+    verbose: bool = False,
+) -> CausalEffects:
+    """Eq 2 by attribution patching: ``CE ~ (r' - r0) . dmetric/dr`` at r0, every site at once.
+
+    The first-order Taylor expansion of ``metric`` around the base run; exact when the metric is
+    affine in the patched activation, a cheap screen otherwise. Cost: one forward + one backward
+    on the base input (gradients through zero-valued ``Add`` edits at every swept site) and one
+    forward on the source input. Arguments and result are those of ``causal_effect``
+    (``verbose`` is accepted for symmetry; there is no per-layer loop to report).
+    """
+    del verbose
+    plan = _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_inputs)
+    base_in, base_mask, src_in, src_mask = _orient(plan, clean_inputs, corrupt_inputs, text_mask)
+
+    src_metric, src_acts = _forward(model, variables, tower, metric, plan.sites, src_in, src_mask)
+    zeros = tuple(jnp.zeros_like(src_acts[s]) for s in plan.sites)
+    base_metric, base_acts, grads = _metric_and_site_grads(
+        model, variables, tower, metric, plan.sites, base_in, base_mask, zeros
+    )
+    _check_metric(base_metric, np.shape(base_in)[0])
+    pos = _positions(plan, zeros[0].shape, positions)
+    idx = np.asarray(pos)
+    per_layer = [
+        _per_position(plan.layout, (src_acts[s] - r0) * g, plan.heads)[:, idx]
+        for s, r0, g in zip(plan.sites, base_acts, grads)
+    ]
+    per_example = jnp.stack(per_layer, 1)  # [B, L, P(, H)]
+    return CausalEffects(per_example.mean(0), per_example, base_metric, src_metric, plan.sites,
+                         plan.layers, pos, direction, "attribution")

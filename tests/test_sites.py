@@ -1,0 +1,38 @@
+"""The site table and capture matching."""
+
+import pytest
+
+from mrepe_jax import sites
+from tests.models.tiny import tiny_clip
+
+
+def test_site_table_covers_every_point():
+    names = sites.tower_site_names("vision", 2)
+    assert names[0] == "vision.embed" and names[-2:] == ("vision.pooled", "vision.proj")
+    assert len(names) == 3 + 2 * len(sites.LAYER_POINTS)
+    for point in ("resid_pre", "attn.q", "attn.k", "attn.v", "attn.logits", "attn.pattern", "attn.z",
+                  "attn_out", "resid_mid", "mlp.hidden", "mlp_out", "resid_post"):
+        assert f"vision.layers.1.{point}" in names
+    assert "qformer.layers.0.xattn.logits" in sites.tower_site_names("qformer", 1, cross_attention=True)
+
+
+def test_every_listed_site_is_captured_with_documented_shape():
+    model, v, pixels, ids, mask = tiny_clip()
+    _, acts = model.apply(v, pixels, ids, mask, capture=("*",))
+    assert set(acts) == set(model.site_names())
+    assert acts["vision.layers.0.resid_post"].shape == (2, 5, 32)
+    assert acts["vision.layers.0.attn.z"].shape == (2, 5, 4, 8)
+    assert acts["text.layers.1.attn.logits"].shape == (2, 4, 5, 5)
+    assert acts["text.layers.1.mlp.hidden"].shape == (2, 5, 64)
+    assert acts["text.pooled"].shape == (2, 32) and acts["text.proj"].shape == (2, 16)
+
+
+def test_unknown_site_lists_near_matches():
+    model, v, pixels, ids, mask = tiny_clip()
+    with pytest.raises(ValueError, match=r"unknown site 'vision\.layers\.1\.resid_psot' in edits; "
+                                         r"did you mean vision\.layers\.1\.resid_post"):
+        model.apply(v, pixels, ids, mask, edits={"vision.layers.1.resid_psot": None})
+    with pytest.raises(ValueError, match=r"unknown site 'vision\.layers\.9\.\*' in capture"):
+        model.apply(v, pixels, ids, mask, capture=("vision.layers.9.*",))
+    with pytest.raises(ValueError, match="unknown tower"):
+        sites.tower_site_names("video", 1)
