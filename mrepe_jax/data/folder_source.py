@@ -55,8 +55,8 @@ def read_wav(path: str | pathlib.Path, sample_rate: int) -> np.ndarray:
 
 
 def write_wav(path: str | pathlib.Path, waveform: np.ndarray, sample_rate: int) -> None:
-    """Write a float waveform [N] in [-1, 1] as 16-bit PCM mono."""
-    pcm = np.clip(np.round(np.asarray(waveform, np.float64) * 32767.0), -32768, 32767)
+    """Write a float waveform [N] in [-1, 1] as 16-bit PCM mono (the inverse of ``read_wav``)."""
+    pcm = np.clip(np.round(np.asarray(waveform, np.float64) * 32768.0), -32768, 32767)
     with wave.open(str(path), "wb") as f:
         f.setnchannels(1)
         f.setsampwidth(2)

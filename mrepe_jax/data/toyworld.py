@@ -30,6 +30,7 @@ from mrepe_jax.data.toyworld_text import class_prompts, max_template_words, rend
 from mrepe_jax.data.toyworld_tokenizer import ToyTokenizer
 
 Batch = dict[str, Any]
+_RENDER_CHUNK = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +98,13 @@ class ToyWorld:
 
     def render(self, labels: Mapping[str, np.ndarray], nuisance: Mapping[str, np.ndarray]) -> Batch:
         """Render a batch from explicit labels ``{family: int[B]}`` and nuisance draws."""
-        cfg = self.config
         labels = {f: np.asarray(labels[f], np.int32) for f in FAMILIES}
+        rows = np.arange(len(labels[FAMILIES[0]]))
+        return _concat([self._render(take_rows(labels, r), take_rows(nuisance, r))
+                        for r in _chunks(rows)])
+
+    def _render(self, labels: dict[str, np.ndarray], nuisance: Mapping[str, np.ndarray]) -> Batch:
+        cfg = self.config
         captions = render_captions(labels, nuisance, max_words=cfg.max_len - 2)
         input_ids, attention_mask = self.tokenizer.encode(captions, cfg.max_len)
         return {
@@ -120,9 +126,10 @@ class ToyWorld:
 
     def batch(self, indices: Sequence[int], split: str = "train") -> Batch:
         """Samples ``indices`` of ``split`` as one batch (see ``render`` for the keys)."""
-        idx = _as_index_list(indices)
-        out = self.render(self.labels(idx, split), self._nuisance(idx, split))
-        out["index"] = np.asarray(idx, np.int64)
+        idx = np.asarray(_as_index_list(indices), np.int64)
+        out = _concat([self._render(self.labels(c, split), self._nuisance(c.tolist(), split))
+                       for c in _chunks(idx)])
+        out["index"] = idx
         return out
 
     def sample(self, index: int, split: str = "train") -> Batch:
@@ -178,6 +185,22 @@ class ToyWorld:
         out = self.render(labels, self._nuisance(idx, split))
         out["index"] = np.asarray(idx, np.int64)
         return out
+
+
+def _chunks(rows: np.ndarray) -> list[np.ndarray]:
+    # Rendering holds several float64 [B, N] temporaries and the nuisance noise is ~11k floats per
+    # sample; fixed-size chunks bound memory for large batches (B=16k would need gigabytes).
+    return [rows[lo:lo + _RENDER_CHUNK] for lo in range(0, max(len(rows), 1), _RENDER_CHUNK)]
+
+
+def _concat(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    out: Batch = {k: np.concatenate([p[k] for p in parts])
+                  for k in ("image", "audio", "input_ids", "attention_mask")}
+    out["caption"] = [c for p in parts for c in p["caption"]]
+    out["labels"] = {f: np.concatenate([p["labels"][f] for p in parts]) for f in FAMILIES}
+    return out
 
 
 def _as_index_list(indices: Sequence[int]) -> list[int]:

@@ -68,12 +68,13 @@ SYNONYMS: Mapping[str, Mapping[str, tuple[str, ...]]] = MappingProxyType({
     }),
 })
 
-# Every phrase has exactly three words so that a caption's length never depends on its labels:
-# contrast pairs then differ in one word, at the same position.
+# Every phrase is "<preposition> the <position word>": three words, so a caption's length never
+# depends on its labels. Options are ordered preposition-major, so the same uniform draw picks the
+# same preposition for every value and a contrast pair's captions differ in one word only.
+POSITION_PREPOSITIONS: tuple[str, ...] = ("on", "at", "towards")
 POSITION_PHRASES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "left": ("on the left", "at the left", "towards the left"),
-    "centre": ("in the centre", "in the middle", "at the center"),
-    "right": ("on the right", "at the right", "towards the right"),
+    value: tuple(f"{prep} the {word}" for prep in POSITION_PREPOSITIONS for word in words)
+    for value, words in SYNONYMS["position"].items()
 })
 
 

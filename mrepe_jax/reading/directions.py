@@ -123,8 +123,10 @@ def direction_probe(
     """
     x = np.asarray(x)
     y = np.asarray(y)
-    if y.shape != (np.shape(x)[0],) if np.ndim(x) else True:
-        raise ValueError(f"labels of shape {y.shape} do not match activations of shape {np.shape(x)}")
+    if x.ndim != 2:
+        raise ValueError(f"probe inputs must be a [N, D] array of activations, got shape {x.shape}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"labels of shape {y.shape} do not match activations of shape {x.shape}")
     if not np.all(np.isin(y, (0, 1))):
         raise ValueError(f"probe labels must be 0/1 or bool, got values {np.unique(y)[:10].tolist()}")
     y = y.astype(bool)

@@ -1,0 +1,40 @@
+"""ToyWorld end to end: train the tri-modal CLIP, evaluate, write the paper's tables.
+
+Run: python -m launch.run --config=configs/toyworld.py --workdir=runs/demo
+Override any field: --config.train.num_steps=500
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    del arg
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.world = ml_collections.ConfigDict(dict(seed=0, image_size=32, sample_rate=8000,
+                                             clip_seconds=0.5, max_len=16))
+
+    c.model = m = ml_collections.ConfigDict()
+    m.hidden_size = 64
+    m.mlp_size = 128
+    m.num_layers = 3
+    m.num_heads = 4
+    m.patch_size = 8
+    m.audio_patch_size = 8
+    m.projection_dim = 64
+
+    c.train = t = ml_collections.ConfigDict()
+    t.seed = 0
+    t.pool_size = 12288
+    t.batch_size = 128
+    t.num_steps = 2000
+    t.learning_rate = 2e-3
+    t.warmup_steps = 100
+    t.weight_decay = 1e-4
+    t.prompt_fraction = 0.25
+    t.checkpoint_every = 500
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.num_test = 1024
+    return c

@@ -1,0 +1,1 @@
+"""Training: one generic, resumable loop (``loop.fit``) that every trained component reuses."""

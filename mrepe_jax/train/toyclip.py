@@ -1,0 +1,159 @@
+"""Training the ToyWorld tri-modal CLIP (DESIGN.md §5) with pairwise InfoNCE, through ``loop.fit``.
+
+The world is small enough to pre-render a pool of training samples once; batches are drawn from
+it by a permutation that is a pure function of (seed, epoch), so checkpoints resume exactly.
+A fraction of captions is replaced by a one-family class prompt ("a photo of a red object") so the
+text tower also learns the prompts that zero-shot evaluation uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training.train_state import TrainState
+
+from mrepe_jax.align.contrastive import clip_loss
+from mrepe_jax.data.audio import LogMelConfig, n_frames
+from mrepe_jax.data.toyworld import ToyWorld
+from mrepe_jax.models.clip_config import CLIPTextConfig, CLIPVisionConfig
+from mrepe_jax.models.trimodal import TriModalCLIP, TriModalConfig
+from mrepe_jax.train.loop import FitResult, fit
+
+MODALITY_KEYS = {"vision": "image", "audio": "audio", "text": "input_ids"}
+PAIRS = (("vision", "text"), ("text", "audio"), ("vision", "audio"))
+
+
+def model_config(world: ToyWorld, cfg: ml_collections.ConfigDict) -> TriModalConfig:
+    """The tri-modal model for a world: three towers of the same shape, sized by ``cfg``."""
+    wc = world.config
+    tower = dict(hidden_size=cfg.hidden_size, intermediate_size=cfg.mlp_size,
+                 num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                 hidden_act="quick_gelu")
+    log_mel = LogMelConfig(sample_rate=wc.sample_rate)
+    frames = n_frames(wc.n_audio, log_mel)
+    tok = world.tokenizer
+    return TriModalConfig(
+        vision_config=CLIPVisionConfig(**tower, image_size=wc.image_size, patch_size=cfg.patch_size),
+        text_config=CLIPTextConfig(**tower, vocab_size=tok.vocab_size, max_position_embeddings=wc.max_len,
+                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        audio_config=CLIPVisionConfig(**tower, image_size=(frames, log_mel.n_mels),
+                                      patch_size=cfg.audio_patch_size, num_channels=1),
+        log_mel=log_mel,
+        num_audio_samples=wc.n_audio,
+        projection_dim=cfg.projection_dim,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """Pre-rendered training samples (numpy), indexed by batch permutations."""
+
+    image: np.ndarray
+    audio: np.ndarray
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    prompt_ids: np.ndarray  # [N, F, L] one class prompt per family, for caption replacement
+    prompt_mask: np.ndarray
+
+    def __len__(self):
+        return len(self.image)
+
+
+def render_pool(world: ToyWorld, size: int, chunk: int = 1024) -> Pool:
+    parts = [world.batch(range(s, min(size, s + chunk)), split="train") for s in range(0, size, chunk)]
+    cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
+    labels = {f: cat_labels(parts, f) for f in world.families}
+    prompt_ids, prompt_mask = class_prompt_tokens(world)
+    fam = list(world.families)
+    idx = np.stack([labels[f] for f in fam], 1)  # [N, F]
+    per_family = np.arange(len(fam))[None, :]
+    return Pool(cat("image"), cat("audio"), cat("input_ids"), cat("attention_mask"),
+                prompt_ids[per_family, idx], prompt_mask[per_family, idx])
+
+
+def cat_labels(parts, family):
+    return np.concatenate([p["labels"][family] for p in parts])
+
+
+def class_prompt_tokens(world: ToyWorld):
+    """Token ids of every family's class prompts, ``[F, V_max, L]`` (rows past a family's values
+    are padding that is never selected)."""
+    fams = list(world.families.items())
+    vmax = max(len(v) for _, v in fams)
+    ids = np.zeros((len(fams), vmax, world.config.max_len), np.int32)
+    mask = np.zeros_like(ids)
+    for i, (family, values) in enumerate(fams):
+        ids[i, : len(values)], mask[i, : len(values)] = world.tokenizer.encode(
+            world.class_prompts(family), world.config.max_len)
+    return ids, mask
+
+
+def batch_fn(make_pool, batch_size: int, seed: int, prompt_fraction: float):
+    """``step -> batch``, a pure function of the step (resumable, reproducible).
+
+    ``make_pool()`` is called on the first batch only, so a run restored at its last step renders
+    nothing.
+    """
+    cache = []
+
+    def get(step: int):
+        if not cache:
+            cache.append(make_pool())
+            if len(cache[0]) < batch_size:
+                raise ValueError(f"pool of {len(cache[0])} samples is smaller than one batch of {batch_size}")
+        pool = cache[0]
+        per_epoch = len(pool) // batch_size
+        epoch, i = divmod(step, per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(len(pool))
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        rng = np.random.default_rng([seed, epoch, i, 1])
+        use_prompt = rng.random(batch_size) < prompt_fraction
+        fam = rng.integers(0, pool.prompt_ids.shape[1], batch_size)
+        ids = np.where(use_prompt[:, None], pool.prompt_ids[idx, fam], pool.input_ids[idx])
+        mask = np.where(use_prompt[:, None], pool.prompt_mask[idx, fam], pool.attention_mask[idx])
+        return {"image": pool.image[idx], "audio": pool.audio[idx], "input_ids": ids, "attention_mask": mask}
+
+    return get
+
+
+def loss_fn(model: TriModalCLIP, params, batch, max_logit_scale: float = 100.0):
+    out, _ = model.apply({"params": params}, batch["image"], batch["input_ids"],
+                         batch["attention_mask"], batch["audio"])
+    scale = jnp.minimum(out["logit_scale"], max_logit_scale)
+    emb = {"vision": out["image_embeds"], "text": out["text_embeds"], "audio": out["audio_embeds"]}
+    losses = {f"{a}-{b}": clip_loss(emb[a], emb[b], scale) for a, b in PAIRS}
+    return sum(losses.values()) / len(losses), losses
+
+
+def init_state(model: TriModalCLIP, world: ToyWorld, cfg: ml_collections.ConfigDict) -> TrainState:
+    b = world.batch(range(2), split="train")
+    params = model.init(jax.random.key(cfg.seed), b["image"], b["input_ids"], b["attention_mask"],
+                        b["audio"])["params"]
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
+                                                  cfg.num_steps, cfg.learning_rate * 0.05)
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(schedule, weight_decay=cfg.weight_decay))
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def train(world: ToyWorld, cfg: ml_collections.ConfigDict, checkpoint_dir=None, stop_after=None,
+          progress: bool = True, pool: Pool | None = None) -> tuple[TriModalCLIP, FitResult]:
+    """Trains (or resumes) the tri-modal CLIP on ``world``; ``cfg`` is ``config.model``+``train``."""
+    model = TriModalCLIP(model_config(world, cfg))
+    state = init_state(model, world, cfg)
+    make_pool = (lambda: render_pool(world, cfg.pool_size)) if pool is None else (lambda: pool)
+
+    def step_fn(state: TrainState, batch):
+        (loss, parts), grads = jax.value_and_grad(
+            lambda p: loss_fn(model, p, batch), has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads), {"loss": loss, **parts}
+
+    result = fit(state, step_fn, batch_fn(make_pool, cfg.batch_size, cfg.seed, cfg.prompt_fraction),
+                 cfg.num_steps, checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
+                 stop_after=stop_after, desc="toyworld clip", progress=progress)
+    return model, result
