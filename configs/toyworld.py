@@ -18,17 +18,17 @@ def get_config(arg=None):
     c.model = m = ml_collections.ConfigDict()
     m.hidden_size = 64
     m.mlp_size = 128
-    m.num_layers = 3
+    m.num_layers = 2
     m.num_heads = 4
     m.patch_size = 8
-    m.audio_patch_size = 8
+    m.audio_patch_size = 16
     m.projection_dim = 64
 
     c.train = t = ml_collections.ConfigDict()
     t.seed = 0
-    t.pool_size = 12288
+    t.pool_size = 8192
     t.batch_size = 128
-    t.num_steps = 2000
+    t.num_steps = 1200
     t.learning_rate = 2e-3
     t.warmup_steps = 100
     t.weight_decay = 1e-4

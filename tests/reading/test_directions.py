@@ -1,7 +1,5 @@
 """Directions recover a planted concept direction (eq 6, RepE PCA, logistic probe)."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -1,0 +1,1 @@
+"""End-to-end experiments: each is one function ``run(config, workdir)`` that launch/ calls."""

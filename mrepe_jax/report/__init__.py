@@ -1,0 +1,1 @@
+"""Report writing: markdown tables in the paper's format, results.json, run metadata."""
