@@ -28,13 +28,18 @@ def get_config(arg=None):
     t.seed = 0
     t.pool_size = 8192
     t.batch_size = 128
-    t.num_steps = 1200
+    t.num_steps = 2000
     t.learning_rate = 2e-3
     t.warmup_steps = 100
     t.weight_decay = 1e-4
-    t.prompt_fraction = 0.25
+    t.prompt_fraction = 0.3
     t.checkpoint_every = 500
 
     c.eval = e = ml_collections.ConfigDict()
     e.num_test = 1024
+
+    c.identify = i = ml_collections.ConfigDict()
+    i.num_train = 1024
+    i.num_validation = 512
+    i.num_pairs = 16
     return c

@@ -18,6 +18,7 @@ imported (in a subprocess, so the rest of a test session keeps one device).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -133,3 +134,24 @@ def pad_batch(batch: Any, size: int) -> tuple[Any, np.ndarray]:
 def _check_axis(mesh: Mesh, axis: str) -> None:
     if axis not in mesh.axis_names:
         raise ValueError(f"mesh axes are {tuple(mesh.axis_names)}; there is no {axis!r} axis")
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Joins a multi-host run (``jax.distributed.initialize``) when asked to.
+
+    With all three arguments set, uses them; with none, does nothing on a single host, and lets
+    JAX auto-detect the cluster on TPU pods and SLURM (``MREPE_DISTRIBUTED=auto``). A partial set
+    is an error naming what is missing.
+    """
+    given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
+             "process_id": process_id}
+    if all(v is None for v in given.values()):
+        if os.environ.get("MREPE_DISTRIBUTED") == "auto":
+            jax.distributed.initialize()
+        return
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise ValueError(f"multi-host launch needs all of coordinator_address, num_processes and "
+                         f"process_id; missing {missing}")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)

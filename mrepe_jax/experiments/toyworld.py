@@ -11,7 +11,7 @@ import time
 import ml_collections
 
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
-from mrepe_jax.experiments import toyworld_report
+from mrepe_jax.experiments import toyworld_identify, toyworld_report
 from mrepe_jax.report import workdir as workdir_lib
 from mrepe_jax.train import toyclip, zero_shot
 
@@ -53,6 +53,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
     embeddings = zero_shot.embed_all(model, params, test)
     prompts = zero_shot.prompt_embeddings(model, params, world)
     results["zero_shot"] = zero_shot.zero_shot_accuracy(embeddings, prompts, test["labels"])
+
+    splits = {"train": world.batch(range(config.identify.num_train), split="train"),
+              "validation": world.batch(range(config.identify.num_validation), split="validation"),
+              "test": test}
+    t0 = time.perf_counter()
+    results["identification"] = toyworld_identify.identify(model, params, world, splits)
+    results["causal"] = toyworld_identify.causal_analysis(model, params, world,
+                                                          config.identify.num_pairs, workdir)
+    results["identification"]["seconds"] = round(time.perf_counter() - t0, 1)
 
     workdir_lib.write_json(workdir / "results.json", results)
     workdir_lib.write_text(workdir / "report.md", toyworld_report.render(results))

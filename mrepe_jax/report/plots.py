@@ -1,0 +1,34 @@
+"""PNG plots for reports (side effects only: data in, file out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def heatmap(values, path: Path, *, title: str, xlabel: str, ylabel: str,
+            xticks=None, yticks=None, center: bool = True) -> Path:
+    values = np.asarray(values, np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"heatmap needs a 2-D array, got shape {values.shape} for {str(path)!r}")
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.22 * values.shape[1] + 2), max(2.5, 0.4 * values.shape[0] + 1.5)))
+    lim = float(np.nanmax(np.abs(values))) or 1.0
+    im = ax.imshow(values, aspect="auto", cmap="RdBu_r" if center else "viridis",
+                   vmin=-lim if center else None, vmax=lim if center else None, interpolation="nearest")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if yticks is not None:
+        ax.set_yticks(range(len(yticks)), [str(t) for t in yticks])
+    if xticks is not None and len(xticks) <= 40:
+        ax.set_xticks(range(len(xticks)), [str(t) for t in xticks], fontsize=7)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
