@@ -8,7 +8,9 @@ import ml_collections
 
 
 def get_config(arg=None):
-    del arg
+    """``arg="tiny"`` (``--config=configs/toyworld.py:tiny``) shrinks everything for smoke tests."""
+    if arg not in (None, "", "tiny"):
+        raise ValueError(f"unknown config argument {arg!r}; use nothing or 'tiny'")
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -42,4 +44,14 @@ def get_config(arg=None):
     i.num_train = 1024
     i.num_validation = 512
     i.num_pairs = 16
+    # Causal sweeps compile once per (tower, family): restrict them for quick runs.
+    i.causal_towers = ("vision", "text", "audio")
+    i.causal_families = ("colour", "shape", "size", "position", "emblem")
+
+    if arg == "tiny":
+        m.update(hidden_size=16, mlp_size=32, num_layers=1, num_heads=2, projection_dim=8)
+        t.update(pool_size=64, batch_size=16, num_steps=4, warmup_steps=1, checkpoint_every=2)
+        e.num_test = 64
+        i.update(num_train=96, num_validation=64, num_pairs=2, causal_towers=("vision", "text"),
+                 causal_families=("colour",))
     return c

@@ -44,8 +44,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
     model, params, results["training"] = load_or_train(world, config, workdir, progress)
     previous = workdir_lib.read_json(workdir / "results.json")
     if results["training"]["steps_run"] == 0 and previous.get("training"):
-        # Keep the timing of the run that actually trained the cached model.
-        results["training"]["trained_in_seconds"] = previous["training"].get("trained_in_seconds")
+        # Keep the figures of the run that actually trained the cached model.
+        for key in ("trained_in_seconds", "final_loss"):
+            results["training"][key] = previous["training"].get(key)
     else:
         results["training"]["trained_in_seconds"] = results["training"]["seconds_this_run"]
 
@@ -59,8 +60,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
               "test": test}
     t0 = time.perf_counter()
     results["identification"] = toyworld_identify.identify(model, params, world, splits)
-    results["causal"] = toyworld_identify.causal_analysis(model, params, world,
-                                                          config.identify.num_pairs, workdir)
+    results["causal"] = toyworld_identify.causal_analysis(
+        model, params, world, config.identify.num_pairs, workdir,
+        towers=config.identify.causal_towers, families=config.identify.causal_families)
     results["identification"]["seconds"] = round(time.perf_counter() - t0, 1)
 
     workdir_lib.write_json(workdir / "results.json", results)

@@ -107,14 +107,21 @@ def prompt_logit_diff(prompts: np.ndarray, pos_values, neg_values):
     return metric
 
 
-def causal_analysis(model, params, world: ToyWorld, num_pairs: int, workdir: Path, seed: int = 0) -> dict:
+def causal_analysis(model, params, world: ToyWorld, num_pairs: int, workdir: Path, seed: int = 0,
+                    towers=tuple(TOWERS), families=None) -> dict:
     """Exact vs attribution patching per tower and family; heatmaps into ``workdir``."""
     variables = {"params": params}
     prompts = prompt_embeddings(model, params, world)
+    families = tuple(world.families) if families is None else tuple(families)
+    for name, given, known in (("tower", towers, TOWERS), ("family", families, world.families)):
+        unknown = [g for g in given if g not in known]
+        if unknown:
+            raise ValueError(f"unknown {name}(s) {unknown} for causal analysis; known: {list(known)}")
     out: dict = {}
-    for tower, (input_key, mask_key) in TOWERS.items():
+    for tower in towers:
+        input_key, mask_key = TOWERS[tower]
         out[tower] = {}
-        for family in world.families:
+        for family in families:
             pairs = world.contrast_pairs(family, num_pairs, split="test", seed=seed)
             metric = prompt_logit_diff(prompts[family], pairs.pos_values, pairs.neg_values)
             kw = {}

@@ -131,6 +131,8 @@ def loss_fn(model: TriModalCLIP, params, batch, max_logit_scale: float = 100.0):
 
 
 def init_state(model: TriModalCLIP, world: ToyWorld, cfg: ml_collections.ConfigDict) -> TrainState:
+    if not 0 <= cfg.warmup_steps < cfg.num_steps:
+        raise ValueError(f"warmup_steps ({cfg.warmup_steps}) must be in [0, num_steps={cfg.num_steps})")
     b = world.batch(range(2), split="train")
     params = model.init(jax.random.key(cfg.seed), b["image"], b["input_ids"], b["attention_mask"],
                         b["audio"])["params"]
