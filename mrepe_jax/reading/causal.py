@@ -181,8 +181,8 @@ def _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_i
     return _Plan(tower, point, layout, bool(heads), layers, site_names, num_layers, direction)
 
 
-def _positions(plan: _Plan, act_shape, positions) -> tuple[int, ...]:
-    num = act_shape[2] if plan.layout == "pattern" else act_shape[1]
+def _positions(plan: _Plan, num: int, positions) -> tuple[int, ...]:
+    """Validated positions out of the ``num`` along the site's position axis."""
     if positions is None:
         return tuple(range(num))
     if isinstance(positions, (int, np.integer)):
@@ -190,10 +190,16 @@ def _positions(plan: _Plan, act_shape, positions) -> tuple[int, ...]:
     positions = tuple(int(p) for p in positions)
     bad = [p for p in positions if not -num <= p < num]
     if bad:
-        raise ValueError(f"positions {bad} out of range for site {plan.sites[0]!r} with {num} positions")
+        raise ValueError(
+            f"positions {bad} out of range for site {plan.sites[0]!r} with {num} positions"
+        )
     if not positions:
         raise ValueError("positions is empty")
     return tuple(p % num for p in positions)
+
+
+def _num_positions(plan: _Plan, act_shape) -> int:
+    return act_shape[2] if plan.layout == "pattern" else act_shape[1]
 
 
 def _num_heads(plan: _Plan, act_shape) -> int:
@@ -205,7 +211,9 @@ def _split_masks(tower: str, text_mask):
     if text_mask is None:
         return None, None
     if tower != "text":
-        raise ValueError(f"text_mask is the text tower's padding mask; the swept tower is {tower!r}")
+        raise ValueError(
+            f"text_mask is the text tower's padding mask; the swept tower is {tower!r}"
+        )
     if isinstance(text_mask, (tuple, list)):
         if len(text_mask) != 2:
             raise ValueError("text_mask is one [batch, tokens] array or a (clean, corrupt) pair")
@@ -225,7 +233,8 @@ def _orient(plan: _Plan, clean_inputs, corrupt_inputs, text_mask):
 # Where masks and per-position reductions for each layout
 
 
-def _where_masks(layout: str, num_positions: int, num_heads: int, positions, heads: bool) -> np.ndarray:
+def _where_masks(layout: str, num_positions: int, num_heads: int, positions,
+                 heads: bool) -> np.ndarray:
     """One boolean ``where`` per patch, stacked on axis 0, in (position, head) row-major order."""
     t, h = num_positions, num_heads
     rows = []
@@ -310,25 +319,34 @@ def _patched_metric(model, variables, tower, metric, site, start, chunk_size, h,
     return jax.lax.map(one, masks, batch_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tower", "metric", "site_names"))
-def _metric_and_site_grads(model, variables, tower, metric, site_names, inputs, attention_mask,
-                           zeros):
-    """One forward + one backward: base metric, base activations and ``dmetric/dr`` at each site.
+@functools.partial(
+    jax.jit, static_argnames=("model", "tower", "metric", "site_names", "layout", "heads")
+)
+def _attribution(model, variables, tower, metric, site_names, layout, heads, base_in, base_mask,
+                 src_in, src_mask):
+    """Attribution patching in one compiled call: ``[B, L, T(, H)]`` estimates, base/source metric.
 
-    The gradient w.r.t. a zero ``Add`` delta at a site is the gradient w.r.t. the activation
-    there, and only activations (never parameters) are differentiated, so the backward pass costs
-    about one forward.
+    The source run is one forward with capture; the base run is one forward + one backward. The
+    gradient w.r.t. a zero ``Add`` delta at a site is the gradient w.r.t. the activation there,
+    and only activations (never parameters) are differentiated, so the backward pass costs about
+    one forward. Examples do not interact, so the gradient of the batch sum of the metric holds
+    every example's own gradient.
     """
+    src_emb, src_acts = model.apply(variables, tower, src_in, src_mask, capture=site_names,
+                                    method="encode")
 
     def run(deltas):
         edits = {s: edits_lib.Add(d) for s, d in zip(site_names, deltas)}
-        emb, acts = model.apply(variables, tower, inputs, attention_mask, edits=edits,
+        emb, acts = model.apply(variables, tower, base_in, base_mask, edits=edits,
                                 capture=site_names, method="encode")
         return metric(emb), acts
 
-    value, vjp_fn, acts = jax.vjp(run, zeros, has_aux=True)
-    (grads,) = vjp_fn(jnp.ones_like(value))
-    return value, tuple(acts[s] for s in site_names), grads
+    zeros = tuple(jnp.zeros_like(src_acts[s]) for s in site_names)
+    base_metric, vjp_fn, base_acts = jax.vjp(run, zeros, has_aux=True)
+    (grads,) = vjp_fn(jnp.ones_like(base_metric))
+    per_layer = [_per_position(layout, (src_acts[s] - base_acts[s]) * g, heads)
+                 for s, g in zip(site_names, grads)]
+    return jnp.stack(per_layer, 1), base_metric, metric(src_emb)
 
 
 def _check_metric(value, batch: int):
@@ -406,10 +424,10 @@ def causal_effect(
     _check_metric(base_metric, batch)
 
     shape = src_acts[plan.sites[0]].shape
-    pos = _positions(plan, shape, positions)
+    num = _num_positions(plan, shape)
+    pos = _positions(plan, num, positions)
     num_heads = _num_heads(plan, shape) if plan.layout != "token" else 1
-    masks = jnp.asarray(_where_masks(plan.layout, shape[2 if plan.layout == "pattern" else 1],
-                                     num_heads, pos, plan.heads))
+    masks = jnp.asarray(_where_masks(plan.layout, num, num_heads, pos, plan.heads))
     stage_mask = _stage_mask(model, variables, tower, base_in, base_mask)
     ids = _readout_ids(tower, base_in)
 
@@ -454,19 +472,12 @@ def attribution_effect(
     del verbose
     plan = _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_inputs)
     base_in, base_mask, src_in, src_mask = _orient(plan, clean_inputs, corrupt_inputs, text_mask)
-
-    src_metric, src_acts = _forward(model, variables, tower, metric, plan.sites, src_in, src_mask)
-    zeros = tuple(jnp.zeros_like(src_acts[s]) for s in plan.sites)
-    base_metric, base_acts, grads = _metric_and_site_grads(
-        model, variables, tower, metric, plan.sites, base_in, base_mask, zeros
-    )
+    every, base_metric, src_metric = _attribution(
+        model, variables, tower, metric, plan.sites, plan.layout, plan.heads, base_in, base_mask,
+        src_in, src_mask
+    )  # every position: [B, L, T(, H)]
     _check_metric(base_metric, np.shape(base_in)[0])
-    pos = _positions(plan, zeros[0].shape, positions)
-    idx = np.asarray(pos)
-    per_layer = [
-        _per_position(plan.layout, (src_acts[s] - r0) * g, plan.heads)[:, idx]
-        for s, r0, g in zip(plan.sites, base_acts, grads)
-    ]
-    per_example = jnp.stack(per_layer, 1)  # [B, L, P(, H)]
+    pos = _positions(plan, every.shape[2], positions)
+    per_example = every if pos == tuple(range(every.shape[2])) else every[:, :, np.asarray(pos)]
     return CausalEffects(per_example.mean(0), per_example, base_metric, src_metric, plan.sites,
                          plan.layers, pos, direction, "attribution")

@@ -187,7 +187,8 @@ class LinearEncoder(nn.Module):
             h = sites(self, f"{p}.resid_pre", h)
             z = jnp.einsum("st,btd->bsd", self.mix[i], self.v[i](h))
             z = sites(self, f"{p}.attn.z", z.reshape(z.shape[:2] + (self.heads, -1)))
-            a = sites(self, f"{p}.attn_out", self.o[i](z.reshape(h.shape)))
+            a = self.o[i](z.reshape(h.shape))
+            a = sites(self, f"{p}.attn_out", a)
             h = sites(self, f"{p}.resid_mid", h + a)
             m = sites(self, f"{p}.mlp_out", self.mlp[i](h))
             h = sites(self, f"{p}.resid_post", h + m)
@@ -234,7 +235,8 @@ def test_attribution_equals_exact_on_a_linear_model(direction):
                            heads=heads, direction=direction)
         at = attribution_effect(model, variables, "vision", clean, corrupt, metric, point=point,
                                 heads=heads, direction=direction)
-        assert ex.per_example.shape == at.per_example.shape == ((3, 2, 4, 2) if heads else (3, 2, 4))
+        want = (3, 2, 4, 2) if heads else (3, 2, 4)
+        assert ex.per_example.shape == at.per_example.shape == want
         assert float(jnp.abs(ex.per_example).max()) > 1e-2  # the test is not vacuous
         np.testing.assert_allclose(at.per_example, ex.per_example, atol=1e-5)
         np.testing.assert_allclose(at.base, ex.base, atol=1e-6)

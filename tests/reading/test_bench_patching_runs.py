@@ -1,0 +1,39 @@
+"""bench/patching.py --tiny runs end to end, cross-checks the three patching methods and reports
+its JSON line."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+KEYS = (
+    "ours_exact_s", "ours_attribution_s", "forward_s", "attribution_forward_equivalents",
+    "nnsight_s", "nnsight_extrapolated", "nnsight_timed_patches", "hooks_s", "speedup_vs_nnsight",
+    "speedup_vs_hooks", "matmul_peak_gflops", "flop_floor_gflop", "flop_floor_s",
+    "exact_over_flop_floor", "bootstrap_s", "bootstrap_single_estimate_s",
+    "bootstrap_over_single_estimate", "max_abs_diff_vs_ours", "load_average_start",
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nnsight") is None, reason="nnsight not installed")
+def test_bench_patching_tiny():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "patching.py"), "--tiny"],
+                         capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-4000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["bench"] == "patching" and res["tiny"] is True
+    for key in KEYS:
+        assert key in res, key
+    assert res["patches"] == res["layers"] * res["positions"]
+    assert res["nnsight_extrapolated"] is True and "EXTRAPOLATED" in out.stdout
+    for key in ("ours_exact_s", "ours_attribution_s", "nnsight_s", "hooks_s", "bootstrap_s"):
+        assert res[key] > 0, key
+    # Same weights everywhere: the three methods agree on every effect they computed.
+    if res["same_weights"]:
+        for method, diff in res["max_abs_diff_vs_ours"].items():
+            assert diff < 1e-4, (method, diff)
