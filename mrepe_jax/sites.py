@@ -154,9 +154,13 @@ def collect(intermediates: Mapping[str, Any]) -> dict[str, Any]:
 class SitedModel(nn.Module):
     """Mixin for top-level models: ``apply`` takes ``edits`` and ``capture``, returns (outputs, acts).
 
-    Subclasses define ``site_names()``. Keys and patterns are validated against that table before
-    tracing, so a typo fails with the near matches instead of silently editing nothing.
+    Subclasses define ``tower_layers()`` (``{tower: number of layers}``) and ``site_names()``.
+    Keys and patterns are validated against that table before tracing, so a typo fails with the
+    near matches instead of silently editing nothing.
     """
+
+    def tower_layers(self) -> dict[str, int]:
+        raise NotImplementedError
 
     def site_names(self) -> tuple[str, ...]:
         raise NotImplementedError

@@ -29,7 +29,10 @@ def dot_product_attention(module, sites: Sites, prefix: str, q, k, v, mask=None)
     q = sites(module, f"{prefix}.q", q)
     k = sites(module, f"{prefix}.k", k)
     v = sites(module, f"{prefix}.v", v)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    # Head-major [B, H, T, Dh] for the two attention matmuls: XLA:CPU runs these batched matmuls
+    # about 2x faster than the equivalent token-major einsums. Sites keep the documented layouts.
+    qh, kh, vh = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    logits = jnp.matmul(qh, kh.swapaxes(-1, -2))
     logits = sites(module, f"{prefix}.logits", logits)
     scores = logits * (q.shape[-1] ** -0.5)
     if mask is not None:
@@ -37,7 +40,7 @@ def dot_product_attention(module, sites: Sites, prefix: str, q, k, v, mask=None)
         scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     pattern = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
     pattern = sites(module, f"{prefix}.pattern", pattern)
-    z = jnp.einsum("bhqk,bkhd->bqhd", pattern, v)
+    z = jnp.matmul(pattern, vh).transpose(0, 2, 1, 3)
     return sites(module, f"{prefix}.z", z)
 
 

@@ -65,10 +65,15 @@ class CLIPVisionTransformer(nn.Module):
         x = sites(self, f"{self.tower}.embed", self.embeddings(pixel_values))
         return self.pre_layrnorm(x)
 
+    def layer_mask(self, inputs, attention_mask=None):
+        """Vision tokens attend to every token: no mask."""
+        return None
+
     def run_layers(self, h, sites: Sites, start=0, stop=None, mask=None):
         return self.encoder(h, sites, None, start, stop)
 
-    def readout(self, h, sites: Sites, **_):
+    def readout(self, h, sites: Sites, inputs=None):
+        """CLS token -> ``post_layernorm`` -> ``pooled`` (``inputs`` unused: the position is fixed)."""
         return sites(self, f"{self.tower}.pooled", self.post_layernorm(h[:, 0]))
 
     def __call__(self, pixel_values, sites: Sites = Sites()):
@@ -91,7 +96,7 @@ class CLIPTextTransformer(nn.Module):
         return sites(self, f"{self.tower}.embed", self.embeddings(input_ids))
 
     @staticmethod
-    def attention_mask(input_ids, attention_mask=None):
+    def layer_mask(input_ids, attention_mask=None):
         """Causal AND padding mask, ``[B, 1, T, T]`` boolean."""
         mask = causal_mask(input_ids.shape[1])
         if attention_mask is not None:
@@ -111,15 +116,18 @@ class CLIPTextTransformer(nn.Module):
     def final_states(self, h):
         return self.final_layer_norm(h)
 
-    def readout(self, h, sites: Sites, input_ids=None):
+    def readout(self, h, sites: Sites, inputs=None):
+        """``final_layer_norm`` -> EOS pooling (at a position read off the ids ``inputs``)."""
+        if inputs is None:
+            raise ValueError("the text tower's readout needs the input ids to find the EOS token")
         h = self.final_layer_norm(h)
-        pooled = jnp.take_along_axis(h, self.pool_index(input_ids)[:, None, None], axis=1)[:, 0]
+        pooled = jnp.take_along_axis(h, self.pool_index(inputs)[:, None, None], axis=1)[:, 0]
         return sites(self, f"{self.tower}.pooled", pooled)
 
     def __call__(self, input_ids, attention_mask=None, sites: Sites = Sites()):
-        mask = self.attention_mask(input_ids, attention_mask)
+        mask = self.layer_mask(input_ids, attention_mask)
         h = self.run_layers(self.embed(input_ids, sites), sites, mask=mask)
-        return self.final_layer_norm(h), self.readout(h, sites, input_ids=input_ids)
+        return self.final_layer_norm(h), self.readout(h, sites, inputs=input_ids)
 
 
 class CLIPTextEmbeddings(nn.Module):
@@ -142,13 +150,12 @@ class CLIPTextEmbeddings(nn.Module):
 class ContrastiveTowers(SitedModel):
     """Shared machinery of dual/tri-tower contrastive models: per-tower staging for sweeps.
 
-    Subclasses define ``tower_modules() -> {tower: (encoder module, projection module)}``.
+    Subclasses define ``tower_modules() -> {tower: (encoder module, projection module)}`` and
+    ``tower_layers()``. Each encoder provides ``embed(inputs, sites)``, ``layer_mask(inputs,
+    attention_mask)``, ``run_layers(h, sites, start, stop, mask)`` and ``readout(h, sites, inputs)``.
     """
 
     def tower_modules(self) -> dict:
-        raise NotImplementedError
-
-    def tower_layers(self) -> dict[str, int]:
         raise NotImplementedError
 
     def site_names(self) -> tuple[str, ...]:
@@ -164,23 +171,26 @@ class ContrastiveTowers(SitedModel):
         """Inputs -> residual stream entering layer 0 (``{tower}.layers.0.resid_pre``)."""
         return self._tower(tower)[0].embed(inputs, sites)
 
+    def layer_mask(self, tower: str, inputs, attention_mask=None, sites: Sites = Sites()):
+        """The attention mask ``run_layers`` needs for these inputs (None for vision/audio)."""
+        return self._tower(tower)[0].layer_mask(inputs, attention_mask)
+
     def run_layers(self, tower: str, h, start: int = 0, stop: int | None = None, mask=None,
                    sites: Sites = Sites()):
         """Runs layers ``[start, stop)`` of ``tower`` on residual stream ``h``."""
         return self._tower(tower)[0].run_layers(h, sites, start, stop, mask)
 
-    def readout(self, tower: str, h, input_ids=None, sites: Sites = Sites()):
-        """Final residual stream -> projected (unnormalised) embedding, through ``pooled``/``proj``."""
+    def readout(self, tower: str, h, inputs=None, sites: Sites = Sites()):
+        """Final residual stream -> projected (unnormalised) embedding, through ``pooled``/``proj``.
+        ``inputs`` are the tower's inputs (the text tower pools at their EOS token)."""
         enc, proj = self._tower(tower)
-        return sites(self, f"{tower}.proj", proj(enc.readout(h, sites, input_ids=input_ids)))
+        return sites(self, f"{tower}.proj", proj(enc.readout(h, sites, inputs=inputs)))
 
     def encode(self, tower: str, inputs, attention_mask=None, sites: Sites = Sites()):
         """Projected (unnormalised) embedding of one tower's inputs."""
-        mask = None
-        if tower == "text":
-            mask = self.text_model.attention_mask(inputs, attention_mask)
+        mask = self.layer_mask(tower, inputs, attention_mask)
         h = self.run_layers(tower, self.embed(tower, inputs, sites), mask=mask, sites=sites)
-        return self.readout(tower, h, input_ids=inputs if tower == "text" else None, sites=sites)
+        return self.readout(tower, h, inputs=inputs, sites=sites)
 
 
 def normalize(x):

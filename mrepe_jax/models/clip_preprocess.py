@@ -190,7 +190,9 @@ def _to_rgb_uint8(image, index: int) -> np.ndarray:
             alpha = image[..., 3:4] / 255
             return np.round(alpha * image[..., :3] + (1 - alpha) * 255).astype(np.uint8)
         return image
-    raise TypeError(f"image {index}: expected a PIL image or a uint8 numpy array, got {type(image).__name__}")
+    raise TypeError(
+        f"image {index}: expected a PIL image or a uint8 numpy array, got {type(image).__name__}"
+    )
 
 
 def _resize_hw(h: int, w: int, size: int | tuple[int, int]) -> tuple[int, int]:

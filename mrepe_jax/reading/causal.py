@@ -130,13 +130,10 @@ class _Plan:
 
 
 def _tower_layers(model, tower: str) -> int:
-    names = model.site_names()
-    prefix = f"{tower}.layers."
-    n = len({name.split(".")[2] for name in names if name.startswith(prefix)})
-    if n == 0:
-        towers = sorted({name.split(".")[0] for name in names})
-        raise ValueError(f"unknown tower {tower!r}; this model has towers {towers}")
-    return n
+    layers = model.tower_layers()
+    if tower not in layers:
+        raise ValueError(f"unknown tower {tower!r}; this model has towers {sorted(layers)}")
+    return layers[tower]
 
 
 def _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_inputs) -> _Plan:
@@ -270,20 +267,9 @@ def _per_position(layout: str, x, heads: bool):
 # compilation per (model, metric, layer, site, shapes) serves every later sweep.
 
 
-def _readout_ids(tower: str, inputs):
-    # Text readout pools at the EOS token of the ids; other towers pool a fixed position.
-    return inputs if tower == "text" else None
-
-
-def _stage_mask_method(module, tower, inputs, attention_mask, sites=None):
-    encoder = module.tower_modules()[tower][0] if hasattr(module, "tower_modules") else None
-    build = getattr(encoder, "attention_mask", None)
-    return None if build is None else build(inputs, attention_mask)
-
-
 @functools.partial(jax.jit, static_argnames=("model", "tower"))
 def _stage_mask(model, variables, tower, inputs, attention_mask):
-    mask, _ = model.apply(variables, tower, inputs, attention_mask, method=_stage_mask_method)
+    mask, _ = model.apply(variables, tower, inputs, attention_mask, method="layer_mask")
     return mask
 
 
@@ -311,7 +297,7 @@ def _patched_metric(model, variables, tower, metric, site, start, chunk_size, h,
         edit = {site: edits_lib.Replace(source, where)}
         out, _ = model.apply(variables, tower, h, start=start, mask=stage_mask, edits=edit,
                              method="run_layers")
-        emb, _ = model.apply(variables, tower, out, input_ids=input_ids, method="readout")
+        emb, _ = model.apply(variables, tower, out, inputs=input_ids, method="readout")
         return metric(emb)
 
     if chunk_size is None or chunk_size >= masks.shape[0]:
@@ -390,7 +376,7 @@ def causal_effect(
 
     Args:
       model: a ``ContrastiveTowers`` model (or any ``SitedModel`` with the ``embed`` /
-        ``run_layers(tower, h, start, stop, mask)`` / ``readout(tower, h, input_ids)`` /
+        ``run_layers(tower, h, start, stop, mask)`` / ``readout(tower, h, inputs)`` /
         ``encode(tower, inputs, attention_mask)`` staging methods).
       variables: ``{"params": ...}``.
       tower: ``"vision"``, ``"text"``, ...
@@ -429,7 +415,7 @@ def causal_effect(
     num_heads = _num_heads(plan, shape) if plan.layout != "token" else 1
     masks = jnp.asarray(_where_masks(plan.layout, num, num_heads, pos, plan.heads))
     stage_mask = _stage_mask(model, variables, tower, base_in, base_mask)
-    ids = _readout_ids(tower, base_in)
+    ids = base_in  # readout's inputs: the text tower pools at their EOS token
 
     per_layer = []
     for layer, site, entry in zip(_progress(plan.layers, verbose, f"patching {tower}.{point}"),

@@ -194,7 +194,10 @@ class LinearEncoder(nn.Module):
             h = sites(self, f"{p}.resid_post", h + m)
         return h
 
-    def readout(self, h, sites, input_ids=None):
+    def layer_mask(self, inputs, attention_mask=None):
+        return None
+
+    def readout(self, h, sites, inputs=None):
         return sites(self, "vision.pooled", h[:, 0])
 
 
