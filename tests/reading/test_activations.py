@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mrepe_jax.models.clip import CLIPModel
-from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from mrepe_jax.reading import activations as A
+from tests.models.tiny import CONFIG as TINY
 from tests.test_parallel import run_with_devices
 
 ATOL = 1e-5
@@ -15,15 +15,7 @@ N, G = 50, 3
 
 
 def tiny_clip():
-    cfg = CLIPConfig(
-        CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, image_size=16, patch_size=8),
-        CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, vocab_size=100, max_position_embeddings=10,
-                       eos_token_id=99),
-        projection_dim=16,
-    )
-    model = CLIPModel(cfg)
+    model = CLIPModel(TINY)
     params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 10), jnp.int32))
     return model, params
 

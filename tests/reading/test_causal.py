@@ -10,19 +10,11 @@ import pytest
 
 from mrepe_jax.edits import Replace, head_mask, token_mask
 from mrepe_jax.models.clip import CLIPModel, ContrastiveTowers
-from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from mrepe_jax.reading.causal import attribution_effect, causal_effect
 from mrepe_jax.sites import Sites, layer_site, tower_site_names
+from tests.models.tiny import CONFIG as TINY
 
-TINY = CLIPConfig(
-    CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, image_size=16, patch_size=8),
-    CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                   num_attention_heads=4, vocab_size=100, max_position_embeddings=10,
-                   eos_token_id=99),
-    projection_dim=16,
-)
-EOS = 99
+EOS = TINY.text_config.eos_token_id
 
 
 @pytest.fixture(scope="module")
