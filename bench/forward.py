@@ -10,7 +10,9 @@ quick_gelu, projection 512) with random weights, fp32. Reports
       fraction of it, with the model's FLOPs counted analytically from the config.
 
 Every timing is the median over ``--iters`` calls after ``--warmup`` calls (the first of which
-compiles). The last stdout line is one JSON object, for scripts that collect bench results.
+compiles); the timed calls of the three contenders are interleaved round-robin so background load
+on a shared machine hits them alike. The last stdout line is one JSON object, for scripts that
+collect bench results.
 
     python bench/forward.py                      # the full bench (about a minute on 2 CPU cores)
     python bench/forward.py --tiny               # a seconds-long smoke run
@@ -34,8 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 32, "images per forward")
-flags.DEFINE_integer("iters", 5, "timed calls; the median is reported")
-flags.DEFINE_integer("warmup", 1, "untimed calls before timing (the first compiles)")
+flags.DEFINE_integer("iters", 8, "timed calls; the median is reported")
+flags.DEFINE_integer(
+    "warmup", 2, "untimed calls of each contender before timing (the first compiles)"
+)
 flags.DEFINE_integer("matmul_n", 2048, "side of the square fp32 matmul that measures the peak")
 flags.DEFINE_bool("tiny", False, "a tiny config, batch 4, 2 iters: a smoke run of the script")
 flags.DEFINE_bool("torch", True, "also time transformers' PyTorch CLIPVisionModelWithProjection")
@@ -83,19 +87,27 @@ def vision_forward_flops(config, batch: int) -> int:
     return batch * (patch + c.num_hidden_layers * per_layer + projection)
 
 
-def time_calls(fn, iters: int, warmup: int) -> tuple[float, float, list[float]]:
-    """(first call seconds, median seconds, all timed seconds); ``fn`` must block until done."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
-        fn()
-    times = []
-    for _ in range(iters):
+def time_interleaved(calls: dict, iters: int, warmup: int) -> dict:
+    """Times each blocking callable in ``calls``: {name: (first call s, median s, timed s)}.
+
+    The timed calls go round-robin (one of each per round), so that background load on a shared
+    machine slows every contender alike and the ratios stay meaningful even when the absolute
+    numbers do not.
+    """
+    first = {}
+    for name, fn in calls.items():
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times), times
+        fn()  # compiles (jax) / allocates and picks kernels (torch)
+        first[name] = time.perf_counter() - t0
+        for _ in range(max(warmup - 1, 0)):
+            fn()
+    times = {name: [] for name in calls}
+    for _ in range(iters):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (first[name], statistics.median(ts), ts) for name, ts in times.items()}
 
 
 def cpu_name() -> str:
@@ -109,7 +121,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench_ours(config, batch: int, iters: int, warmup: int):
+def ours_forward(config, batch: int):
+    """A blocking callable: one jit'd forward of our image tower on a random batch."""
     import jax
     import jax.numpy as jnp
 
@@ -121,13 +134,11 @@ def bench_ours(config, batch: int, iters: int, warmup: int):
     # Only the vision path: no text-tower parameters are created or passed around.
     variables = model.init(jax.random.key(0), "vision", x[:1], method="encode")
     forward = jax.jit(lambda v, pixels: model.apply(v, "vision", pixels, method="encode")[0])
-    first, median, times = time_calls(
-        lambda: forward(variables, x).block_until_ready(), iters, warmup
-    )
-    return {"compile_and_first_s": first, "median_s": median, "times_s": times}
+    return lambda: forward(variables, x).block_until_ready()
 
 
-def bench_torch(config, batch: int, iters: int, warmup: int):
+def torch_forward(config, batch: int):
+    """(a blocking callable: one transformers forward on a random batch, facts to report)."""
     import torch
     import transformers
 
@@ -147,14 +158,13 @@ def bench_torch(config, batch: int, iters: int, warmup: int):
         with torch.inference_mode():
             model(pixel_values=x).image_embeds.sum().item()
 
-    first, median, times = time_calls(call, iters, warmup)
     attn = getattr(model.config, "_attn_implementation", None)
-    return {"compile_and_first_s": first, "median_s": median, "times_s": times,
-            "threads": torch.get_num_threads(), "attn_implementation": attn,
-            "version": torch.__version__}
+    return call, {"threads": torch.get_num_threads(), "attn_implementation": attn,
+                  "version": torch.__version__}
 
 
-def bench_matmul(n: int, iters: int):
+def matmul_call(n: int):
+    """A blocking callable: one jit'd fp32 ``[n, n] @ [n, n]`` (2 n^3 FLOPs)."""
     import jax
     import jax.numpy as jnp
 
@@ -162,8 +172,7 @@ def bench_matmul(n: int, iters: int):
     a = jax.random.normal(ka, (n, n), jnp.float32)
     b = jax.random.normal(kb, (n, n), jnp.float32)
     matmul = jax.jit(jnp.matmul)
-    _, median, _ = time_calls(lambda: matmul(a, b).block_until_ready(), max(iters, 3), 2)
-    return 2 * n**3 / median
+    return lambda: matmul(a, b).block_until_ready()
 
 
 def main(argv):
@@ -186,32 +195,42 @@ def main(argv):
     print(f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"model: CLIP image tower, hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
           f"{c.num_attention_heads} heads, mlp {c.intermediate_size}, image {c.image_hw}, patch "
-          f"{c.patch_size}, {c.hidden_act}, fp32; batch {batch}, {iters} iters, {FLAGS.warmup} warmup")
+          f"{c.patch_size}, {c.hidden_act}, fp32; batch {batch}, {iters} iters, "
+          f"{FLAGS.warmup} warmup")
 
     flops = vision_forward_flops(config, batch)
     print(f"model FLOPs per forward (batch {batch}): {flops / 1e9:.2f} GFLOP "
           f"({flops / batch / 1e9:.3f} GFLOP/image)")
 
-    peak = bench_matmul(matmul_n, iters)
+    calls = {"matmul": matmul_call(matmul_n), "ours": ours_forward(config, batch)}
+    torch_info = None
+    if FLAGS.torch:
+        calls["torch"], torch_info = torch_forward(config, batch)
+    load_before = os.getloadavg()
+    timed = time_interleaved(calls, iters, FLAGS.warmup)
+    load_after = os.getloadavg()
+    print(f"load average (1 min) before/after timing: {load_before[0]:.2f} / {load_after[0]:.2f} "
+          f"on {os.cpu_count()} cores (other processes slow every contender alike: the timed "
+          "calls are interleaved)")
+
+    peak = 2 * matmul_n**3 / timed["matmul"][1]
     print(f"matmul peak ({matmul_n}x{matmul_n} @ {matmul_n}x{matmul_n}, fp32, jit): "
           f"{peak / 1e9:.1f} GFLOP/s")
 
-    ours = bench_ours(config, batch, iters, FLAGS.warmup)
-    ours_ips = batch / ours["median_s"]
-    ours_flops = flops / ours["median_s"]
-    print(f"ours  (jax jit):  compile+first {ours['compile_and_first_s']:.2f} s, median "
-          f"{ours['median_s'] * 1e3:.1f} ms/forward -> {ours_ips:.1f} images/s, "
-          f"{ours_flops / 1e9:.1f} GFLOP/s = {ours_flops / peak:.1%} of matmul peak "
-          f"(times {[round(t * 1e3, 1) for t in ours['times_s']]} ms)")
+    def describe(name):
+        first, median, times = timed[name]
+        return (f"first call {first:.2f} s, median {median * 1e3:.1f} ms/forward -> "
+                f"{batch / median:.1f} images/s, {flops / median / 1e9:.1f} GFLOP/s "
+                f"(times {[round(t * 1e3, 1) for t in times]} ms)")
 
-    torch_ips, torch_version = None, None
-    if FLAGS.torch:
-        tb = bench_torch(config, batch, iters, FLAGS.warmup)
-        torch_ips, torch_version = batch / tb["median_s"], tb["version"]
-        print(f"torch (transformers, {tb['threads']} threads, attn {tb['attn_implementation']}): "
-              f"first {tb['compile_and_first_s']:.2f} s, median {tb['median_s'] * 1e3:.1f} "
-              f"ms/forward -> {torch_ips:.1f} images/s, {flops / tb['median_s'] / 1e9:.1f} GFLOP/s "
-              f"(times {[round(t * 1e3, 1) for t in tb['times_s']]} ms)")
+    ours_ips = batch / timed["ours"][1]
+    ours_flops = flops / timed["ours"][1]
+    print(f"ours  (jax jit): {describe('ours')}; {ours_flops / peak:.1%} of the matmul peak")
+    torch_ips = torch_version = None
+    if torch_info is not None:
+        torch_ips, torch_version = batch / timed["torch"][1], torch_info["version"]
+        print(f"torch (transformers, {torch_info['threads']} threads, attn "
+              f"{torch_info['attn_implementation']}): {describe('torch')}")
         print(f"ours / torch: {ours_ips / torch_ips:.2f}x")
 
     result = {
@@ -227,7 +246,13 @@ def main(argv):
         "ours_gflops": round(ours_flops / 1e9, 2),
         "fraction_of_peak": round(ours_flops / peak, 4),
         "model_gflop_per_forward": round(flops / 1e9, 3),
-        "compile_and_first_s": round(ours["compile_and_first_s"], 2),
+        "compile_and_first_s": round(timed["ours"][0], 2),
+        "loadavg_1min": round(load_after[0], 2),
+        # Best-of-iters rates: less sensitive than medians to other processes on a shared machine.
+        "ours_best_img_per_s": round(batch / min(timed["ours"][2]), 2),
+        "torch_best_img_per_s": (
+            None if torch_ips is None else round(batch / min(timed["torch"][2]), 2)
+        ),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax": jax.__version__,
         "torch": torch_version,

@@ -78,7 +78,8 @@ def test_matches_hf_image_processor(hf_config):
     cfg = ImagePreprocessConfig.from_hf_dict(hf_config)
     for i, image in enumerate(_images()):
         ours = preprocess_images([image], cfg)
-        theirs = hf(images=[_hf_input(image)], return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+        theirs = hf(images=[_hf_input(image)], return_tensors="np")["pixel_values"]
+        theirs = theirs.transpose(0, 2, 3, 1)  # HF is NCHW
         assert ours.dtype == np.float32 and ours.shape == theirs.shape, (i, ours.shape, theirs.shape)
         np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0, err_msg=f"image {i}")
 
@@ -87,7 +88,8 @@ def test_batch_matches_hf_and_is_nhwc():
     images = _images(1)
     cfg = ImagePreprocessConfig.from_hf_dict(HF_CONFIG)
     ours = preprocess_images(images, cfg)
-    theirs = HFImageProcessor(**HF_CONFIG)(images=[_hf_input(i) for i in images], return_tensors="np")["pixel_values"]
+    hf = HFImageProcessor(**HF_CONFIG)
+    theirs = hf(images=[_hf_input(i) for i in images], return_tensors="np")["pixel_values"]
     assert ours.shape == (len(images), 224, 224, 3)
     np.testing.assert_allclose(ours, theirs.transpose(0, 2, 3, 1), atol=1e-5, rtol=0)
     # A single image (not in a list) is a batch of one.
@@ -179,7 +181,8 @@ def test_load_tokenizer_and_tokenize(tmp_path, resave):
     vocab = _write_tiny_bpe(tmp_path / "bpe")
     path = tmp_path / "bpe"
     if resave:  # the layout transformers' save_pretrained writes (tokenizer.json + config)
-        CLIPTokenizer.from_pretrained(path, local_files_only=True).save_pretrained(tmp_path / "saved")
+        tok = CLIPTokenizer.from_pretrained(path, local_files_only=True)
+        tok.save_pretrained(tmp_path / "saved")
         path = tmp_path / "saved"
     tok = load_tokenizer(path)
     ids, mask = tokenize(tok, ["a cat", "Dog  dog cat", "cat " * 20], max_length=8)
