@@ -21,18 +21,16 @@ collect bench results.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
-import statistics
 import sys
-import time
 
 from absl import app, flags
 
-# The script runs as ``python bench/forward.py`` from a checkout, without the package installed.
+# Run as ``python bench/forward.py`` from a checkout, without the package installed, Python puts
+# bench/ on sys.path, not the repository root: add it, so that ``bench`` and ``mrepe_jax`` import.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 32, "images per forward")
@@ -40,85 +38,21 @@ flags.DEFINE_integer("iters", 8, "timed calls; the median is reported")
 flags.DEFINE_integer(
     "warmup", 2, "untimed calls of each contender before timing (the first compiles)"
 )
-flags.DEFINE_integer("matmul_n", 2048, "side of the square fp32 matmul that measures the peak")
 flags.DEFINE_bool("tiny", False, "a tiny config, batch 4, 2 iters: a smoke run of the script")
 flags.DEFINE_bool("torch", True, "also time transformers' PyTorch CLIPVisionModelWithProjection")
-flags.DEFINE_string("xla_flags", "", "appended to XLA_FLAGS before JAX starts its backend")
+common.define_flags()  # --matmul_n, --xla_flags
+flags.adopt_module_key_flags(common)
+
+TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, image_size=32, patch_size=8)
+# The text tower is never run (``encode("vision", ...)`` only builds the vision path).
+TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+            vocab_size=128)
 
 
 def vit_b32_config(tiny: bool):
-    from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-
-    if tiny:
-        vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                  num_attention_heads=4, image_size=32, patch_size=8,
-                                  hidden_act="quick_gelu")
-        projection = 32
-    else:
-        vision = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                  num_attention_heads=12, image_size=224, patch_size=32,
-                                  hidden_act="quick_gelu")
-        projection = 512
-    # The text tower is never run (``encode("vision", ...)`` only builds the vision path).
-    text = CLIPTextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                          num_attention_heads=4, vocab_size=128)
-    return CLIPConfig(vision_config=vision, text_config=text, projection_dim=projection)
-
-
-def vision_forward_flops(config, batch: int) -> int:
-    """Matmul FLOPs (2*m*n*k each) of one image-tower forward, patch embedding to projection.
-
-    Elementwise work (LayerNorm, softmax, activations, residual adds) is left out: it is a few
-    percent of the total and is not what a matmul peak measures.
-    """
-    c = config.vision_config
-    d, f, p = c.hidden_size, c.intermediate_size, c.patch_size
-    gh, gw = c.grid
-    t = gh * gw + 1  # patches + CLS
-    patch = 2 * (gh * gw) * (p * p * c.num_channels) * d
-    per_layer = (
-        2 * t * d * (3 * d)  # q, k, v projections
-        + 2 * t * t * d  # Q K^T, all heads together
-        + 2 * t * t * d  # pattern @ V
-        + 2 * t * d * d  # out_proj
-        + 2 * t * d * f * 2  # fc1, fc2
-    )
-    projection = 2 * d * config.projection_dim
-    return batch * (patch + c.num_hidden_layers * per_layer + projection)
-
-
-def time_interleaved(calls: dict, iters: int, warmup: int) -> dict:
-    """Times each blocking callable in ``calls``: {name: (first call s, median s, timed s)}.
-
-    The timed calls go round-robin (one of each per round), so that background load on a shared
-    machine slows every contender alike and the ratios stay meaningful even when the absolute
-    numbers do not.
-    """
-    first = {}
-    for name, fn in calls.items():
-        t0 = time.perf_counter()
-        fn()  # compiles (jax) / allocates and picks kernels (torch)
-        first[name] = time.perf_counter() - t0
-        for _ in range(max(warmup - 1, 0)):
-            fn()
-    times = {name: [] for name in calls}
-    for _ in range(iters):
-        for name, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: (first[name], statistics.median(ts), ts) for name, ts in times.items()}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    vision, projection = common.vision_tower(tiny, TINY_VISION, tiny_projection=32)
+    return common.clip_config(vision, TEXT, projection)
 
 
 def ours_forward(config, batch: int):
@@ -163,33 +97,17 @@ def torch_forward(config, batch: int):
                   "version": torch.__version__}
 
 
-def matmul_call(n: int):
-    """A blocking callable: one jit'd fp32 ``[n, n] @ [n, n]`` (2 n^3 FLOPs)."""
-    import jax
-    import jax.numpy as jnp
-
-    ka, kb = jax.random.split(jax.random.key(2))
-    a = jax.random.normal(ka, (n, n), jnp.float32)
-    b = jax.random.normal(kb, (n, n), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    return lambda: matmul(a, b).block_until_ready()
-
-
 def main(argv):
     del argv
-    if FLAGS.xla_flags:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FLAGS.xla_flags).strip()
+    common.apply_xla_flags(FLAGS.xla_flags)
     import jax
 
     tiny = FLAGS.tiny
-    batch = 4 if tiny and FLAGS["batch"].using_default_value else FLAGS.batch
-    iters = 2 if tiny and FLAGS["iters"].using_default_value else FLAGS.iters
-    matmul_n = 256 if tiny and FLAGS["matmul_n"].using_default_value else FLAGS.matmul_n
+    batch = common.tiny_default("batch", 4, tiny)
+    iters = common.tiny_default("iters", 2, tiny)
+    matmul_n = common.tiny_default("matmul_n", 256, tiny)
     config = vit_b32_config(tiny)
-    dev = jax.devices()[0]
-    device = f"{dev.platform}:{dev.device_kind}"
-    if dev.platform == "cpu":
-        device += f" ({cpu_name()}, {os.cpu_count()} cores)"
+    device = common.describe_device()
     c = config.vision_config
     print(f"device: {device}")
     print(f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
@@ -198,22 +116,22 @@ def main(argv):
           f"{c.patch_size}, {c.hidden_act}, fp32; batch {batch}, {iters} iters, "
           f"{FLAGS.warmup} warmup")
 
-    flops = vision_forward_flops(config, batch)
+    flops = common.vision_forward_flops(config, batch)
     print(f"model FLOPs per forward (batch {batch}): {flops / 1e9:.2f} GFLOP "
           f"({flops / batch / 1e9:.3f} GFLOP/image)")
 
-    calls = {"matmul": matmul_call(matmul_n), "ours": ours_forward(config, batch)}
+    calls = {"matmul": common.matmul_call(matmul_n), "ours": ours_forward(config, batch)}
     torch_info = None
     if FLAGS.torch:
         calls["torch"], torch_info = torch_forward(config, batch)
-    load_before = os.getloadavg()
-    timed = time_interleaved(calls, iters, FLAGS.warmup)
-    load_after = os.getloadavg()
-    print(f"load average (1 min) before/after timing: {load_before[0]:.2f} / {load_after[0]:.2f} "
+    load_before = common.load_average()
+    timed = common.time_interleaved(calls, iters, FLAGS.warmup)
+    load_after = common.load_average()
+    print(f"load average (1 min) before/after timing: {load_before:.2f} / {load_after:.2f} "
           f"on {os.cpu_count()} cores (other processes slow every contender alike: the timed "
           "calls are interleaved)")
 
-    peak = 2 * matmul_n**3 / timed["matmul"][1]
+    peak = common.matmul_flops(matmul_n) / timed["matmul"][1]
     print(f"matmul peak ({matmul_n}x{matmul_n} @ {matmul_n}x{matmul_n}, fp32, jit): "
           f"{peak / 1e9:.1f} GFLOP/s")
 
@@ -247,7 +165,7 @@ def main(argv):
         "fraction_of_peak": round(ours_flops / peak, 4),
         "model_gflop_per_forward": round(flops / 1e9, 3),
         "compile_and_first_s": round(timed["ours"][0], 2),
-        "loadavg_1min": round(load_after[0], 2),
+        "loadavg_1min": load_after,
         # Best-of-iters rates: less sensitive than medians to other processes on a shared machine.
         "ours_best_img_per_s": round(batch / min(timed["ours"][2]), 2),
         "torch_best_img_per_s": (
@@ -256,7 +174,7 @@ def main(argv):
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax": jax.__version__,
         "torch": torch_version,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": common.utc_now(),
     }
     print(json.dumps(result))
 

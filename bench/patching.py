@@ -31,18 +31,17 @@ stdout line is one JSON object.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 
 from absl import app, flags
 
-# The script runs as ``python bench/patching.py`` from a checkout, without the package installed.
+# Run as ``python bench/patching.py`` from a checkout, without the package installed, Python puts
+# bench/ on sys.path, not the repository root: add it, so that ``bench`` and ``mrepe_jax`` import.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("tiny", False, "a tiny config and a few nnsight patches: a smoke run")
@@ -50,47 +49,32 @@ flags.DEFINE_integer("nnsight_patches", 120,
                      "nnsight traces to time (spread over the sweep), extrapolated to the full "
                      "sweep; 0 or >= the sweep size runs every patch")
 flags.DEFINE_integer("iters", 2, "timed calls after the first; the median is reported")
-flags.DEFINE_integer("matmul_n", 2048, "side of the square fp32 matmul that measures the peak")
 flags.DEFINE_integer("bootstrap_examples", 100, "examples in the synthetic bootstrap samples")
 flags.DEFINE_bool("nnsight", True, "time nnsight (skipped with a note when not importable)")
 flags.DEFINE_bool("hooks", True, "time batched PyTorch forward hooks")
-flags.DEFINE_string("xla_flags", "", "appended to XLA_FLAGS before JAX starts its backend")
+common.define_flags()  # --matmul_n, --xla_flags
+flags.adopt_module_key_flags(common)
 
 
 # ----------------------------------------------------------------------------------------------
-# Configs, FLOPs, timing
+# Configs, FLOPs
+
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=4, image_size=16, patch_size=8)
+# The text tower is never run; a tiny one keeps the converted checkpoint small.
+TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+            vocab_size=100, max_position_embeddings=16, pad_token_id=1, eos_token_id=99)
 
 
 def configs(tiny: bool):
+    """(our config, transformers' config) of the same CLIP: ViT-B/32 at 224, or tiny."""
     import transformers
 
-    from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-
-    if tiny:
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, image_size=16, patch_size=8)
-        projection = 16
-    else:  # ViT-B/32 at 224
-        vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                      num_attention_heads=12, image_size=224, patch_size=32)
-        projection = 512
-    vision["hidden_act"] = "quick_gelu"
-    # The text tower is never run; a tiny one keeps the converted checkpoint small.
-    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                vocab_size=100, max_position_embeddings=16, pad_token_id=1, eos_token_id=99)
-    ours = CLIPConfig(CLIPVisionConfig(**vision), CLIPTextConfig(**text), projection)
-    hf = transformers.CLIPConfig(text_config={**text, "bos_token_id": 0}, vision_config=vision,
+    vision, projection = common.vision_tower(tiny, TINY_VISION, tiny_projection=16)
+    ours = common.clip_config(vision, TEXT, projection)
+    hf = transformers.CLIPConfig(text_config={**TEXT, "bos_token_id": 0}, vision_config=vision,
                                  projection_dim=projection)
     return ours, hf
-
-
-def layer_flops(c, tokens: int) -> int:
-    """Matmul FLOPs (2*m*n*k each) of one encoder layer on one sequence."""
-    d, f = c.hidden_size, c.intermediate_size
-    return (2 * tokens * d * 3 * d  # q, k, v
-            + 2 * 2 * tokens * tokens * d  # Q K^T and pattern @ V, all heads
-            + 2 * tokens * d * d  # out_proj
-            + 2 * 2 * tokens * d * f)  # fc1, fc2
 
 
 def sweep_floor_flops(config) -> int:
@@ -99,39 +83,8 @@ def sweep_floor_flops(config) -> int:
     c = config.vision_config
     t = c.num_positions
     n = c.num_hidden_layers
-    readout = 2 * c.hidden_size * config.projection_dim
-    return sum(t * ((n - layer) * layer_flops(c, t) + readout) for layer in range(n))
-
-
-def time_calls(fn, iters: int):
-    """(first call seconds, median of ``iters`` further calls); ``fn`` must block until done."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times) if times else first
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
+    readout = common.projection_flops(config)
+    return sum(t * ((n - layer) * common.layer_flops(c, t) + readout) for layer in range(n))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,18 +135,25 @@ def build_models(tiny: bool, seed: int = 0):
 # The four sweeps
 
 
-def ours_exact(model, variables, clean, corrupt, metric, iters):
-    from mrepe_jax.reading.causal import causal_effect
-
+def _time_sweep(effect_fn, model, variables, clean, corrupt, metric, iters):
+    """(first call s, median s, last result) of ``effect_fn`` (``causal_effect`` or
+    ``attribution_effect``) over the whole sweep, denoising; blocks on the result, since jax
+    returns before the work is done."""
     out = {}
 
     def run():
-        out["res"] = causal_effect(model, variables, "vision", clean, corrupt, metric,
-                                   direction="denoising")
+        out["res"] = effect_fn(model, variables, "vision", clean, corrupt, metric,
+                               direction="denoising")
         out["res"].per_example.block_until_ready()
 
-    first, median = time_calls(run, iters)
+    first, median = common.time_calls(run, iters)
     return first, median, out["res"]
+
+
+def ours_exact(model, variables, clean, corrupt, metric, iters):
+    from mrepe_jax.reading.causal import causal_effect
+
+    return _time_sweep(causal_effect, model, variables, clean, corrupt, metric, iters)
 
 
 def ours_attribution(model, variables, clean, corrupt, metric, iters):
@@ -201,17 +161,12 @@ def ours_attribution(model, variables, clean, corrupt, metric, iters):
 
     from mrepe_jax.reading.causal import attribution_effect
 
-    out = {}
-
-    def run():
-        out["res"] = attribution_effect(model, variables, "vision", clean, corrupt, metric,
-                                        direction="denoising")
-        out["res"].per_example.block_until_ready()
-
-    first, median = time_calls(run, iters)
+    first, median, res = _time_sweep(attribution_effect, model, variables, clean, corrupt, metric,
+                                     iters)
     forward = jax.jit(lambda v, x: metric(model.apply(v, "vision", x, method="encode")[0]))
-    _, fwd = time_calls(lambda: forward(variables, corrupt).block_until_ready(), max(iters, 3))
-    return first, median, fwd, out["res"]
+    _, fwd = common.time_calls(lambda: forward(variables, corrupt).block_until_ready(),
+                               max(iters, 3))
+    return first, median, fwd, res
 
 
 def torch_metric(emb, direction):
@@ -306,24 +261,11 @@ def bench_bootstrap(shape, iters):
     from mrepe_jax.reading.bootstrap import bootstrap_ci
 
     x = jax.random.normal(jax.random.key(5), shape)
-    _, boot = time_calls(lambda: jax.block_until_ready(bootstrap_ci(x, jnp.mean, 1000)),
-                         max(iters, 5))
+    _, boot = common.time_calls(lambda: jax.block_until_ready(bootstrap_ci(x, jnp.mean, 1000)),
+                                max(iters, 5))
     single = jax.jit(lambda v: jnp.mean(v, axis=0))
-    _, one = time_calls(lambda: single(x).block_until_ready(), max(iters, 20))
+    _, one = common.time_calls(lambda: single(x).block_until_ready(), max(iters, 20))
     return boot, one
-
-
-def bench_matmul(n: int):
-    import jax
-    import jax.numpy as jnp
-
-    ka, kb = jax.random.split(jax.random.key(2))
-    a = jax.random.normal(ka, (n, n), jnp.float32)
-    b = jax.random.normal(kb, (n, n), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    matmul(a, b).block_until_ready()
-    _, median = time_calls(lambda: matmul(a, b).block_until_ready(), 5)
-    return 2 * n**3 / median
 
 
 def _r(x, nd=4):
@@ -332,8 +274,7 @@ def _r(x, nd=4):
 
 def main(argv):
     del argv
-    if FLAGS.xla_flags:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FLAGS.xla_flags).strip()
+    common.apply_xla_flags(FLAGS.xla_flags)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -341,20 +282,15 @@ def main(argv):
 
     tiny = FLAGS.tiny
     torch.set_num_threads(os.cpu_count() or 1)
-    iters = 1 if tiny and FLAGS["iters"].using_default_value else FLAGS.iters
-    nn_patches = FLAGS.nnsight_patches
-    if tiny and FLAGS["nnsight_patches"].using_default_value:
-        nn_patches = 6
-    matmul_n = 256 if tiny and FLAGS["matmul_n"].using_default_value else FLAGS.matmul_n
-    load_start = load_average()
+    iters = common.tiny_default("iters", 1, tiny)
+    nn_patches = common.tiny_default("nnsight_patches", 6, tiny)
+    matmul_n = common.tiny_default("matmul_n", 256, tiny)
+    load_start = common.load_average()
 
     model, variables, torch_vision, config, same_weights = build_models(tiny)
     c = config.vision_config
     layers, positions = c.num_hidden_layers, c.num_positions
-    dev = jax.devices()[0]
-    device = f"{dev.platform}:{dev.device_kind}"
-    if dev.platform == "cpu":
-        device += f" ({cpu_name()}, {os.cpu_count()} cores)"
+    device = common.describe_device()
     print(f"device: {device}; load average (1 min) at start: {load_start}")
     print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
@@ -380,9 +316,9 @@ def main(argv):
 
     # The peak is measured right before and right after the exact sweep and the higher one is
     # used: on a shared machine this keeps the floor honest (it never credits us with a slow peak).
-    peak_before = bench_matmul(matmul_n)
+    peak_before = common.matmul_peak(matmul_n)
     ex_first, ex_s, exact = ours_exact(model, variables, clean, corrupt, metric, iters)
-    peak_after = bench_matmul(matmul_n)
+    peak_after = common.matmul_peak(matmul_n)
     peak = max(peak_before, peak_after)
     floor_flops = sweep_floor_flops(config)
     floor_s = floor_flops / peak
@@ -442,7 +378,7 @@ def main(argv):
           f"one estimate {one_s * 1e3:.3f} ms -> {boot_s / one_s:.1f}x; vs the exact sweep of one "
           f"pair: {boot_s / ex_s:.4f}x")
 
-    load_end = load_average()
+    load_end = common.load_average()
     print(f"load average (1 min) at end: {load_end}")
     print(f"ours exact vs nnsight: {nn_s / ex_s:.2f}x faster" if nn_s else "nnsight: not timed")
     print(f"ours exact vs hooks:   {hooks_s / ex_s:.2f}x faster" if hooks_s else "hooks: not timed")
@@ -485,7 +421,7 @@ def main(argv):
         "torch": torch.__version__,
         "nnsight": nn_version,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": common.utc_now(),
     }
     print(json.dumps(result))
 

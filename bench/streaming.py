@@ -20,9 +20,13 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+# Run as ``python bench/streaming.py`` from a checkout, without the package installed, Python puts
+# bench/ on sys.path, not the repository root: add it, so that ``bench`` and ``mrepe_jax`` import
+# (here and in the worker subprocesses, which run this file the same way).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import common
+
 TARGET_RATIO = 1.2
 
 SETTINGS = {
@@ -40,22 +44,20 @@ def _rss_mb() -> float:
 
 def worker(n: int, s: dict) -> dict:
     """Runs in its own process: streams ``n`` synthetic examples, reports peak RSS."""
-    sys.path.insert(0, str(REPO))
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from mrepe_jax.models.clip import CLIPModel
-    from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
     from mrepe_jax.reading import activations
 
-    vision = CLIPVisionConfig(
+    vision = dict(
         hidden_size=s["hidden"], intermediate_size=s["mlp"], num_hidden_layers=s["layers"],
         num_attention_heads=s["heads"], image_size=s["image"], patch_size=s["patch"],
     )
-    text = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                          vocab_size=100, max_position_embeddings=8, eos_token_id=99)
-    model = CLIPModel(CLIPConfig(vision, text, projection_dim=32))
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                vocab_size=100, max_position_embeddings=8, eos_token_id=99)
+    model = CLIPModel(common.clip_config(vision, text, projection=32))
     img = s["image"]
     params = model.init(jax.random.key(0), jnp.zeros((1, img, img, 3)), jnp.zeros((1, 8), jnp.int32))
 

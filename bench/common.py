@@ -1,0 +1,221 @@
+"""What the bench scripts share, kept once so that they measure, count and report alike.
+
+Not a bench itself. The scripts import it as ``from bench import common``; run as
+``python bench/<name>.py`` Python puts ``bench/`` on ``sys.path``, not the repository root, so each
+script first adds the root (one line: it must run before this module can be found, so it cannot
+live here). ``python -m bench.<name>`` from the root works as well.
+
+jax, torch and ``mrepe_jax`` are imported inside the functions: a script must be able to set
+``XLA_FLAGS`` (``apply_xla_flags``) before JAX starts its backend, and ``bench/streaming.py``'s
+parent process never needs JAX at all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+
+# ----------------------------------------------------------------------------------------------
+# Flags (absl scripts)
+
+
+def define_flags() -> None:
+    """Defines the flags every absl bench takes alike: ``--matmul_n`` and ``--xla_flags``.
+
+    Call once at a script's top level, then ``flags.adopt_module_key_flags(common)`` so that the
+    script's ``--help`` still lists them (absl shows only the main module's key flags there).
+    """
+    from absl import flags
+
+    flags.DEFINE_integer("matmul_n", 2048, "side of the square fp32 matmul that measures the peak")
+    flags.DEFINE_string("xla_flags", "", "appended to XLA_FLAGS before JAX starts its backend")
+
+
+def tiny_default(name: str, tiny_value, tiny: bool):
+    """``FLAGS.<name>``, or ``tiny_value`` under ``--tiny`` when the flag was left at its default:
+    ``--tiny`` shrinks only what the command line did not set explicitly."""
+    from absl import flags
+
+    flag = flags.FLAGS[name]
+    return tiny_value if tiny and flag.using_default_value else flag.value
+
+
+def apply_xla_flags(extra: str) -> None:
+    """Appends ``extra`` to ``XLA_FLAGS``. Must run before the first ``import jax`` in the process
+    that times anything: XLA reads the variable once, when its backend starts."""
+    if extra:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs
+
+# The image tower of openai/clip-vit-base-patch32 at 224 px (49 patches + CLS): the shape the full
+# benches run, so that their numbers speak of a model people actually use.
+VIT_B32_VISION = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                      num_attention_heads=12, image_size=224, patch_size=32)
+VIT_B32_PROJECTION = 512
+
+
+def vision_tower(tiny: bool, tiny_vision: dict, tiny_projection: int) -> tuple[dict, int]:
+    """(vision config kwargs, projection dim): ViT-B/32, or under ``--tiny`` the script's own tiny
+    tower (each smoke run keeps its own sizes); quick_gelu either way, as in the checkpoint.
+
+    Plain kwargs (transformers' field names), so a script can build transformers' config too.
+    """
+    vision, projection = ((tiny_vision, tiny_projection) if tiny
+                          else (VIT_B32_VISION, VIT_B32_PROJECTION))
+    return {**vision, "hidden_act": "quick_gelu"}, projection
+
+
+def clip_config(vision: dict, text: dict, projection: int):
+    """Our ``CLIPConfig`` from vision and text kwargs. The benches only run the image tower; the
+    text tower exists because ``CLIPModel`` has one, so the scripts keep it tiny."""
+    from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+    return CLIPConfig(vision_config=CLIPVisionConfig(**vision), text_config=CLIPTextConfig(**text),
+                      projection_dim=projection)
+
+
+# ----------------------------------------------------------------------------------------------
+# Analytic FLOPs: matmuls only, 2*m*n*k each. Elementwise work (LayerNorm, softmax, activations,
+# residual adds) is left out: it is a few percent of the total and not what a matmul peak measures.
+
+
+def matmul_flops(n: int) -> int:
+    """FLOPs of one square ``[n, n] @ [n, n]``."""
+    return 2 * n**3
+
+
+def layer_flops(c, tokens: int) -> int:
+    """One encoder layer (``c``: a vision or text config) on one sequence of ``tokens``."""
+    d, f = c.hidden_size, c.intermediate_size
+    return (2 * tokens * d * 3 * d  # q, k, v projections
+            + 2 * 2 * tokens * tokens * d  # Q K^T and pattern @ V, all heads together
+            + 2 * tokens * d * d  # out_proj
+            + 2 * 2 * tokens * d * f)  # fc1, fc2
+
+
+def patch_embed_flops(c) -> int:
+    """The patch embedding of one image (a conv with stride = kernel = patch: one matmul)."""
+    gh, gw = c.grid
+    return 2 * (gh * gw) * (c.patch_size * c.patch_size * c.num_channels) * c.hidden_size
+
+
+def projection_flops(config) -> int:
+    """The image tower's projection of one pooled token into the joint space."""
+    return 2 * config.vision_config.hidden_size * config.projection_dim
+
+
+def vision_forward_flops(config, batch: int) -> int:
+    """One image-tower forward of ``batch`` images, patch embedding to projection."""
+    c = config.vision_config
+    per_image = (patch_embed_flops(c) + c.num_hidden_layers * layer_flops(c, c.num_positions)
+                 + projection_flops(config))
+    return batch * per_image
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing. Every callable timed here must block until its work is done (``block_until_ready`` for
+# jax, ``.item()`` or numpy for torch): jax dispatches asynchronously, and an unblocked call would
+# time the dispatch only.
+
+
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_calls(fn, iters: int):
+    """(first call seconds, median of ``iters`` further calls); the first call compiles, so it is
+    reported apart. With ``iters`` 0 the median is the first call's time."""
+    first = _seconds(fn)
+    times = [_seconds(fn) for _ in range(iters)]
+    return first, statistics.median(times) if times else first
+
+
+def time_interleaved(calls: dict, iters: int, warmup: int) -> dict:
+    """Times each blocking callable in ``calls``: {name: (first call s, median s, timed s)}.
+
+    The timed calls go round-robin (one of each per round), so that background load on a shared
+    machine slows every contender alike and the ratios stay meaningful even when the absolute
+    numbers do not.
+    """
+    first = {}
+    for name, fn in calls.items():
+        first[name] = _seconds(fn)  # compiles (jax) / allocates and picks kernels (torch)
+        for _ in range(max(warmup - 1, 0)):
+            fn()
+    times = {name: [] for name in calls}
+    for _ in range(iters):
+        for name, fn in calls.items():
+            times[name].append(_seconds(fn))
+    return {name: (first[name], statistics.median(ts), ts) for name, ts in times.items()}
+
+
+def matmul_call(n: int):
+    """A blocking callable: one jit'd fp32 ``[n, n] @ [n, n]`` (``matmul_flops(n)`` FLOPs). Its
+    rate is the peak the model's FLOPs are measured against: what this machine's XLA gets out of a
+    large GEMM, rather than a datasheet number no library reaches."""
+    import jax
+    import jax.numpy as jnp
+
+    ka, kb = jax.random.split(jax.random.key(2))
+    a = jax.random.normal(ka, (n, n), jnp.float32)
+    b = jax.random.normal(kb, (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    return lambda: matmul(a, b).block_until_ready()
+
+
+def matmul_peak(n: int, iters: int = 5) -> float:
+    """FLOP/s of ``matmul_call(n)``: the median of ``iters`` calls after two untimed ones (the
+    compile, then one warm call)."""
+    call = matmul_call(n)
+    call()
+    _, median = time_calls(call, iters)
+    return matmul_flops(n) / median
+
+
+# ----------------------------------------------------------------------------------------------
+# What to record next to the numbers
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_device() -> str:
+    """``platform:kind`` of JAX's first device, plus the CPU model and core count on CPU (the
+    kind alone says just ``cpu``). Imports jax: call it after ``apply_xla_flags``."""
+    import jax
+
+    dev = jax.devices()[0]
+    device = f"{dev.platform}:{dev.device_kind}"
+    if dev.platform == "cpu":
+        device += f" ({cpu_name()}, {os.cpu_count()} cores)"
+    return device
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, rounded (None where the OS has none): on a shared machine it
+    moves every number, so the benches print and record it."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def utc_now() -> str:
+    """The record's ``date``: now, UTC, to the second."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
