@@ -5,9 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def _unit(x):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from mrepe_jax.models.clip import normalize
 
 
 def info_nce(src_mapped, tgt, temperature, negatives=None):
@@ -23,7 +21,7 @@ def info_nce(src_mapped, tgt, temperature, negatives=None):
     candidates = tgt if negatives is None else jnp.concatenate([tgt, negatives], axis=0)
     if candidates.shape[-1] != src_mapped.shape[-1]:
         raise ValueError(f"negatives of shape {negatives.shape} do not match features {src_mapped.shape}")
-    logits = _unit(src_mapped) @ _unit(candidates).T / temperature
+    logits = normalize(src_mapped) @ normalize(candidates).T / temperature
     positives = jnp.arange(src_mapped.shape[0])
     return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[positives, positives])
 

@@ -9,9 +9,11 @@ import os
 import time
 
 import ml_collections
+import numpy as np
 
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
 from mrepe_jax.experiments import toyworld_identify, toyworld_report
+from mrepe_jax.models.clip import normalize
 from mrepe_jax.report import workdir as workdir_lib
 from mrepe_jax.train import toyclip, zero_shot
 
@@ -50,16 +52,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
     else:
         results["training"]["trained_in_seconds"] = results["training"]["seconds_this_run"]
 
-    test = world.batch(range(config.eval.num_test), split="test")
-    embeddings = zero_shot.embed_all(model, params, test)
-    prompts = zero_shot.prompt_embeddings(model, params, world)
-    results["zero_shot"] = zero_shot.zero_shot_accuracy(embeddings, prompts, test["labels"])
-
     splits = {"train": world.batch(range(config.identify.num_train), split="train"),
               "validation": world.batch(range(config.identify.num_validation), split="validation"),
-              "test": test}
+              "test": world.batch(range(config.eval.num_test), split="test")}
+    labels = {s: b["labels"] for s, b in splits.items()}
+    reps = toyworld_identify.split_reps(model, params, splits)
+
+    embeddings = {t: np.asarray(normalize(r[f"{t}.proj"])) for t, r in reps["test"].items()}
+    prompts = zero_shot.prompt_embeddings(model, params, world)
+    results["zero_shot"] = zero_shot.zero_shot_accuracy(embeddings, prompts, labels["test"])
+
     t0 = time.perf_counter()
-    results["identification"] = toyworld_identify.identify(model, params, world, splits)
+    results["identification"] = toyworld_identify.identify(model, world, reps, labels)
     results["causal"] = toyworld_identify.causal_analysis(
         model, params, world, config.identify.num_pairs, workdir,
         towers=config.identify.causal_towers, families=config.identify.causal_families)

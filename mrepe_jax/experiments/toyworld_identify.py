@@ -66,16 +66,22 @@ def direction_auroc(train_x, train_y, test_x, test_y, num_values: int) -> float:
     return float(np.mean(scores))
 
 
-def identify(model, params, world: ToyWorld, splits: dict[str, dict]) -> dict:
-    """Table 1 scores and direction AUROCs per tower and family."""
+def split_reps(model, params, splits: dict[str, dict]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """``{split: {tower: {site: [N, D]}}}``: every split encoded once, read by every stage."""
+    return {s: {t: tower_reps(model, params, b, t) for t in TOWERS} for s, b in splits.items()}
+
+
+def identify(model, world: ToyWorld, all_reps: dict, labels: dict[str, dict]) -> dict:
+    """Table 1 scores and direction AUROCs per tower and family, from ``split_reps`` output and
+    each split's ``labels`` (``{split: {family: [N]}}``)."""
     out: dict = {"baseline": {}, "mrepe": {}, "mrepe_site": {}, "direction_auroc": {}, "direction_site": {}}
     for tower in TOWERS:
-        reps = {s: tower_reps(model, params, b, tower) for s, b in splits.items()}
+        reps = {s: r[tower] for s, r in all_reps.items()}
         for key in out:
             out[key][tower] = {}
         for family, values in world.families.items():
             k = len(values)
-            lab = {s: np.asarray(b["labels"][family]) for s, b in splits.items()}
+            lab = {s: np.asarray(split_labels[family]) for s, split_labels in labels.items()}
 
             def score(site, test_split):
                 return identification_score(reps["train"][site], lab["train"], reps[test_split][site],

@@ -113,9 +113,6 @@ class CLIPTextTransformer(nn.Module):
             return jnp.argmax(input_ids, axis=-1)
         return jnp.argmax((input_ids == self.config.eos_token_id).astype(jnp.int32), axis=-1)
 
-    def final_states(self, h):
-        return self.final_layer_norm(h)
-
     def readout(self, h, sites: Sites, inputs=None):
         """``final_layer_norm`` -> EOS pooling (at a position read off the ids ``inputs``)."""
         if inputs is None:
@@ -193,8 +190,10 @@ class ContrastiveTowers(SitedModel):
         return self.readout(tower, h, inputs=inputs, sites=sites)
 
 
-def normalize(x):
-    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+def normalize(x, axis: int = -1):
+    """Unit L2 norm along ``axis``. The floor only touches all-zero rows (which would be NaN);
+    every other row is divided by its exact norm, as in HF CLIP."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
 class CLIPModel(ContrastiveTowers):

@@ -20,14 +20,15 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from mrepe_jax.models.clip import normalize
+
 Array = Any
 
 CRITERIA = ("balanced_accuracy", "f1")
 
 
-def _l2(x, axis=-1):
-    x = jnp.asarray(x, jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+def _l2(x):
+    return normalize(jnp.asarray(x, jnp.float32))
 
 
 def prototype(reps: Array) -> Array:

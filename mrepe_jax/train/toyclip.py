@@ -67,17 +67,13 @@ class Pool:
 def render_pool(world: ToyWorld, size: int, chunk: int = 1024) -> Pool:
     parts = [world.batch(range(s, min(size, s + chunk)), split="train") for s in range(0, size, chunk)]
     cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
-    labels = {f: cat_labels(parts, f) for f in world.families}
+    labels = {f: np.concatenate([p["labels"][f] for p in parts]) for f in world.families}
     prompt_ids, prompt_mask = class_prompt_tokens(world)
     fam = list(world.families)
     idx = np.stack([labels[f] for f in fam], 1)  # [N, F]
     per_family = np.arange(len(fam))[None, :]
     return Pool(cat("image"), cat("audio"), cat("input_ids"), cat("attention_mask"),
                 prompt_ids[per_family, idx], prompt_mask[per_family, idx])
-
-
-def cat_labels(parts, family):
-    return np.concatenate([p["labels"][family] for p in parts])
 
 
 def class_prompt_tokens(world: ToyWorld):

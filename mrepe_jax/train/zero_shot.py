@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from mrepe_jax.data.toyworld import ToyWorld
 from mrepe_jax.models.clip import normalize
 from mrepe_jax.train.toyclip import class_prompt_tokens
-
-
-def embed_all(model, params, batch, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Unit-norm embeddings of every modality of a batch dict, computed in chunks."""
-    encode = jax.jit(lambda tower, *x: normalize(model.apply({"params": params}, tower, *x,
-                                                             method="encode")[0]), static_argnums=0)
-    n = len(batch["image"])
-    out = {"vision": [], "text": [], "audio": []}
-    for s in range(0, n, batch_size):
-        sl = slice(s, s + batch_size)
-        out["vision"].append(encode("vision", batch["image"][sl]))
-        out["audio"].append(encode("audio", batch["audio"][sl]))
-        out["text"].append(encode("text", batch["input_ids"][sl], batch["attention_mask"][sl]))
-    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def prompt_embeddings(model, params, world: ToyWorld) -> dict[str, np.ndarray]:
