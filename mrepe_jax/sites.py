@@ -18,6 +18,9 @@ mlp.hidden                          [batch, token, d_mlp]
 pooled, proj                        [batch, d]
 =================================  =====================================
 
+``site_axes(name)`` gives these axes by name (``batch``, ``token``, ``head``, ``feature``, ``query``,
+``key``); edits that select positions name the axes they mean (``mrepe_jax.edits``).
+
 ``attn.logits`` is the raw ``Q K^T`` *before* the ``1/sqrt(d_k)`` scaling and before the causal /
 padding mask, which is where eq 7 of the paper adds its concept mask ``M_c``.
 """
@@ -34,6 +37,7 @@ import flax.linen as nn
 from flax import struct
 
 from mrepe_jax import edits as edits_lib
+from mrepe_jax.layouts import site_axes  # noqa: F401  (re-exported: part of the site table)
 
 TOWERS = ("vision", "text", "audio", "qformer", "lm")
 
@@ -46,7 +50,6 @@ XATTN_POINTS = tuple("x" + p for p in ATTN_POINTS) + ("xattn_out", "resid_xmid")
 TOWER_POINTS = ("embed", "pooled", "proj")
 
 COLLECTION = "intermediates"
-
 
 def layer_site(tower: str, layer: int, point: str) -> str:
     """The name of ``point`` in layer ``layer`` of ``tower``, e.g. ``vision.layers.3.resid_post``."""
@@ -112,6 +115,7 @@ def validate_edits(edits: Mapping[str, Any] | None, known: Sequence[str]) -> dic
                     f"AttnBias is an attention-logit edit (eq 7) but site {name!r} is not an "
                     "'*.attn.logits' site"
                 )
+            edits_lib.check_values(e, name)
     return edits
 
 

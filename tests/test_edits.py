@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mrepe_jax.edits import Ablate, Add, AttnBias, Project, Replace, head_mask, token_mask
+from mrepe_jax.edits import (Ablate, Add, AttnBias, Project, Replace, along, axis_mask, head_mask,
+                             token_mask)
 from tests.models.tiny import tiny_clip
 
 SITE = "vision.layers.1.resid_pre"
@@ -112,12 +113,128 @@ def test_changing_edit_values_does_not_retrace(clip):
 
 
 def test_bad_edits_give_clear_errors(clip):
-    with pytest.raises(ValueError, match=r"Add.delta of shape \(7,\) does not broadcast .* "
-                                         r"'vision.layers.1.resid_pre' of shape \(2, 5, 32\)"):
+    with pytest.raises(ValueError, match=r"Add.delta of shape \(7,\) does not fit the activation at "
+                                         r"site 'vision.layers.1.resid_pre' of shape \(2, 5, 32\)"):
         run(clip, {SITE: Add(jnp.ones(7))})
     with pytest.raises(ValueError, match="AttnBias is an attention-logit edit"):
         run(clip, {SITE: AttnBias(jnp.zeros(5))})
     with pytest.raises(TypeError, match="expected one of"):
         run(clip, {SITE: jnp.ones(32)})
-    with pytest.raises(ValueError, match="does not match the feature axis"):
+    with pytest.raises(ValueError, match="does not fit the activation"):
         run(clip, {SITE: Project(jnp.ones(3))})
+
+
+# ---- item 5 of issue 7: masks and directions name the axes they mean ----
+
+HEAD_SITE = "vision.layers.0.attn.z"  # [batch, token, head, feature]
+
+
+def test_token_mask_on_a_head_site_selects_tokens_even_when_tokens_equal_heads():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 8)), jnp.float32)  # T == H == 4
+    got = np.asarray(Ablate(0.0, token_mask(4, 1))(x, HEAD_SITE))
+    want = np.array(x)
+    want[:, 1] = 0.0  # token 1, every head; a [T, 1] mask used to zero head 1 instead
+    np.testing.assert_array_equal(got, want)
+    both = np.asarray(Ablate(0.0, token_mask(4, 1) & head_mask(4, 2))(x, HEAD_SITE))
+    want = np.array(x)
+    want[:, 1, 2] = 0.0
+    np.testing.assert_array_equal(both, want)
+
+
+def test_token_mask_on_a_head_site_with_other_sizes_is_not_a_raw_broadcast_error():
+    x = jnp.ones((2, 5, 4, 8))
+    got = np.asarray(Ablate(0.0, token_mask(5, [0, 3]))(x, HEAD_SITE))
+    assert np.all(got[:, [0, 3]] == 0) and np.all(got[:, [1, 2, 4]] == 1)
+
+
+def test_rank_deficient_raw_masks_are_refused_as_ambiguous():
+    x = jnp.ones((2, 4, 4, 8))
+    with pytest.raises(ValueError, match=r"where of shape \(4, 1\) is ambiguous at site "
+                                         r"'vision.layers.0.attn.z' of shape \(2, 4, 4, 8\).*along"):
+        Ablate(0.0, np.ones((4, 1), bool))(x, HEAD_SITE)
+
+
+def test_masks_naming_an_axis_the_site_lacks_are_refused():
+    with pytest.raises(ValueError, match=r"names axes \('head',\).*site 'vision.layers.1.resid_pre' "
+                                         r"has axes \('batch', 'token', 'feature'\); no axis 'head'"):
+        Ablate(0.0, head_mask(4, 1))(jnp.ones((2, 5, 32)), SITE)
+    with pytest.raises(ValueError, match=r"where of shape \(6,\) does not fit"):
+        Ablate(0.0, token_mask(6, 1))(jnp.ones((2, 5, 32)), SITE)
+    with pytest.raises(ValueError, match="token index \\[7\\] out of range for 5"):
+        token_mask(5, 7)
+
+
+def test_non_boolean_where_is_refused():
+    with pytest.raises(ValueError, match="must be a boolean mask, got dtype float32"):
+        Add(jnp.ones(32), 1.0, jnp.ones((1, 5, 1), jnp.float32))(jnp.ones((2, 5, 32)), SITE)
+
+
+def test_per_example_project_pairs_directions_with_examples_not_tokens():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(3, 3, 6)), jnp.float32)  # B == T
+    d = jnp.asarray(rng.normal(size=(3, 6)), jnp.float32)
+    with pytest.raises(ValueError, match=r"Project.direction of shape \(3, 6\) is ambiguous"):
+        Project(d)(x, SITE)
+    got = np.asarray(Project(along(d, "batch", "feature"))(x, SITE))
+    u = np.asarray(d) / np.linalg.norm(d, axis=-1, keepdims=True)
+    for b in range(3):
+        np.testing.assert_allclose(got[b] @ u[b], 0.0, atol=1e-5)  # every token of example b
+        want = np.asarray(x[b]) - np.outer(np.asarray(x[b]) @ u[b], u[b])
+        np.testing.assert_allclose(got[b], want, atol=1e-5)
+    with pytest.raises(ValueError, match="does not span the feature axis"):
+        Project(along(d[:, 0], "batch"))(x, SITE)
+
+
+# ---- item 6: an edit never changes the activation's shape ----
+
+
+@pytest.mark.parametrize("edit", [
+    Add(jnp.ones((3, 1, 1, 32))),
+    Replace(jnp.ones((3, 2, 5, 32))),
+    Ablate(jnp.ones((1, 1, 1, 32))),
+    Add(jnp.ones(32), 1.0, jnp.ones((3, 1, 5, 1), bool)),
+    Add(jnp.ones(32), jnp.ones((4, 1, 1))),
+])
+def test_operands_that_would_grow_the_activation_are_refused(edit):
+    with pytest.raises(ValueError, match=r"site 'vision.layers.1.resid_pre'"):
+        edit(jnp.ones((2, 5, 32)), SITE)
+
+
+def test_grown_edit_through_the_model_fails_at_the_site(clip):
+    with pytest.raises(ValueError, match=r"Add.delta of shape \(3, 1, 1, 32\) has more axes than "
+                                         r"the activation at site 'vision.layers.1.resid_pre'"):
+        run(clip, {SITE: Add(jnp.ones((3, 1, 1, 32)))})
+
+
+def test_edits_keep_the_activation_dtype():
+    x = jnp.ones((2, 5, 32), jnp.bfloat16)
+    for edit in (Add(jnp.ones(32, jnp.float32), jnp.float32(0.5)), Replace(jnp.zeros((2, 5, 32))),
+                 Project(jnp.ones(32)), Ablate(along(jnp.ones(5), "token"))):
+        y = edit(x, SITE)
+        assert y.shape == x.shape and y.dtype == jnp.bfloat16, type(edit).__name__
+
+
+def test_named_operands_vmap_and_broadcast_per_token():
+    x = jnp.zeros((2, 5, 32))
+    per_token = along(jnp.arange(5.0), "token")
+    np.testing.assert_array_equal(Add(jnp.ones(32), per_token)(x, SITE)[1, :, 0], np.arange(5.0))
+    masks = jnp.stack([token_mask(5, i).value for i in range(5)])
+    out = jax.vmap(lambda m: Add(jnp.ones(32), 1.0, along(m, "token"))(x, SITE))(masks)
+    np.testing.assert_array_equal(np.asarray(out).sum(-1)[:, 0], 32 * np.eye(5))
+    assert axis_mask("key", 5, 4).axes == ("key",)
+
+
+# ---- item 7: a NaN edit is an error, not NaN outputs ----
+
+
+def test_non_finite_edits_are_refused_but_minus_inf_attention_bias_is_allowed(clip):
+    bad = jnp.ones(32).at[3].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"Add.delta at site 'vision.layers.1.resid_pre' holds a "
+                                         r"non-finite value \(nan\) at index \(3,\)"):
+        run(clip, {SITE: Add(bad)})
+    with pytest.raises(ValueError, match=r"Add.alpha .* non-finite value \(inf\)"):
+        run(clip, {SITE: Add(jnp.ones(32), jnp.inf)})
+    with pytest.raises(ValueError, match=r"AttnBias.mask .* \(inf\).*only -inf"):
+        run(clip, {"vision.layers.0.attn.logits": AttnBias(jnp.zeros(5).at[0].set(jnp.inf))})
+    out, _ = run(clip, {"vision.layers.0.attn.logits": AttnBias(jnp.zeros(5).at[0].set(-jnp.inf))})
+    assert np.all(np.isfinite(out["image_embeds"]))

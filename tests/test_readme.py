@@ -20,4 +20,5 @@ def test_readme_example_runs(tmp_path):
     scope = {"pixels": pixels, "input_ids": ids, "attention_mask": mask, "delta": jnp.ones(32)}
     exec(compile(code, str(README), "exec"), scope)
     assert scope["logits"].shape == (64, 2, 2)
+    assert scope["ablated"]["image_embeds"].shape == (2, 16)
     assert set(scope["acts"]) == {"vision.layers.0.resid_post", "vision.layers.1.resid_post"}

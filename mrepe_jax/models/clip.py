@@ -14,6 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mrepe_jax.models import inputs as inputs_lib
 from mrepe_jax.models.attention import causal_mask, padding_mask
 from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from mrepe_jax.models.clip_layers import CLIPEncoder, layer_norm
@@ -62,6 +63,8 @@ class CLIPVisionTransformer(nn.Module):
         self.post_layernorm = layer_norm(eps, None, self.dtype)
 
     def embed(self, pixel_values, sites: Sites):
+        inputs_lib.check_batch(pixel_values, "pixel_values", self.tower)
+        inputs_lib.check_finite(pixel_values, "pixel_values", self.tower)
         x = sites(self, f"{self.tower}.embed", self.embeddings(pixel_values))
         return self.pre_layrnorm(x)
 
@@ -93,13 +96,14 @@ class CLIPTextTransformer(nn.Module):
         self.final_layer_norm = layer_norm(c.layer_norm_eps, None, self.dtype)
 
     def embed(self, input_ids, sites: Sites):
+        inputs_lib.check_ids(input_ids, self.config.vocab_size, self.tower)
         return sites(self, f"{self.tower}.embed", self.embeddings(input_ids))
 
-    @staticmethod
-    def layer_mask(input_ids, attention_mask=None):
+    def layer_mask(self, input_ids, attention_mask=None):
         """Causal AND padding mask, ``[B, 1, T, T]`` boolean."""
         mask = causal_mask(input_ids.shape[1])
         if attention_mask is not None:
+            inputs_lib.check_mask(attention_mask, input_ids, self.tower)
             mask = mask & padding_mask(attention_mask)
         return mask
 
@@ -141,7 +145,7 @@ class CLIPTextEmbeddings(nn.Module):
             )
         tok = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, name="token_embedding")
         pos = nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=self.dtype, name="position_embedding")
-        return tok(input_ids) + pos(jnp.arange(t))[None]
+        return tok(inputs_lib.safe_ids(input_ids, c.vocab_size)) + pos(jnp.arange(t))[None]
 
 
 class ContrastiveTowers(SitedModel):

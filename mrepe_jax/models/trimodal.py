@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mrepe_jax.data.audio import LogMelConfig, log_mel_spectrogram, n_frames
+from mrepe_jax.models import inputs as inputs_lib
 from mrepe_jax.models.clip import (ContrastiveTowers, CLIPTextTransformer, CLIPVisionTransformer,
                                    normalize)
 from mrepe_jax.models.clip_config import CLIPTextConfig, CLIPVisionConfig
@@ -58,6 +59,8 @@ class AudioTransformer(CLIPVisionTransformer):
                 f"audio tower expects waveforms of shape [batch, {self.num_audio_samples}], "
                 f"got {waveform.shape}"
             )
+        inputs_lib.check_batch(waveform, "audio waveforms", self.tower)
+        inputs_lib.check_finite(waveform, "audio waveforms", self.tower)
         mel = log_mel_spectrogram(waveform, self.log_mel)
         return ((mel + self.log_mel_shift) / self.log_mel_scale)[..., None]
 

@@ -19,6 +19,9 @@ Token reduction turns a ``[B, T, D]`` site into one ``[B, D]`` row per example:
 - a callable ``reduce(x, token_mask) -> [B, D]`` for anything else (e.g. CLIP text EOS pooling).
 
 ``[B, D]`` sites pass through whatever ``reduce`` says, so one call can mix residual and pooled sites.
+
+Non-finite activations (NaN inputs, out-of-vocabulary ids, a NaN edit under ``jit``) are refused with
+a ``FloatingPointError`` naming the sites and the batch, instead of turning every statistic into NaN.
 """
 
 from __future__ import annotations
@@ -254,7 +257,7 @@ def stream_statistics(
     def step(stats, params, batch, labels, valid):
         _, acts = apply_fn(params, batch, capture)
         mask = batch[mask_key] if mask_key else None
-        return update(stats, acts, labels, valid, reduce, mask)
+        return update(stats, acts, labels, valid, reduce, mask), finite_flags(acts, valid)
 
     stepper = _Stepper(step, params, mesh)
     it = iter(batches)
@@ -262,21 +265,45 @@ def stream_statistics(
     if first is None:
         raise ValueError("stream_statistics got no batches")
 
-    stats, pending = None, None
+    stats, pending, seen = None, None, 0
     with tqdm(total=total, unit="ex", disable=not progress, desc="activations") as bar:
-        for batch in itertools.chain([first], it):
+        for i, batch in enumerate(itertools.chain([first], it)):
             n, args = stepper.prepare(batch, labels_of(batch))
             if stats is None:
                 stats = _init_stats(apply_fn, stepper.params, args[0], capture, reduce, mask_key,
                                     num_groups, covariance, mesh)
-            stats = stepper.step(stats, stepper.params, *args)
+            stats, flags = stepper.step(stats, stepper.params, *args)
             # Keep at most one step in flight: async dispatch would otherwise queue every batch's
             # input buffers when the host outruns the device, and memory would grow with the data.
+            # Reading the previous step's finiteness flags is that wait.
             if pending is not None:
-                jax.block_until_ready(pending)
-            pending = stats
+                check_finite_flags(*pending)
+            pending = flags, i, seen, n
+            seen += n
             bar.update(n)
+    check_finite_flags(*pending)
     return jax.device_get(stats)
+
+
+def finite_flags(acts: Mapping[str, Array], valid: Array | None = None) -> dict[str, Array]:
+    """``{site: all values finite}`` over the valid rows (batch padding is ignored)."""
+    out = {}
+    for site, x in acts.items():
+        rows = jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1)
+        out[site] = jnp.all(rows if valid is None else rows | ~valid)
+    return out
+
+
+def check_finite_flags(flags: Mapping[str, Any], batch_index: int, first: int, n: int) -> None:
+    """Raises ``FloatingPointError`` naming the sites whose activations were non-finite."""
+    bad = sorted(site for site, ok in jax.device_get(dict(flags)).items() if not bool(ok))
+    if bad:
+        shown = ", ".join(repr(b) for b in bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise FloatingPointError(
+            f"non-finite activations (NaN or inf) at {shown} in batch {batch_index} (examples "
+            f"{first}..{first + n - 1}); statistics over them would be NaN. Check that batch's inputs "
+            "and any edit at or before those sites."
+        )
 
 
 def _init_stats(apply_fn, params, batch, capture, reduce, mask_key, num_groups, covariance, mesh):
@@ -316,9 +343,12 @@ def collect_activations(
 
     stepper = _Stepper(step, params, mesh)
     chunks: dict[str, list[np.ndarray]] = {}
-    for batch in tqdm(batches, unit="batch", disable=not progress, desc="activations"):
+    seen = 0
+    for i, batch in enumerate(tqdm(batches, unit="batch", disable=not progress, desc="activations")):
         n, args = stepper.prepare(batch, np.zeros(parallel.batch_size(batch), np.int32))
         out = jax.device_get(stepper.step(None, stepper.params, *args))
+        check_finite_flags({k: np.isfinite(v[:n]).all() for k, v in out.items()}, i, seen, n)
+        seen += n
         for k in keep:
             if k in out:
                 raise ValueError(f"keep key {k!r} collides with a captured site name")

@@ -119,6 +119,10 @@ def bootstrap_ci(
     samples = jnp.asarray(samples)
     if samples.ndim == 0 or samples.shape[0] < 2:
         raise ValueError(f"bootstrap needs at least 2 samples on axis 0; got shape {samples.shape}")
+    if not isinstance(samples, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(samples))):
+        bad = np.argwhere(~np.isfinite(np.asarray(samples)))
+        raise ValueError(f"bootstrap samples hold {len(bad)} non-finite values, the first at index "
+                         f"{tuple(int(i) for i in bad[0])} of shape {samples.shape}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1); got {alpha}")
     if n_resamples < 1:

@@ -232,22 +232,24 @@ def _orient(plan: _Plan, clean_inputs, corrupt_inputs, text_mask):
 
 def _where_masks(layout: str, num_positions: int, num_heads: int, positions,
                  heads: bool) -> np.ndarray:
-    """One boolean ``where`` per patch, stacked on axis 0, in (position, head) row-major order."""
-    t, h = num_positions, num_heads
+    """One boolean ``where`` per patch, stacked on axis 0, in (position, head) row-major order.
+
+    Each has the site's full rank (size 1 on the batch and feature axes), so it cannot line up
+    with another axis (``mrepe_jax.edits``).
+    """
+    t, h = num_positions, num_heads if heads else 1
     rows = []
     for p in positions:
-        for head in range(h) if heads else (None,):
-            if layout == "token":
-                m = np.zeros((t, 1), bool)
-                m[p] = True
-            elif layout == "head":
-                m = np.zeros((t, h if heads else 1, 1), bool)
-                m[p, head if heads else 0] = True
+        for head in range(h):
+            if layout == "token":  # [B, T, D]
+                m = np.zeros((1, t, 1), bool)
+                m[0, p] = True
+            elif layout == "head":  # [B, T, H, Dh]
+                m = np.zeros((1, t, h, 1), bool)
+                m[0, p, head] = True
             else:  # pattern [B, H, Q, K]: select query rows (of one head)
-                m = np.zeros((h if heads else 1, t, 1), bool)
-                m[head if heads else 0, p] = True
-                if not heads:
-                    m = m[0]
+                m = np.zeros((1, h, t, 1), bool)
+                m[0, head, p] = True
             rows.append(m)
     return np.stack(rows)
 
@@ -343,6 +345,26 @@ def _check_metric(value, batch: int):
         )
 
 
+def _check_finite(effects: CausalEffects) -> CausalEffects:
+    """Refuses non-finite runs or effects, naming the run, example, site and position."""
+    for run, values in (("base", effects.base), ("source", effects.target)):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(values)))
+        if bad.size:
+            raise FloatingPointError(
+                f"the metric of the {run} run is non-finite for examples {bad.tolist()[:8]}: check "
+                "those inputs and the metric"
+            )
+    per = np.asarray(effects.per_example)
+    bad = np.argwhere(~np.isfinite(per))
+    if bad.size:
+        b, layer, p = (int(i) for i in bad[0][:3])
+        raise FloatingPointError(
+            f"{len(bad)} {effects.method} patching effects are non-finite, the first for example {b} "
+            f"at site {effects.sites[layer]!r}, position {effects.positions[p]}"
+        )
+    return effects
+
+
 def _progress(iterable, verbose: bool, desc: str):
     if not verbose:
         return iterable
@@ -427,8 +449,8 @@ def causal_effect(
     grid = (len(pos), num_heads) if plan.heads else (len(pos),)
     per_example = jnp.moveaxis(per_example.reshape(grid + per_example.shape[1:]), -1, 0)
     per_example = jnp.moveaxis(per_example, -1, 1)  # [B, L, P(, H)]
-    return CausalEffects(per_example.mean(0), per_example, base_metric, src_metric, plan.sites,
-                         plan.layers, pos, direction, "exact")
+    return _check_finite(CausalEffects(per_example.mean(0), per_example, base_metric, src_metric,
+                                       plan.sites, plan.layers, pos, direction, "exact"))
 
 
 def attribution_effect(
@@ -465,5 +487,5 @@ def attribution_effect(
     _check_metric(base_metric, np.shape(base_in)[0])
     pos = _positions(plan, every.shape[2], positions)
     per_example = every if pos == tuple(range(every.shape[2])) else every[:, :, np.asarray(pos)]
-    return CausalEffects(per_example.mean(0), per_example, base_metric, src_metric, plan.sites,
-                         plan.layers, pos, direction, "attribution")
+    return _check_finite(CausalEffects(per_example.mean(0), per_example, base_metric, src_metric,
+                                       plan.sites, plan.layers, pos, direction, "attribution"))

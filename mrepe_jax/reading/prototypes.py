@@ -73,22 +73,35 @@ def _score(tp, fp, n_pos, n_neg, criterion):
     return np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
 
 
-def fit_threshold(sim_pos: Array, sim_neg: Array, criterion: str = "balanced_accuracy") -> float:
+def fit_threshold(sim_pos: Array, sim_neg: Array, criterion: str = "balanced_accuracy") -> np.floating:
     """``tau_c`` of eq 1, maximising ``criterion`` of ``sim > tau`` on the given (training) scores.
 
     ``"balanced_accuracy"`` (default) is the mean of the true-positive and true-negative rates; it is
     the default because one-vs-rest splits are imbalanced ((K-1) negatives per positive), where plain
-    accuracy rewards "never a member". ``"f1"`` is the alternative. Candidates are the midpoints
-    between consecutive distinct scores plus one below the minimum, so on separable data the chosen
-    ``tau`` sits in the middle of the gap; ties between candidates go to the smallest ``tau``.
+    accuracy rewards "never a member". ``"f1"`` is the alternative. Candidates sit in each gap between
+    consecutive distinct scores (at its midpoint where the scores' dtype can hold one) plus one below
+    the minimum; ties between candidates go to the smallest ``tau``.
+
+    ``tau`` is returned in the scores' dtype (a numpy scalar, float32 for float32 scores): every
+    candidate lies strictly inside its gap *in that dtype*, so ``sim > tau`` selects on the scores
+    exactly the members it was fitted to select. A float64 midpoint would round onto a float32
+    score, dropping an example or merging two adjacent scores.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     sim_pos, sim_neg = _check_scores(sim_pos, sim_neg)
-    u = np.unique(np.concatenate([sim_pos, sim_neg]).astype(np.float64))
-    taus = np.concatenate([[np.nextafter(u[0], -np.inf)], (u[:-1] + u[1:]) / 2, [u[-1]]])
+    dtype = np.result_type(sim_pos.dtype, sim_neg.dtype)
+    if not np.issubdtype(dtype, np.floating):
+        dtype = np.dtype(np.float64)
+    sim_pos, sim_neg = sim_pos.astype(dtype), sim_neg.astype(dtype)
+    u = np.unique(np.concatenate([sim_pos, sim_neg]))
+    # Midpoints computed wide, rounded to the scores' dtype, then clamped into [u_k, u_k+1): when no
+    # value lies strictly between two adjacent scores, u_k itself still separates them under ">".
+    mid = ((u[:-1].astype(np.float64) + u[1:].astype(np.float64)) / 2).astype(dtype)
+    mid = np.where((mid >= u[:-1]) & (mid < u[1:]), mid, u[:-1])
+    taus = np.concatenate([[np.nextafter(u[0], dtype.type(-np.inf))], mid, [u[-1]]]).astype(dtype)
     tp, fp = _rates(sim_pos, sim_neg, taus)
-    return float(taus[np.argmax(_score(tp, fp, len(sim_pos), len(sim_neg), criterion))])
+    return taus[np.argmax(_score(tp, fp, len(sim_pos), len(sim_neg), criterion))]
 
 
 def _check_scores(scores_pos, scores_neg):

@@ -4,16 +4,36 @@ Every trained component (the ToyWorld CLIP, alignment maps, probes that need it)
 with its own ``step_fn`` instead of copying a loop. Batches are a pure function of the step
 number, so a run killed after k steps and resumed sees exactly the batches an uninterrupted run
 would, and ends with the same parameters.
+
+What ``fit`` guarantees about its checkpoint directory:
+
+- nothing non-finite is ever saved: every step's loss *and* every floating leaf of the new state
+  are checked (on device, read back one step later so the host never stalls the pipeline) and a
+  non-finite one stops training with an error naming the first bad step and leaf;
+- pending asynchronous saves are finished and the manager closed on every exit path;
+- a checkpoint that cannot be restored (corrupt files) or holds non-finite values is moved aside
+  to ``<step>.corrupt`` with a warning once an earlier step restores; when none restores, one error
+  names the directory and what to delete;
+- the run's trajectory-defining settings (``num_steps`` and the caller's ``run_config``) are saved
+  with every checkpoint; resuming with different ones is an error naming each difference, since a
+  resumed run would silently follow another schedule.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import logging
 import os
-from collections.abc import Callable
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax.training.train_state import TrainState
@@ -27,18 +47,148 @@ class FitResult:
     resumed_from: int  # 0 when training started fresh
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint in a directory can be used to resume."""
+
+
 def checkpoint_manager(directory: str | os.PathLike, keep: int = 2) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         os.path.abspath(directory), options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     )
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-    """``state`` replaced by the latest checkpoint in ``manager``, or unchanged when there is none."""
-    step = manager.latest_step()
-    if step is None:
-        return state
-    return manager.restore(step, args=ocp.args.StandardRestore(state))
+def _float_leaves(tree) -> list[tuple[str, Any]]:
+    return [(jax.tree_util.keystr(path), leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+
+
+def _finite_flags(loss, state) -> jax.Array:
+    """``[1 + leaves]`` booleans: the loss, then each floating leaf of ``state`` (on device)."""
+    return jnp.stack([jnp.all(jnp.isfinite(loss))]
+                     + [jnp.all(jnp.isfinite(leaf)) for _, leaf in _float_leaves(state)])
+
+
+def _flag_names(state) -> list[str]:
+    """What each entry of ``_finite_flags`` checks, for error messages."""
+    return ["the loss"] + [f"the state at {name}" for name, _ in _float_leaves(state)]
+
+
+def _first_bad(flags, names: list[str]) -> str | None:
+    flags = np.asarray(flags)
+    return None if flags.all() else names[int(np.argmin(flags))]
+
+
+def _save_args(state, run: Mapping[str, Any]):
+    return ocp.args.Composite(state=ocp.args.StandardSave(state), run=ocp.args.JsonSave(dict(run)))
+
+
+def _diff(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}: checkpoint {saved.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r}"
+            for k in keys if saved.get(k, "<absent>") != now.get(k, "<absent>")]
+
+
+def _move_aside(directory: str, step: int) -> str:
+    src = os.path.join(directory, str(step))
+    dst, n = f"{src}.corrupt", 1
+    while os.path.exists(dst):
+        n += 1
+        dst = f"{src}.corrupt{n}"
+    if jax.process_index() == 0:
+        os.rename(src, dst)
+    return dst
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
+                   run: Mapping[str, Any] | None = None) -> TrainState:
+    """``state`` replaced by the newest usable checkpoint in ``manager`` (unchanged when empty).
+
+    ``run``: the settings the caller is about to train with; a checkpoint saved with other
+    settings is an error naming each difference (``fit`` passes ``num_steps`` and its
+    ``run_config``). Unreadable or non-finite steps fall back to the previous one, see the module
+    docstring.
+    """
+    directory = str(manager.directory)
+    failures: list[tuple[int, str]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            saved = manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))["run"]
+        except Exception as e:  # noqa: BLE001 - any unreadable step is reported, then skipped
+            failures.append((step, f"its run settings are unreadable ({_short(e)})"))
+            continue
+        if run is not None and _diff(saved, run):
+            raise ValueError(
+                f"the checkpoint at step {step} in {directory} was saved by a run with other "
+                "settings, so resuming it would follow another trajectory:\n  "
+                + "\n  ".join(_diff(saved, run))
+                + f"\nRestore those settings, use another checkpoint directory, or delete {directory} "
+                "to start over."
+            )
+        try:
+            restored = manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(state)))["state"]
+        except Exception as e:  # noqa: BLE001
+            failures.append((step, f"it cannot be read ({_short(e)})"))
+            continue
+        bad = _first_bad(_finite_flags(jnp.float32(0), restored), _flag_names(restored))
+        if bad is not None:
+            failures.append((step, f"{bad} is non-finite"))
+            continue
+        for bad_step, why in failures:
+            moved = _move_aside(directory, bad_step)
+            warnings.warn(f"checkpoint step {bad_step} in {directory} is unusable: {why}; moved it "
+                          f"to {moved} and resumed from step {step}", RuntimeWarning, stacklevel=3)
+        if failures:
+            manager.reload()
+        return restored
+    if failures:
+        # The failed restores' sibling reads are still completing in tensorstore's threads; let
+        # them land while their noise is filtered (``_quiet_failed_reads``), so that this error is
+        # the last thing printed. A fixed short wait: tensorstore offers no handle to wait on.
+        time.sleep(0.5)
+        listed = "; ".join(f"step {s}: {why}" for s, why in failures)
+        raise CheckpointError(
+            f"no checkpoint in {directory} can be restored ({listed}). If the model or its "
+            f"config changed, use another checkpoint directory; to start over, delete {directory}."
+        )
+    return state
+
+
+class _DropFailedReadNoise(logging.Filter):
+    def filter(self, record):
+        return "exception was never retrieved" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+    """Silences the aftermath of an orbax read that failed, which this module reports itself.
+
+    When one array of a checkpoint fails to read, orbax's ``asyncio.gather`` raises and closes its
+    event loop while tensorstore still completes the other reads: each completion then prints an
+    "Event loop is closed" traceback (through ``sys.unraisablehook``) and asyncio logs "exception
+    was never retrieved". Only those two are dropped, and only while restoring.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    log_filter = _DropFailedReadNoise()
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(log_filter)
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+        logging.getLogger("asyncio").removeFilter(log_filter)
+
+
+def _short(e: Exception, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def fit(
@@ -50,6 +200,7 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 500,
     stop_after: int | None = None,
+    run_config: Mapping[str, Any] | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> FitResult:
@@ -58,29 +209,67 @@ def fit(
     ``step_fn(state, batch) -> (state, metrics)`` must return ``metrics["loss"]``; it is jit'd
     here. ``batch_fn(step)`` gives the batch of a step. ``stop_after`` ends the call early after
     that many steps (a checkpoint is written), which is how tests simulate a killed run.
-    A non-finite loss stops training with an error naming the step instead of saving NaNs.
+    ``run_config``: JSON-able settings that define the trajectory (schedule, batch size, seeds, data),
+    saved with each checkpoint and compared on resume, with ``num_steps``. Raises
+    ``FloatingPointError`` at the first step whose loss or new state is non-finite, before any save
+    of it.
     """
-    manager = checkpoint_manager(checkpoint_dir) if checkpoint_dir is not None else None
-    if manager is not None:
-        state = restore_latest(manager, state)
+    if num_steps < 0 or checkpoint_every < 1:
+        raise ValueError(f"need num_steps >= 0 and checkpoint_every >= 1, got {num_steps} and "
+                         f"{checkpoint_every}")
+    run = {"num_steps": int(num_steps), **json.loads(json.dumps(dict(run_config or {})))}
+    if checkpoint_dir is None:
+        return _train(state, step_fn, batch_fn, num_steps, None, checkpoint_every, stop_after, run,
+                      desc, progress)
+    manager = checkpoint_manager(checkpoint_dir)
+    with _quiet_failed_reads():
+        try:
+            state = restore_latest(manager, state, run)
+            return _train(state, step_fn, batch_fn, num_steps, manager, checkpoint_every,
+                          stop_after, run, desc, progress)
+        finally:
+            manager.wait_until_finished()
+            manager.close()
+
+
+def _train(state, step_fn, batch_fn, num_steps, manager, checkpoint_every, stop_after, run, desc,
+           progress) -> FitResult:
     start = int(state.step)
+    if start > num_steps:
+        raise ValueError(f"{desc}: the state is at step {start}, past num_steps={num_steps}")
     end = num_steps if stop_after is None else min(num_steps, start + stop_after)
-    step_fn = jax.jit(step_fn, donate_argnums=0)
-    losses = []
+
+    def guarded(state, batch):
+        state, metrics = step_fn(state, batch)
+        return state, metrics, _finite_flags(metrics["loss"], state)
+
+    step = jax.jit(guarded, donate_argnums=0)
+    losses, last_saved = [], start if manager is not None and start > 0 else None
+    names = _flag_names(state)  # read before the loop: the loop donates each state's buffers
+
+    def check(done, flags):
+        bad = _first_bad(flags, names)
+        if bad is not None:
+            where = f"; the last checkpoint is step {last_saved}" if last_saved else ""
+            raise FloatingPointError(f"{desc}: {bad} became non-finite at step {done}; stopped "
+                                     f"before saving it{where}")
+
+    pending = None  # (step, flags) of the previous step, read once the next one is dispatched
     with tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True) as bar:
-        for step in range(start, end):
-            state, metrics = step_fn(state, batch_fn(step))
-            done = step + 1
-            if done % 50 == 0 or done == end:
-                loss = float(metrics["loss"])
-                if not np.isfinite(loss):
-                    raise FloatingPointError(f"{desc}: loss became {loss} at step {done}; not saving it")
-                bar.set_postfix(loss=f"{loss:.4f}")
+        for i in range(start, end):
+            state, metrics, flags = step(state, batch_fn(i))
+            if pending is not None:
+                check(*pending)
+            done, pending = i + 1, (i + 1, flags)
             losses.append(metrics["loss"])
+            if done % 50 == 0 or done == end:
+                bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
             bar.update(1)
             if manager is not None and (done % checkpoint_every == 0 or done == end):
-                manager.save(done, args=ocp.args.StandardSave(state))
-    if manager is not None:
-        manager.wait_until_finished()
-        manager.close()
+                check(*pending)
+                pending = None
+                manager.save(done, args=_save_args(state, run))
+                last_saved = done
+    if pending is not None:
+        check(*pending)
     return FitResult(state, np.asarray(jax.device_get(losses), dtype=np.float32), start)

@@ -139,6 +139,13 @@ def init_state(model: TriModalCLIP, world: ToyWorld, cfg: ml_collections.ConfigD
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
+def run_config(world: ToyWorld, cfg: ml_collections.ConfigDict) -> dict:
+    """Everything that defines the training trajectory (all of ``cfg`` but how often it is saved,
+    and the world), saved with each checkpoint so that a resume with other settings is refused."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "checkpoint_every"}
+    return {**settings, "world": dataclasses.asdict(world.config)}
+
+
 def train(world: ToyWorld, cfg: ml_collections.ConfigDict, checkpoint_dir=None, stop_after=None,
           progress: bool = True, pool: Pool | None = None) -> tuple[TriModalCLIP, FitResult]:
     """Trains (or resumes) the tri-modal CLIP on ``world``; ``cfg`` is ``config.model``+``train``."""
@@ -153,5 +160,6 @@ def train(world: ToyWorld, cfg: ml_collections.ConfigDict, checkpoint_dir=None, 
 
     result = fit(state, step_fn, batch_fn(make_pool, cfg.batch_size, cfg.seed, cfg.prompt_fraction),
                  cfg.num_steps, checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
-                 stop_after=stop_after, desc="toyworld clip", progress=progress)
+                 stop_after=stop_after, run_config=run_config(world, cfg), desc="toyworld clip",
+                 progress=progress)
     return model, result

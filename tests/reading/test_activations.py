@@ -201,3 +201,24 @@ def test_sharded_statistics_equal_single_device():
         else:
             tol = 0.0 if k.endswith(":count") else (1e-4 if k.endswith(":m2") else ATOL)
             assert v <= tol, (k, v)
+
+
+def test_non_finite_activations_stop_the_stream_naming_site_and_batch(clip):
+    """Issue 7 item 7: under jit the model cannot read values, so the aggregating stage refuses."""
+    model, params = clip
+    data = dataset(3)
+    data["pixels"][20, 3, 3, 0] = np.nan  # batch 1 of 16-row batches
+    with pytest.raises(FloatingPointError, match=r"non-finite activations \(NaN or inf\) at "
+                                                 r"'vision.proj' in batch 1 \(examples 16..31\)"):
+        A.stream_statistics(A.tower_apply(model, "vision", "pixels"), batches(data), "vision.proj",
+                            params=params, progress=False)
+    text = dataset(4)
+    text["ids"][40, 1] = 500  # out of the vocabulary: NaN, never another token
+    with pytest.raises(FloatingPointError, match=r"'text.layers.0.resid_post' in batch 2 "
+                                                 r"\(examples 32..47\)"):
+        A.stream_statistics(A.tower_apply(model, "text", "ids", "mask"), batches(text),
+                            "text.layers.0.resid_post", params=params, mask_key="mask",
+                            progress=False)
+    with pytest.raises(FloatingPointError, match=r"'vision.proj' in batch 1 \(examples 16..31\)"):
+        A.collect_activations(A.tower_apply(model, "vision", "pixels"), batches(data), "vision.proj",
+                              params=params)

@@ -90,3 +90,11 @@ def test_errors():
         bootstrap_ci(jnp.ones(5), alpha=1.5)
     with pytest.raises(ValueError, match="n_resamples"):
         bootstrap_ci(jnp.ones(5), n_resamples=0)
+
+
+def test_non_finite_samples_are_refused():
+    x = np.ones((4, 3))
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"bootstrap samples hold 1 non-finite values, the first at "
+                                         r"index \(2, 1\) of shape \(4, 3\)"):
+        bootstrap_ci(x)

@@ -65,8 +65,8 @@ def naive_sweep(model, variables, tower, base, source, metric, point, heads=Fals
         for p in range(t):
             for head in range(h):
                 where = token_mask(t, p)
-                if point == "attn.z":
-                    where = where[:, :, None] & (head_mask(h, head) if heads else True)
+                if heads:
+                    where = where & head_mask(h, head)
                 emb, _ = encode(base, base_mask, edits={site: Replace(src[site], where)})
                 out[:, i, p, head] = metric(emb) - base_metric
     return out if heads else out[..., 0]
@@ -285,3 +285,12 @@ def test_error_bad_direction_metric_and_mask(clip):
     with pytest.raises(ValueError, match="text_mask"):
         causal_effect(model, variables, "vision", clean, corrupt, logit_diff,
                       text_mask=jnp.ones((3, 5)))
+
+
+def test_non_finite_runs_are_refused_naming_the_run_and_examples(clip):
+    model, variables, clean, corrupt = clip
+    bad = corrupt.at[1, 0, 0, 0].set(jnp.nan)
+    for estimator in (causal_effect, attribution_effect):
+        with pytest.raises(FloatingPointError, match=r"metric of the source run is non-finite for "
+                                                     r"examples \[1\]"):
+            estimator(model, variables, "vision", clean, bad, logit_diff)

@@ -81,6 +81,35 @@ def test_fit_threshold_overlap_and_errors():
         P.fit_threshold([0.1], [0.2], "accuracy")
 
 
+def test_fit_threshold_keeps_the_example_it_was_fitted_to_include():
+    pos, neg = np.array([0.1, 0.5, 0.6], np.float32), np.array([0.3], np.float32)
+    tau = P.fit_threshold(pos, neg, "f1")  # F1 is best with every positive in (tau below 0.1)
+    assert tau.dtype == np.float32
+    assert np.all(pos > tau), "a float64 tau rounded onto float32 0.1 used to drop that example"
+    assert np.all(np.asarray(P.concept_members(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32)[0],
+                                               tau)) == [True, False])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_fit_threshold_separates_adjacent_scores_in_their_dtype(dtype):
+    lo = dtype(0.25)
+    hi = np.nextafter(lo, dtype(1))  # no value of this dtype lies between the two
+    tau = P.fit_threshold(np.array([hi]), np.array([lo]))
+    assert tau.dtype == dtype
+    assert hi > tau and not lo > tau  # balanced accuracy 1.0, not 0.5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fit_threshold_score_is_what_its_tau_achieves(seed):
+    rng = np.random.default_rng(seed)
+    # Many near-ties in float32: the counted score must be the score of "sim > tau" itself.
+    pos = (0.5 + rng.integers(0, 20, 50) * 1e-8).astype(np.float32)
+    neg = (0.5 + rng.integers(0, 20, 60) * 1e-8).astype(np.float32)
+    tau = P.fit_threshold(pos, neg)
+    best = max(0.5 * (np.mean(pos > t) + np.mean(neg <= t)) for t in np.concatenate([pos, neg, [-1]]))
+    assert 0.5 * (np.mean(pos > tau) + np.mean(neg <= tau)) == pytest.approx(best)
+
+
 def clusters(seed, n, k=3, dim=16, noise=0.3):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(k, dim)) * 3

@@ -43,6 +43,11 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, world_and_pool):
     # and a third call finds the finished run: nothing to redo
     _, again = toyclip.train(world, cfg, tmp_path / "b", progress=False, pool=pool)
     assert again.resumed_from == 6 and len(again.losses) == 0
+    # Another schedule would make "resumed == uninterrupted" silently false: refused, named.
+    with pytest.raises(ValueError, match=r"learning_rate: checkpoint 0.001, now 0.002"):
+        toyclip.train(world, tiny_cfg(learning_rate=2e-3), tmp_path / "b", progress=False, pool=pool)
+    with pytest.raises(ValueError, match=r"num_steps: checkpoint 6, now 4"):
+        toyclip.train(world, tiny_cfg(num_steps=4), tmp_path / "b", progress=False, pool=pool)
 
 
 def test_loss_decreases(world_and_pool):

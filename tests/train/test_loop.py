@@ -1,0 +1,157 @@
+"""``train/loop.fit``: nothing non-finite is saved, resume refuses other settings, corrupt
+checkpoints fall back (issue 7, items 1-3). A linear model keeps each test to a few seconds."""
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.training.train_state import TrainState
+
+from mrepe_jax.train import loop
+
+W_TRUE = np.linspace(-1.0, 1.0, 8).astype(np.float32)
+
+
+def init_state(lr=0.1):
+    return TrainState.create(apply_fn=None, params={"w": jnp.zeros(8), "b": jnp.zeros(())},
+                             tx=optax.adam(lr))
+
+
+def batch_fn(nan_at=None, nan_grad_at=None):
+    def get(step):
+        x = np.random.default_rng(step).normal(size=(16, 8)).astype(np.float32)
+        if step + 1 == nan_at:  # step numbers count completed steps, as fit's messages do
+            x[3, 2] = np.nan
+        grad_scale = np.float32(np.nan if step + 1 == nan_grad_at else 1.0)
+        return {"x": x, "y": x @ W_TRUE, "grad_scale": grad_scale}
+    return get
+
+
+def step_fn(state, batch):
+    def loss_fn(p):
+        return jnp.mean((batch["x"] @ p["w"] + p["b"] - batch["y"]) ** 2)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    # A finite loss whose gradient is NaN (e.g. sqrt at 0 somewhere in a real model).
+    grads = jax.tree.map(lambda g: g * batch["grad_scale"], grads)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+def saved_steps(directory):
+    return sorted(int(os.path.basename(p)) for p in glob.glob(f"{directory}/*") if
+                  os.path.basename(p).isdigit())
+
+
+def restored_params(directory, step):
+    mngr = loop.checkpoint_manager(directory)
+    try:
+        return mngr.restore(step, args=loop.ocp.args.Composite(
+            state=loop.ocp.args.StandardRestore(init_state())))["state"].params
+    finally:
+        mngr.close()
+
+
+def fit(directory, num_steps=60, checkpoint_every=30, batches=None, **kw):
+    return loop.fit(init_state(), step_fn, batches or batch_fn(), num_steps, checkpoint_dir=directory,
+                    checkpoint_every=checkpoint_every, progress=False, **kw)
+
+
+# ---- item 1: a non-finite loss or state is never checkpointed ----
+
+
+@pytest.mark.parametrize("every", [30, 5, 10])
+def test_nan_loss_stops_at_its_step_and_leaves_no_nan_checkpoint(tmp_path, every):
+    with pytest.raises(FloatingPointError, match=r"train: the loss became non-finite at step 10; "
+                                                 r"stopped before saving it"):
+        fit(tmp_path, checkpoint_every=every, batches=batch_fn(nan_at=10))
+    assert saved_steps(tmp_path) == [s for s in (5,) if s % every == 0]
+    for s in saved_steps(tmp_path):
+        assert all(np.isfinite(v).all() for v in jax.tree.leaves(restored_params(tmp_path, s)))
+
+
+def test_finite_loss_with_nan_gradient_is_caught_at_its_step(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"the state at .*params.* became non-finite at "
+                                                 r"step 10; stopped before saving it; the last "
+                                                 r"checkpoint is step 5"):
+        fit(tmp_path, checkpoint_every=5, batches=batch_fn(nan_grad_at=10))
+    assert saved_steps(tmp_path) == [5]
+
+
+def test_nan_without_a_checkpoint_dir_is_also_an_error():
+    with pytest.raises(FloatingPointError, match="step 3"):
+        loop.fit(init_state(), step_fn, batch_fn(nan_at=3), 8, progress=False)
+
+
+# ---- item 2: resuming with other trajectory-defining settings is refused ----
+
+
+def test_resume_with_fewer_or_more_steps_or_other_settings_is_an_error(tmp_path):
+    fit(tmp_path, num_steps=6, checkpoint_every=3, run_config={"lr": 0.1})
+    with pytest.raises(ValueError, match=r"step 6 in .* other settings.*\n  num_steps: checkpoint 6, "
+                                         r"now 4\n.*delete"):
+        fit(tmp_path, num_steps=4, checkpoint_every=3, run_config={"lr": 0.1})
+    with pytest.raises(ValueError, match=r"num_steps: checkpoint 6, now 9"):
+        fit(tmp_path, num_steps=9, checkpoint_every=3, run_config={"lr": 0.1})
+    with pytest.raises(ValueError, match=r"lr: checkpoint 0.1, now 0.2"):
+        fit(tmp_path, num_steps=6, checkpoint_every=3, run_config={"lr": 0.2})
+    again = fit(tmp_path, num_steps=6, checkpoint_every=7, run_config={"lr": 0.1})  # not a setting
+    assert again.resumed_from == 6 and len(again.losses) == 0
+
+
+def test_state_past_num_steps_without_checkpoints_is_an_error():
+    state = init_state().replace(step=5)
+    with pytest.raises(ValueError, match="state is at step 5, past num_steps=3"):
+        loop.fit(state, step_fn, batch_fn(), 3, progress=False)
+
+
+# ---- item 3: a corrupt latest checkpoint falls back to the previous good one ----
+
+
+def corrupt(directory, step):
+    files = glob.glob(f"{directory}/{step}/state/**/d/*", recursive=True)
+    assert files
+    for f in files:
+        b = bytearray(open(f, "rb").read())
+        for i in range(len(b) // 2, min(len(b), len(b) // 2 + 16)):
+            b[i] ^= 0xFF
+        open(f, "wb").write(bytes(b))
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path):
+    straight = fit(tmp_path / "a", num_steps=8, checkpoint_every=2)
+    first = fit(tmp_path / "b", num_steps=8, checkpoint_every=2, stop_after=4)
+    assert saved_steps(tmp_path / "b") == [2, 4]
+    corrupt(tmp_path / "b", 4)
+    with pytest.warns(RuntimeWarning, match=r"checkpoint step 4 in .*/b is unusable: it cannot be read "
+                                            r".*moved it to .*/b/4.corrupt and resumed from step 2"):
+        resumed = fit(tmp_path / "b", num_steps=8, checkpoint_every=2)
+    assert int(first.state.step) == 4 and resumed.resumed_from == 2
+    assert os.path.isdir(tmp_path / "b" / "4.corrupt")  # kept, not deleted
+    for a, b in zip(jax.tree.leaves(straight.state.params), jax.tree.leaves(resumed.state.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_restorable_checkpoint_is_one_clear_error(tmp_path):
+    fit(tmp_path, num_steps=4, checkpoint_every=2)
+    corrupt(tmp_path, 2)
+    corrupt(tmp_path, 4)
+    with pytest.raises(loop.CheckpointError, match=r"no checkpoint in .* can be restored \(step 4: it "
+                                                   r"cannot be read .*step 2: .*delete"):
+        fit(tmp_path, num_steps=4, checkpoint_every=2)
+    assert saved_steps(tmp_path) == [2, 4]  # nothing moved or lost when nothing could be restored
+
+
+def test_a_checkpoint_holding_nan_is_skipped(tmp_path):
+    fit(tmp_path, num_steps=8, checkpoint_every=2, stop_after=4)
+    mngr = loop.checkpoint_manager(tmp_path, keep=3)
+    nan_state = init_state().replace(step=6, params={"w": jnp.full(8, jnp.nan), "b": jnp.zeros(())})
+    mngr.save(6, args=loop._save_args(nan_state, {"num_steps": 8}))
+    mngr.wait_until_finished()
+    mngr.close()
+    with pytest.warns(RuntimeWarning, match=r"step 6 .* the state at .*'w'.* is non-finite; moved "
+                                            r"it to .*6.corrupt and resumed from step 4"):
+        resumed = fit(tmp_path, num_steps=8, checkpoint_every=2)
+    assert resumed.resumed_from == 4 and int(resumed.state.step) == 8
