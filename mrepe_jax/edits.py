@@ -207,6 +207,18 @@ class AttnBias:
 EDIT_TYPES = (Add, Replace, Ablate, Project, AttnBias)
 
 
+@struct.dataclass
+class AtLayer:
+    """``edit`` applied at the one layer whose index equals ``layer``, which may be traced.
+
+    Keyed by a layer wildcard, ``{"vision.layers.*.resid_pre": AtLayer(L, Replace(r))}``: a sweep
+    over layers passes ``L`` as an array, so one compiled program serves every layer (DESIGN.md §3).
+    """
+
+    layer: Array
+    edit: Any
+
+
 def as_tuple(edit) -> tuple:
     return tuple(edit) if isinstance(edit, (tuple, list)) else (edit,)
 

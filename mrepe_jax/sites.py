@@ -27,13 +27,16 @@ padding mask, which is where eq 7 of the paper adds its concept mask ``M_c``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import functools
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 from flax import struct
 
 from mrepe_jax import edits as edits_lib
@@ -97,14 +100,38 @@ def resolve_capture(patterns: Iterable[str] | str, known: Sequence[str]) -> tupl
     return patterns
 
 
+_WILDCARD = re.compile(r"^(?P<tower>[a-z]+)\.layers\.\*\.(?P<point>.+)$")
+_LAYER = re.compile(r"^(?P<tower>[a-z]+)\.layers\.(?P<layer>\d+)\.(?P<point>.+)$")
+# The name a scanned layer stack gives a site while its layer index is traced; its captures come
+# back stacked over layers and are renamed per layer (``per_layer_captures``).
+STACKED = "#"
+_STACKED_NAME = re.compile(r"^(?P<tower>[a-z]+)\.layers\.#\.(?P<point>.+)$")
+
+
 def validate_edits(edits: Mapping[str, Any] | None, known: Sequence[str]) -> dict[str, Any]:
-    """Checks edit keys against the model's site table and each edit against its site kind."""
+    """Checks edit keys against the model's site table and each edit against its site kind.
+
+    A key is a site name, or a layer wildcard ``{tower}.layers.*.{point}`` whose edits are all
+    ``AtLayer`` (the layer they apply at is an array, e.g. swept under ``jit``).
+    """
     edits = dict(edits or {})
     known_set = set(known)
     for name, edit in edits.items():
-        if name not in known_set:
+        wildcard = _WILDCARD.match(name)
+        if wildcard:
+            if layer_site(wildcard["tower"], 0, wildcard["point"]) not in known_set:
+                raise _unknown("edits", name, known)
+        elif name not in known_set:
             raise _unknown("edits", name, known)
         for e in edits_lib.as_tuple(edit):
+            if wildcard:
+                if not isinstance(e, edits_lib.AtLayer):
+                    raise TypeError(f"edits at the layer wildcard {name!r} must be AtLayer(layer, "
+                                    f"edit), got a {type(e).__name__}")
+                e = e.edit
+            elif isinstance(e, edits_lib.AtLayer):
+                raise TypeError(f"AtLayer belongs under a layer wildcard key such as "
+                                f"'{name.rsplit('.layers.', 1)[0]}.layers.*.<point>', not {name!r}")
             if not isinstance(e, edits_lib.EDIT_TYPES):
                 raise TypeError(
                     f"edit at site {name!r} is a {type(e).__name__}; expected one of "
@@ -123,9 +150,9 @@ def validate_edits(edits: Mapping[str, Any] | None, known: Sequence[str]) -> dic
 class Sites:
     """Edits and capture patterns threaded through a forward pass.
 
-    ``edits`` maps site names to an edit or a tuple of edits (applied in order); it is a pytree
-    with array leaves, so its values may be traced, vmapped or differentiated. ``capture`` is a
-    static tuple of glob patterns.
+    ``edits`` maps site names (or layer wildcards, see ``validate_edits``) to an edit or a tuple of
+    edits (applied in order); it is a pytree with array leaves, so its values may be traced,
+    vmapped or differentiated. ``capture`` is a static tuple of glob patterns.
     """
 
     edits: dict[str, Any] = struct.field(default_factory=dict)
@@ -138,6 +165,78 @@ class Sites:
         if self.capture and matches(name, self.capture):
             module.sow(COLLECTION, name, x, init_fn=lambda: None, reduce_fn=lambda _, v: v)
         return x
+
+    def layer(self, module: nn.Module, tower: str, index, point: str, x, num_layers: int):
+        """The site ``point`` of layer ``index`` of ``tower``; ``index`` is an int, or traced when
+        the layer runs inside a scan over a layer stack (then an edit for layer ``L`` applies where
+        ``index == L`` and a capture is recorded under the ``STACKED`` name)."""
+        if isinstance(index, int):
+            x = self(module, layer_site(tower, index, point), x)
+        else:
+            for layer, edit in self._layer_edits(tower, point):
+                x = jnp.where(index == layer, edits_lib.apply_edits(edit, x, layer_site(tower, layer, point)), x)
+            if self.capture and any(matches(layer_site(tower, i, point), self.capture)
+                                    for i in range(num_layers)):
+                module.sow(COLLECTION, layer_site(tower, STACKED, point), x, init_fn=lambda: None,
+                           reduce_fn=lambda _, v: v)
+        for e in edits_lib.as_tuple(self.edits.get(layer_site(tower, "*", point), ())):
+            x = jnp.where(index == e.layer, edits_lib.apply_edits(e.edit, x, layer_site(tower, "*", point)), x)
+        return x
+
+    def _layer_edits(self, tower: str, point: str):
+        for name, edit in self.edits.items():
+            m = _LAYER.match(name)
+            if m and m["tower"] == tower and m["point"] == point:
+                yield int(m["layer"]), edit
+
+    def touches(self, tower: str, index, block: str, num_layers: int) -> bool:
+        """Whether any site of ``block`` (``attn``, ``xattn``) in layer ``index`` (every layer when
+        it is traced) is edited or captured: then a fused kernel must give way to explicit code."""
+        layers = [index] if isinstance(index, int) else range(num_layers)
+        names = [layer_site(tower, i, f"{block}.{p}") for i in layers
+                 for p in ("q", "k", "v", "logits", "pattern", "z")]
+        names += [layer_site(tower, "*", f"{block}.{p}") for p in ("q", "k", "v", "logits", "pattern", "z")]
+        return any(n in self.edits for n in names) or (
+            bool(self.capture) and any(matches(n, self.capture) for n in names))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSites:
+    """The sites of one layer: ``site(point, x)`` for ``{tower}.layers.{index}.{point}``, where
+    ``index`` is an int or, inside a scanned layer stack, a traced array (``Sites.layer``)."""
+
+    sites: Sites
+    module: nn.Module
+    tower: str
+    index: Any
+    num_layers: int
+
+    def __call__(self, point: str, x):
+        return self.sites.layer(self.module, self.tower, self.index, point, x, self.num_layers)
+
+    def touches(self, block: str) -> bool:
+        return self.sites.touches(self.tower, self.index, block, self.num_layers)
+
+    def bind(self, module: nn.Module) -> LayerSites:
+        """The same layer's sites, recorded under ``module`` (a submodule of the layer)."""
+        return dataclasses.replace(self, module=module)
+
+
+def per_layer_captures(stacked: Mapping[str, Any], capture: tuple[str, ...], layers) -> dict[str, Any]:
+    """Captures of a scanned stack, ``{"vision.layers.#.point": [L, ...]}``, renamed per layer and
+    filtered by the capture patterns: ``{"vision.layers.3.point": [...], ...}``. ``layers`` are
+    the indices the stacked axis holds, in order."""
+    out = {}
+    for name, value in stacked.items():
+        m = _STACKED_NAME.match(name)
+        if m is None:
+            out[name] = value
+            continue
+        for j, layer in enumerate(layers):
+            concrete = layer_site(m["tower"], layer, m["point"])
+            if matches(concrete, capture):
+                out[concrete] = value[j]
+    return out
 
 
 def collect(intermediates: Mapping[str, Any]) -> dict[str, Any]:

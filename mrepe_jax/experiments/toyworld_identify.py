@@ -67,8 +67,10 @@ def direction_auroc(train_x, train_y, test_x, test_y, num_values: int) -> float:
 
 
 def split_reps(model, params, splits: dict[str, dict]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """``{split: {tower: {site: [N, D]}}}``: every split encoded once, read by every stage."""
-    return {s: {t: tower_reps(model, params, b, t) for t in TOWERS} for s, b in splits.items()}
+    """``{split: {tower: {site: [N, D]}}}``: every split encoded once, read by every stage. One
+    chunk size for every split (the last chunk of each is padded), so each tower compiles once."""
+    chunk = min(256, *(len(b[TOWERS["vision"][0]]) for b in splits.values()))
+    return {s: {t: tower_reps(model, params, b, t, chunk) for t in TOWERS} for s, b in splits.items()}
 
 
 def identify(model, world: ToyWorld, all_reps: dict, labels: dict[str, dict]) -> dict:
@@ -103,14 +105,16 @@ def identify(model, world: ToyWorld, all_reps: dict, labels: dict[str, dict]) ->
     return out
 
 
-def prompt_logit_diff(prompts: np.ndarray, pos_values, neg_values):
-    """Per-example metric: cosine to the positive value's prompt minus to the negative's."""
+def _logit_diff(diff, e):
+    return jnp.sum(normalize(e) * diff, axis=-1)
+
+
+def prompt_logit_diff(prompts: np.ndarray, pos_values, neg_values) -> jax.tree_util.Partial:
+    """Per-example metric: cosine to the positive value's prompt minus to the negative's. A
+    ``Partial`` carrying the prompt differences as an array, so every family's metric is an
+    argument of the same compiled sweep (``reading.causal.as_metric``)."""
     diff = jnp.asarray(prompts[np.asarray(pos_values)] - prompts[np.asarray(neg_values)])
-
-    def metric(e):
-        return jnp.sum(normalize(e) * diff, axis=-1)
-
-    return metric
+    return jax.tree_util.Partial(_logit_diff, diff)
 
 
 def causal_analysis(model, params, world: ToyWorld, num_pairs: int, workdir: Path, seed: int = 0,

@@ -18,6 +18,7 @@ from mrepe_jax.models import inputs as inputs_lib
 from mrepe_jax.models.attention import causal_mask, padding_mask
 from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from mrepe_jax.models.clip_layers import CLIPEncoder, layer_norm
+from mrepe_jax.models.execution import Execution
 from mrepe_jax.sites import Sites, SitedModel, tower_site_names
 
 
@@ -38,9 +39,11 @@ class CLIPVisionEmbeddings(nn.Module):
         kernel = self.param(
             "patch_embedding", nn.initializers.lecun_normal(), (p, p, c.num_channels, c.hidden_size)
         )
-        # A stride-p convolution written as a patch matmul: the same arithmetic, one GEMM on CPU/GPU.
+        # A stride-p convolution written as one 2-D patch matmul: the same arithmetic, one GEMM, and
+        # a kernel gradient that needs no transposed copy on XLA:CPU (see clip_layers.Dense).
         patches = pixel_values.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5)
-        x = jnp.einsum("bhwijc,ijcd->bhwd", patches.astype(self.dtype), kernel.astype(self.dtype))
+        patches = patches.reshape(b * gh * gw, p * p * ch).astype(self.dtype)
+        x = patches @ kernel.reshape(p * p * ch, c.hidden_size).astype(self.dtype)
         x = x.reshape(b, gh * gw, c.hidden_size)
         cls = self.param("class_embedding", nn.initializers.normal(0.02), (c.hidden_size,))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.hidden_size)), x], 1)
@@ -54,12 +57,13 @@ class CLIPVisionTransformer(nn.Module):
     config: CLIPVisionConfig
     tower: str = "vision"
     dtype: jnp.dtype = jnp.float32
+    execution: Execution = Execution()
 
     def setup(self):
         eps = self.config.layer_norm_eps
         self.embeddings = CLIPVisionEmbeddings(self.config, self.dtype)
         self.pre_layrnorm = layer_norm(eps, None, self.dtype)
-        self.encoder = CLIPEncoder(self.config, self.tower, self.dtype)
+        self.encoder = CLIPEncoder(self.config, self.tower, self.dtype, self.execution)
         self.post_layernorm = layer_norm(eps, None, self.dtype)
 
     def embed(self, pixel_values, sites: Sites):
@@ -88,11 +92,12 @@ class CLIPTextTransformer(nn.Module):
     config: CLIPTextConfig
     tower: str = "text"
     dtype: jnp.dtype = jnp.float32
+    execution: Execution = Execution()
 
     def setup(self):
         c = self.config
         self.embeddings = CLIPTextEmbeddings(c, self.dtype)
-        self.encoder = CLIPEncoder(c, self.tower, self.dtype)
+        self.encoder = CLIPEncoder(c, self.tower, self.dtype, self.execution)
         self.final_layer_norm = layer_norm(c.layer_norm_eps, None, self.dtype)
 
     def embed(self, input_ids, sites: Sites):
@@ -201,13 +206,16 @@ def normalize(x, axis: int = -1):
 
 
 class CLIPModel(ContrastiveTowers):
+    """CLIP; ``execution`` chooses how it runs (``Execution``: scanned layers, fused attention)."""
+
     config: CLIPConfig
     dtype: jnp.dtype = jnp.float32
+    execution: Execution = Execution()
 
     def setup(self):
         c = self.config
-        self.vision_model = CLIPVisionTransformer(c.vision_config, "vision", self.dtype)
-        self.text_model = CLIPTextTransformer(c.text_config, "text", self.dtype)
+        self.vision_model = CLIPVisionTransformer(c.vision_config, "vision", self.dtype, self.execution)
+        self.text_model = CLIPTextTransformer(c.text_config, "text", self.dtype, self.execution)
         self.visual_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)
         self.text_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)
         self.logit_scale = self.param(

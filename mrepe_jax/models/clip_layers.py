@@ -12,9 +12,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mrepe_jax.models.attention import dot_product_attention, split_heads
+from mrepe_jax.models import layer_stack
+from mrepe_jax.models.attention import dot_product_attention, split_heads, use_fused
 from mrepe_jax.models.clip_config import EncoderConfig
-from mrepe_jax.sites import Sites, layer_site
+from mrepe_jax.models.execution import Execution
+from mrepe_jax.sites import COLLECTION, LayerSites, Sites
 
 
 def quick_gelu(x):
@@ -31,6 +33,39 @@ ACT_FNS = {
 }
 
 
+class Dense(nn.Dense):
+    """``nn.Dense`` (same parameters) applied to the flattened leading axes, ``[..., D] -> [N, D]``.
+
+    Why: for a 3-D ``[B, T, D] x [D, E]`` product XLA:CPU computes the kernel gradient from a
+    transposed copy of the incoming gradient, and fuses the whole elementwise backward (LayerNorm,
+    GELU, residual sums) into that copy, reading each of its inputs with a stride: measured on the
+    ToyWorld CLIP, one such fusion took 6 ms of a 30 ms backward on one core. A 2-D product needs no
+    copy. The reshapes are free (bitcasts) on every backend.
+    """
+
+    def __call__(self, inputs):
+        lead = inputs.shape[:-1]
+        y = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+        return y.reshape(lead + y.shape[-1:])
+
+
+QKV = ("q_proj", "k_proj", "v_proj")
+
+
+class DenseParams(nn.Module):
+    """The ``kernel``/``bias`` of an ``nn.Dense`` (same names, shapes and initialisers), returned
+    instead of applied, so that several projections of one input can run as one matmul."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return kernel.astype(self.dtype), bias.astype(self.dtype)
+
+
 def layer_norm(eps: float, name: str, dtype=jnp.float32) -> nn.LayerNorm:
     # use_fast_variance=False: E[x^2]-E[x]^2 loses precision against torch's two-pass variance.
     return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
@@ -38,83 +73,117 @@ def layer_norm(eps: float, name: str, dtype=jnp.float32) -> nn.LayerNorm:
 
 class CLIPAttention(nn.Module):
     config: EncoderConfig
-    prefix: str
     dtype: jnp.dtype = jnp.float32
+    execution: Execution = Execution()
 
     @nn.compact
-    def __call__(self, x, sites: Sites, mask=None):
+    def __call__(self, x, site: LayerSites, mask=None):
         c = self.config
-        dense = functools.partial(nn.Dense, c.hidden_size, dtype=self.dtype)
-        q = split_heads(dense(name="q_proj")(x), c.num_attention_heads)
-        k = split_heads(dense(name="k_proj")(x), c.num_attention_heads)
-        v = split_heads(dense(name="v_proj")(x), c.num_attention_heads)
-        z = dot_product_attention(self, sites, f"{self.prefix}.attn", q, k, v, mask)
-        return dense(name="out_proj")(z.reshape(x.shape[:-1] + (-1,)))
+        d = c.hidden_size
+        site = site.bind(self)
+        # q, k and v keep their own parameters (the checkpoint's q_proj/k_proj/v_proj) but run as
+        # one [D, 3D] matmul: one GEMM forward, one kernel-gradient GEMM backward.
+        kernels, biases = zip(*(DenseParams(d, self.dtype, name=n)(d) for n in QKV))
+        qkv = x.astype(self.dtype).reshape(-1, d) @ jnp.concatenate(kernels, 1) + jnp.concatenate(biases)
+        qkv = qkv.reshape(x.shape[:-1] + (3 * d,))
+        q, k, v = (split_heads(t, c.num_attention_heads) for t in jnp.split(qkv, 3, axis=-1))
+        z = dot_product_attention(site, "attn", q, k, v, mask, use_fused(self.execution, site, "attn"))
+        return Dense(d, dtype=self.dtype, name="out_proj")(z.reshape(x.shape[:-1] + (-1,)))
 
 
 class CLIPMLP(nn.Module):
     config: EncoderConfig
-    prefix: str
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, sites: Sites):
+    def __call__(self, x, site: LayerSites):
         c = self.config
-        h = ACT_FNS[c.hidden_act](nn.Dense(c.intermediate_size, dtype=self.dtype, name="fc1")(x))
-        h = sites(self, f"{self.prefix}.mlp.hidden", h)
-        return nn.Dense(c.hidden_size, dtype=self.dtype, name="fc2")(h)
+        h = ACT_FNS[c.hidden_act](Dense(c.intermediate_size, dtype=self.dtype, name="fc1")(x))
+        h = site.bind(self)("mlp.hidden", h)
+        return Dense(c.hidden_size, dtype=self.dtype, name="fc2")(h)
 
 
 class CLIPEncoderLayer(nn.Module):
+    """One pre-LN block. ``index`` is the layer's number: an int, or a traced array when the layer
+    runs inside a scanned stack (``layer_stack.run_stack``); site names follow it either way."""
+
     config: EncoderConfig
     tower: str
-    index: int
     dtype: jnp.dtype = jnp.float32
+    execution: Execution = Execution()
 
     @nn.compact
-    def __call__(self, h, sites: Sites, mask=None):
-        p = f"{self.tower}.layers.{self.index}"
+    def __call__(self, h, sites: Sites, mask, index):
+        site = LayerSites(sites, self, self.tower, index, self.config.num_hidden_layers)
         eps = self.config.layer_norm_eps
-        h = sites(self, layer_site(self.tower, self.index, "resid_pre"), h)
-        a = CLIPAttention(self.config, p, self.dtype, name="self_attn")(
-            layer_norm(eps, "layer_norm1", self.dtype)(h), sites, mask
+        h = site("resid_pre", h)
+        a = CLIPAttention(self.config, self.dtype, self.execution, name="self_attn")(
+            layer_norm(eps, "layer_norm1", self.dtype)(h), site, mask
         )
-        a = sites(self, f"{p}.attn_out", a)
-        h = sites(self, f"{p}.resid_mid", h + a)
-        m = CLIPMLP(self.config, p, self.dtype, name="mlp")(layer_norm(eps, "layer_norm2", self.dtype)(h), sites)
-        m = sites(self, f"{p}.mlp_out", m)
-        return sites(self, f"{p}.resid_post", h + m)
+        a = site("attn_out", a)
+        h = site("resid_mid", h + a)
+        m = CLIPMLP(self.config, self.dtype, name="mlp")(layer_norm(eps, "layer_norm2", self.dtype)(h), site)
+        m = site("mlp_out", m)
+        return site("resid_post", h + m)
 
 
 class CLIPLayerCollection(nn.Module):
+    """Per-layer parameters (``layers/{i}/...``, the checkpoint's layout), run as a Python loop."""
+
     config: EncoderConfig
     tower: str
     dtype: jnp.dtype = jnp.float32
+    execution: Execution = Execution()
 
     def setup(self):
         self.layers = [
-            CLIPEncoderLayer(self.config, self.tower, i, self.dtype, name=str(i))
+            CLIPEncoderLayer(self.config, self.tower, self.dtype, self.execution, name=str(i))
             for i in range(self.config.num_hidden_layers)
         ]
 
     def __call__(self, h, sites: Sites, mask=None, start: int = 0, stop: int | None = None):
         stop = self.config.num_hidden_layers if stop is None else stop
-        for layer in self.layers[start:stop]:
-            h = layer(h, sites, mask)
+        for i in range(start, stop):
+            h = self.layers[i](h, sites, mask, i)
         return h
 
 
 class CLIPEncoder(nn.Module):
+    """The layer stack of a tower: per-layer parameters run as a loop, or with
+    ``execution.scan_layers`` stacked parameters run as one scan (``layer_stack``)."""
+
     config: EncoderConfig
     tower: str
     dtype: jnp.dtype = jnp.float32
+    execution: Execution = Execution()
 
     def setup(self):
-        self.layers = CLIPLayerCollection(self.config, self.tower, self.dtype)
+        if self.execution.scan_layers:
+            c = self.config
+            example = (jnp.zeros((1, 1, c.hidden_size), self.dtype), Sites(), None, 0)
+            self.stacked = self.param(
+                layer_stack.LAYERS, layer_stack.init_stacked(self._layer(), c.num_hidden_layers, *example))
+        else:
+            self.layers = CLIPLayerCollection(self.config, self.tower, self.dtype, self.execution)
 
-    def __call__(self, h, sites: Sites, mask=None, start: int = 0, stop: int | None = None):
+    def _layer(self) -> CLIPEncoderLayer:
+        # Unbound (parent=None): a template that run_stack applies to each layer's parameters.
+        return CLIPEncoderLayer(self.config, self.tower, self.dtype, self.execution, parent=None)
+
+    def __call__(self, h, sites: Sites, mask=None, start=0, stop=None):
+        """Layers ``[start, stop)``; ``start``/``stop`` may be traced with ``scan_layers``."""
         n = self.config.num_hidden_layers
         stop = n if stop is None else stop
-        if not 0 <= start <= stop <= n:
-            raise ValueError(f"layer range [{start}, {stop}) is outside the {self.tower} tower's 0..{n}")
-        return self.layers(h, sites, mask, start, stop)
+        if layer_stack.is_static(start, stop):
+            if not 0 <= start <= stop <= n:
+                raise ValueError(f"layer range [{start}, {stop}) is outside the {self.tower} tower's 0..{n}")
+            if not self.execution.scan_layers:
+                return self.layers(h, sites, mask, start, stop)
+        elif not self.execution.scan_layers:
+            raise ValueError(f"a traced layer range needs the {self.tower} tower's layers stacked: "
+                             "build the model with Execution(scan_layers=True) and stack_layer_params")
+        h, captures = layer_stack.run_stack(self._layer(), self.stacked, h, sites, start=start, stop=stop,
+                                            num_layers=n, args=(mask,))
+        for name, value in captures.items():
+            self.sow(COLLECTION, name, value, init_fn=lambda: None, reduce_fn=lambda _, v: v)
+        return h

@@ -17,6 +17,7 @@ from mrepe_jax.models import inputs as inputs_lib
 from mrepe_jax.models.clip import (ContrastiveTowers, CLIPTextTransformer, CLIPVisionTransformer,
                                    normalize)
 from mrepe_jax.models.clip_config import CLIPTextConfig, CLIPVisionConfig
+from mrepe_jax.models.execution import Execution
 from mrepe_jax.sites import Sites
 
 
@@ -45,8 +46,15 @@ class TriModalConfig:
             )
 
 
+def log_mel_features(waveform, log_mel: LogMelConfig, shift: float, scale: float):
+    """``[B, samples]`` waveforms -> the audio tower's ``[B, frames, n_mels, 1]`` input."""
+    return ((log_mel_spectrogram(waveform, log_mel) + shift) / scale)[..., None]
+
+
 class AudioTransformer(CLIPVisionTransformer):
-    """ViT over log-mel patches; input is a waveform ``[B, num_samples]``."""
+    """ViT over log-mel patches; input is a waveform ``[B, num_samples]``, or the log-mel features
+    ``features(waveform)`` of shape ``[B, frames, n_mels, 1]`` when they were computed beforehand
+    (training computes them once per clip, not once per step: they hold no parameters)."""
 
     log_mel: LogMelConfig = LogMelConfig()
     num_audio_samples: int = 4000
@@ -61,23 +69,29 @@ class AudioTransformer(CLIPVisionTransformer):
             )
         inputs_lib.check_batch(waveform, "audio waveforms", self.tower)
         inputs_lib.check_finite(waveform, "audio waveforms", self.tower)
-        mel = log_mel_spectrogram(waveform, self.log_mel)
-        return ((mel + self.log_mel_shift) / self.log_mel_scale)[..., None]
+        return log_mel_features(waveform, self.log_mel, self.log_mel_shift, self.log_mel_scale)
 
-    def embed(self, waveform, sites: Sites):
-        return super().embed(self.features(waveform), sites)
+    def embed(self, audio, sites: Sites):
+        """``audio``: waveforms ``[B, num_samples]`` or their ``features`` ``[B, frames, n_mels, 1]``."""
+        if audio.ndim not in (2, 4):
+            raise ValueError(
+                f"audio tower expects waveforms [batch, {self.num_audio_samples}] or log-mel features "
+                f"[batch, frames, n_mels, 1], got shape {audio.shape}"
+            )
+        return super().embed(self.features(audio) if audio.ndim == 2 else audio, sites)
 
 
 class TriModalCLIP(ContrastiveTowers):
     config: TriModalConfig
     dtype: jnp.dtype = jnp.float32
+    execution: Execution = Execution()
 
     def setup(self):
         c = self.config
-        self.vision_model = CLIPVisionTransformer(c.vision_config, "vision", self.dtype)
-        self.text_model = CLIPTextTransformer(c.text_config, "text", self.dtype)
+        self.vision_model = CLIPVisionTransformer(c.vision_config, "vision", self.dtype, self.execution)
+        self.text_model = CLIPTextTransformer(c.text_config, "text", self.dtype, self.execution)
         self.audio_model = AudioTransformer(
-            c.audio_config, "audio", self.dtype, c.log_mel, c.num_audio_samples,
+            c.audio_config, "audio", self.dtype, self.execution, c.log_mel, c.num_audio_samples,
             c.log_mel_shift, c.log_mel_scale,
         )
         dense = lambda: nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype)  # noqa: E731

@@ -26,6 +26,8 @@ a ``FloatingPointError`` naming the sites and the batch, instead of turning ever
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -171,14 +173,27 @@ def update(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class TowerApply:
+    """``apply_fn`` for one tower's ``encode`` of a ``ContrastiveTowers`` model (e.g. ``CLIPModel``).
+
+    A frozen dataclass rather than a closure: it hashes by value, so the compiled streaming step is
+    reused by every call with the same model, tower and keys instead of recompiled per call.
+    """
+
+    model: Any
+    tower: str
+    input_key: str
+    mask_key: str | None = None
+
+    def __call__(self, params, batch, capture):
+        args = (batch[self.input_key],) + ((batch[self.mask_key],) if self.mask_key else ())
+        return self.model.apply(params, self.tower, *args, method="encode", capture=capture)
+
+
 def tower_apply(model, tower: str, input_key: str, mask_key: str | None = None) -> ApplyFn:
-    """``apply_fn`` for one tower's ``encode`` of a ``ContrastiveTowers`` model (e.g. ``CLIPModel``)."""
-
-    def apply_fn(params, batch, capture):
-        args = (batch[input_key],) + ((batch[mask_key],) if mask_key else ())
-        return model.apply(params, tower, *args, method="encode", capture=capture)
-
-    return apply_fn
+    """``apply_fn`` for one tower's ``encode`` (see ``TowerApply``)."""
+    return TowerApply(model, tower, input_key, mask_key)
 
 
 def _labels_fn(group_fn: Callable[[Batch], np.ndarray] | str | None):
@@ -189,20 +204,43 @@ def _labels_fn(group_fn: Callable[[Batch], np.ndarray] | str | None):
     return lambda b: np.asarray(group_fn(b))
 
 
+def _stats_step(apply_fn, capture, reduce, mask_key):
+    def step(stats, params, batch, labels, valid):
+        _, acts = apply_fn(params, batch, capture)
+        mask = batch[mask_key] if mask_key else None
+        return update(stats, acts, labels, valid, reduce, mask), finite_flags(acts, valid)
+
+    return step
+
+
+def _collect_step(apply_fn, capture, reduce, mask_key):
+    def step(_, params, batch, labels, valid):
+        _, acts = apply_fn(params, batch, capture)
+        mask = batch[mask_key] if mask_key else None
+        return {k: reduce_tokens(v, reduce, mask, k) for k, v in acts.items()}
+
+    return step
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(make_step, apply_fn, capture, reduce, mask_key, mesh):
+    """One jit'd step per (kind, model function, sites, reduction, mesh), shared across calls."""
+    step = make_step(apply_fn, capture, reduce, mask_key)
+    if mesh is None:
+        return jax.jit(step)
+    rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, rep, dat, dat, dat), out_shardings=rep)
+
+
 class _Stepper:
     """The edge of the module: pads, shards and dispatches host batches to one jit'd step."""
 
-    def __init__(self, step, params, mesh):
+    def __init__(self, make_step, apply_fn, capture, reduce, mask_key, params, mesh):
         self.mesh = mesh
         self.ndev = 1 if mesh is None else parallel.data_axis_size(mesh)
         self.size = 0
-        if mesh is None:
-            self.step = jax.jit(step)
-            self.params = params
-        else:
-            rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-            self.step = jax.jit(step, in_shardings=(rep, rep, dat, dat, dat), out_shardings=rep)
-            self.params = jax.device_put(params, rep)
+        self.step = _compiled(make_step, apply_fn, capture, reduce, mask_key, mesh)
+        self.params = params if mesh is None else jax.device_put(params, parallel.replicated(mesh))
 
     def prepare(self, batch: Batch, labels: np.ndarray):
         n = parallel.batch_size(batch)
@@ -254,12 +292,7 @@ def stream_statistics(
     capture = (sites,) if isinstance(sites, str) else tuple(sites)
     labels_of = _labels_fn(group_fn)
 
-    def step(stats, params, batch, labels, valid):
-        _, acts = apply_fn(params, batch, capture)
-        mask = batch[mask_key] if mask_key else None
-        return update(stats, acts, labels, valid, reduce, mask), finite_flags(acts, valid)
-
-    stepper = _Stepper(step, params, mesh)
+    stepper = _Stepper(_stats_step, apply_fn, capture, reduce, mask_key, params, mesh)
     it = iter(batches)
     first = next(it, None)
     if first is None:
@@ -336,12 +369,7 @@ def collect_activations(
     """
     capture = (sites,) if isinstance(sites, str) else tuple(sites)
 
-    def step(_, params, batch, labels, valid):
-        _, acts = apply_fn(params, batch, capture)
-        mask = batch[mask_key] if mask_key else None
-        return {k: reduce_tokens(v, reduce, mask, k) for k, v in acts.items()}
-
-    stepper = _Stepper(step, params, mesh)
+    stepper = _Stepper(_collect_step, apply_fn, capture, reduce, mask_key, params, mesh)
     chunks: dict[str, list[np.ndarray]] = {}
     seen = 0
     for i, batch in enumerate(tqdm(batches, unit="batch", disable=not progress, desc="activations")):

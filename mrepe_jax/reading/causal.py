@@ -9,10 +9,10 @@ scalar ``metric`` of the tower's projected embedding, and ``E`` is the mean over
 
 Two estimators with the same signature and the same output:
 
-* ``causal_effect``: exact activation patching. One compiled, ``jax.vmap``-ed call per layer ``L``
-  runs every (position[, head]) patch of that layer at once, starting from the base run's cached
-  residual stream entering ``L`` (``run_layers`` staging), so the prefix ``0..L-1`` is never
-  recomputed.
+* ``causal_effect``: exact activation patching. One ``jax.vmap``-ed call per layer ``L`` (of one
+  compiled program, see below) runs every (position[, head]) patch of that layer at once, starting
+  from the base run's cached residual stream entering ``L`` (``run_layers`` staging), so the
+  prefix ``0..L-1`` is never recomputed.
 * ``attribution_effect``: attribution patching, the first-order Taylor estimate
   ``(r' - r0) . dy/dr`` at every site at once, from one forward and one backward pass (plus the
   source run's forward, which exact patching needs as well).
@@ -34,10 +34,18 @@ result has shape ``[batch]``. Example, a zero-shot logit difference between two 
         e = e / jnp.linalg.norm(e, axis=-1, keepdims=True)
         return e @ (text_a - text_b)
 
-It must be a pure jax function; it is a static argument of the compiled sweep (hashed by
-identity), so define it once and reuse it rather than passing a fresh lambda per call. Examples of
-a batch must not interact (no batch statistics), which holds for every tower here: attribution
-patching relies on it to read per-example gradients off one backward pass.
+It must be a pure jax function. Metrics that carry arrays should carry them as pytree leaves,
+``jax.tree_util.Partial(logit_diff_fn, text_a - text_b)`` (or a ``flax.struct`` dataclass with
+``__call__``): the arrays are then arguments of the compiled sweep, and sweeps that differ only in
+them (one metric per concept family, say) reuse one program. A plain function is keyed by its
+identity: define it once rather than passing a fresh lambda per call. Examples of a batch must not
+interact (no batch statistics), which holds for every tower here: attribution patching relies on
+it to read per-example gradients off one backward pass.
+
+Compile once: ``causal_effect`` runs the model with its layers stacked (``Execution(scan_layers=
+True)``; per-layer params are stacked on entry), so the patched layer is an array and one
+compiled program serves every layer of a sweep. Models without a scanned stack compile one
+program per layer.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ import numpy as np
 
 from mrepe_jax import edits as edits_lib
 from mrepe_jax import sites as sites_lib
+from mrepe_jax.models.layer_stack import stack_layer_params
 
 Array = Any
 Metric = Callable[[Array], Array]
@@ -275,7 +284,7 @@ def _stage_mask(model, variables, tower, inputs, attention_mask):
     return mask
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tower", "metric", "capture"))
+@functools.partial(jax.jit, static_argnames=("model", "tower", "capture"))
 def _forward(model, variables, tower, metric, capture, inputs, attention_mask):
     emb, acts = model.apply(
         variables, tower, inputs, attention_mask, capture=capture, method="encode"
@@ -283,21 +292,24 @@ def _forward(model, variables, tower, metric, capture, inputs, attention_mask):
     return metric(emb), acts
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "tower", "metric", "site", "start", "chunk_size")
-)
-def _patched_metric(model, variables, tower, metric, site, start, chunk_size, h, source, masks,
+def _patched_metric(model, variables, tower, point, layer, chunk_size, metric, h, source, masks,
                     stage_mask, input_ids):
-    """Metric of the base run with ``site`` patched by ``source`` under each ``masks[k]``: [K, B].
+    """Metric of the base run with ``point`` of ``layer`` patched by ``source`` under each
+    ``masks[k]``: ``[K, B]``.
 
-    ``h`` is the base run's residual entering layer ``start``, shared by every patch: only the
+    ``h`` is the base run's residual entering ``layer``, shared by every patch: only the
     computation downstream of the patched site is batched over the K masks (vmap leaves the
-    unpatched part of layer ``start`` unbatched).
+    unpatched part of the layer unbatched). A traced ``layer`` (scanned stacks) makes one program
+    serve every layer; a static one (models without a scanned stack) compiles one per layer.
     """
 
     def one(where):
-        edit = {site: edits_lib.Replace(source, where)}
-        out, _ = model.apply(variables, tower, h, start=start, mask=stage_mask, edits=edit,
+        patch = edits_lib.Replace(source, where)
+        if isinstance(layer, int):
+            edit = {sites_lib.layer_site(tower, layer, point): patch}
+        else:
+            edit = {sites_lib.layer_site(tower, "*", point): edits_lib.AtLayer(layer, patch)}
+        out, _ = model.apply(variables, tower, h, start=layer, mask=stage_mask, edits=edit,
                              method="run_layers")
         emb, _ = model.apply(variables, tower, out, inputs=input_ids, method="readout")
         return metric(emb)
@@ -307,9 +319,36 @@ def _patched_metric(model, variables, tower, metric, site, start, chunk_size, h,
     return jax.lax.map(one, masks, batch_size=chunk_size)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "tower", "metric", "site_names", "layout", "heads")
-)
+_STATIC = ("model", "tower", "point", "chunk_size")
+_sweep_traced = jax.jit(_patched_metric, static_argnames=_STATIC)
+_sweep_per_layer = jax.jit(_patched_metric, static_argnames=_STATIC + ("layer",))
+
+
+def _scanned(model, variables):
+    """``(model, variables)`` with every tower's layers stacked, so that the sweep's layer is an
+    array (one compiled program for all layers); models without ``execution`` are returned as they
+    are and sweep with one program per layer."""
+    execution = getattr(model, "execution", None)
+    if execution is None or execution.scan_layers:
+        return model, variables
+    stacked = dataclasses.replace(execution, scan_layers=True)
+    return model.clone(execution=stacked), {**variables,
+                                            "params": stack_layer_params(variables["params"])}
+
+
+def as_metric(metric: Metric):
+    """``metric`` as a pytree the compiled sweeps take as an argument: a ``jax.tree_util.Partial``
+    (or a pytree dataclass) carries its arrays as leaves, so metrics that differ only in their
+    arrays share one program; a plain function is wrapped (and keyed by its identity)."""
+    leaves = jax.tree.leaves(metric)
+    if leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves):
+        return metric
+    if isinstance(metric, jax.tree_util.Partial):
+        return metric
+    return jax.tree_util.Partial(metric)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tower", "site_names", "layout", "heads"))
 def _attribution(model, variables, tower, metric, site_names, layout, heads, base_in, base_mask,
                  src_in, src_mask):
     """Attribution patching in one compiled call: ``[B, L, T(, H)]`` estimates, base/source metric.
@@ -423,6 +462,9 @@ def causal_effect(
     plan = _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_inputs)
     base_in, base_mask, src_in, src_mask = _orient(plan, clean_inputs, corrupt_inputs, text_mask)
     entering = tuple(sites_lib.layer_site(tower, i, "resid_pre") for i in plan.layers)
+    metric = as_metric(metric)
+    model, variables = _scanned(model, variables)
+    scanned = getattr(getattr(model, "execution", None), "scan_layers", False)
 
     # The two unpatched runs, once: the base run's residual entering every swept layer is the
     # clean prefix that every patch of that layer reuses.
@@ -442,8 +484,9 @@ def causal_effect(
     per_layer = []
     for layer, site, entry in zip(_progress(plan.layers, verbose, f"patching {tower}.{point}"),
                                   plan.sites, entering):
-        patched = _patched_metric(model, variables, tower, metric, site, layer, chunk_size,
-                                  base_acts[entry], src_acts[site], masks, stage_mask, ids)
+        sweep, at = (_sweep_traced, jnp.int32(layer)) if scanned else (_sweep_per_layer, layer)
+        patched = sweep(model, variables, tower, point, at, chunk_size, metric, base_acts[entry],
+                        src_acts[site], masks, stage_mask, ids)
         per_layer.append(patched - base_metric)  # [K, B]
     per_example = jnp.stack(per_layer, 1)  # [K, L, B]
     grid = (len(pos), num_heads) if plan.heads else (len(pos),)
@@ -481,7 +524,7 @@ def attribution_effect(
     plan = _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_inputs)
     base_in, base_mask, src_in, src_mask = _orient(plan, clean_inputs, corrupt_inputs, text_mask)
     every, base_metric, src_metric = _attribution(
-        model, variables, tower, metric, plan.sites, plan.layout, plan.heads, base_in, base_mask,
+        model, variables, tower, as_metric(metric), plan.sites, plan.layout, plan.heads, base_in, base_mask,
         src_in, src_mask
     )  # every position: [B, L, T(, H)]
     _check_metric(base_metric, np.shape(base_in)[0])

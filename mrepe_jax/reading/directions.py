@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from mrepe_jax.reading.activations import Moments
+from mrepe_jax.reading.prototypes import array_module
 
 Array = Any
 
@@ -46,9 +47,11 @@ def _check_pair(pos, neg) -> tuple[np.ndarray, np.ndarray]:
 
 
 def unit(v: Array) -> Array:
-    """``v / |v|``; a zero vector is an error rather than a NaN direction."""
-    v = jnp.asarray(v, jnp.float32)
-    norm = jnp.linalg.norm(v)
+    """``v / |v|`` in float32; a zero vector is an error rather than a NaN direction. Host arrays
+    stay numpy (``prototypes.array_module``)."""
+    xp = array_module(v)
+    v = xp.asarray(v, xp.float32)
+    norm = xp.linalg.norm(v)
     if not np.isfinite(float(norm)) or float(norm) == 0.0:
         raise ValueError(f"cannot normalise a direction of norm {float(norm)}")
     return v / norm
@@ -57,11 +60,12 @@ def unit(v: Array) -> Array:
 def calibrate_sign(direction: Array, pos: Array, neg: Array) -> Array:
     """Flips ``direction`` if needed so that ``mean(pos @ d) >= mean(neg @ d)``."""
     pos, neg = _check_pair(pos, neg)
-    d = jnp.asarray(direction)
+    xp = array_module(direction)
+    d = xp.asarray(direction)
     if d.shape != (pos.shape[1],):
         raise ValueError(f"direction of shape {d.shape} does not match activations of shape {pos.shape}")
-    gap = jnp.mean(pos @ d) - jnp.mean(neg @ d)
-    return jnp.where(gap < 0, -d, d)
+    gap = xp.mean(pos @ d) - xp.mean(neg @ d)
+    return xp.where(gap < 0, -d, d)
 
 
 def direction_mean_diff(pos: Array, neg: Array, normalize: bool = True) -> Array:
@@ -72,7 +76,7 @@ def direction_mean_diff(pos: Array, neg: Array, normalize: bool = True) -> Array
     """
     pos, neg = _check_pair(pos, neg)
     # Means in float64 on the host: exact enough that a planted direction is recovered to ~1e-7.
-    delta = jnp.asarray(pos.mean(0, dtype=np.float64) - neg.mean(0, dtype=np.float64), jnp.float32)
+    delta = (pos.mean(0, dtype=np.float64) - neg.mean(0, dtype=np.float64)).astype(np.float32)
     return unit(delta) if normalize else delta
 
 

@@ -17,18 +17,30 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
-
-from mrepe_jax.models.clip import normalize
 
 Array = Any
 
 CRITERIA = ("balanced_accuracy", "f1")
 
 
+def array_module(*xs):
+    """``numpy`` when every input is a host array or scalar, else ``jax.numpy``.
+
+    These functions run under ``jit``/``vmap`` (bootstrap CIs) and, far more often, on host arrays
+    of many shapes in the identification stage: there each eager ``jnp`` call would compile an XLA
+    program per new shape (hundreds per run), while numpy computes the same numbers directly.
+    """
+    return jnp if any(isinstance(x, jax.Array) for x in xs) else np
+
+
 def _l2(x):
-    return normalize(jnp.asarray(x, jnp.float32))
+    xp = array_module(x)
+    x = xp.asarray(x, xp.float32)
+    # The floor only touches all-zero rows (which would be NaN), as ``models.clip.normalize``.
+    return x / xp.maximum(xp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def prototype(reps: Array) -> Array:
@@ -42,13 +54,14 @@ def prototype(reps: Array) -> Array:
         raise ValueError(f"prototype needs a non-empty [N, D] array, got shape {reps.shape}")
     if not np.all(np.isfinite(reps)):
         raise ValueError("prototype inputs contain NaN or inf")
-    return _l2(jnp.mean(_l2(reps), axis=0))
+    return _l2(_l2(reps).mean(axis=0))
 
 
 def similarity(r: Array, proto: Array) -> Array:
     """Cosine similarity ``sim(r, prototype)``: ``r [..., D]`` against ``proto [D]`` gives ``[...]``;
     against a stack of prototypes ``[K, D]`` it gives ``[..., K]``."""
-    r, proto = jnp.asarray(r), jnp.asarray(proto)
+    xp = array_module(r, proto)
+    r, proto = xp.asarray(r), xp.asarray(proto)
     if r.shape[-1] != proto.shape[-1]:
         raise ValueError(f"feature dims differ: reps have shape {r.shape}, prototype {proto.shape}")
     return _l2(r) @ _l2(proto).T
@@ -118,18 +131,19 @@ def auroc(scores_pos: Array, scores_neg: Array) -> Array:
     """Exact AUROC = ``P(s+ > s-) + 0.5 P(s+ == s-)`` over all pairs (the Mann-Whitney U statistic
     divided by ``n+ n-``, i.e. the rank formula with mid-ranks for ties).
 
-    Pure jnp with static shapes, so it jits and vmaps (bootstrap). Each positive's count of smaller
+    Static shapes, so it jits and vmaps (bootstrap); on host arrays it runs in numpy. Each positive's count of smaller
     and equal negatives comes from two binary searches: O((n+ + n-) log n-) and exact integers.
     """
-    pos, neg = jnp.ravel(jnp.asarray(scores_pos)), jnp.ravel(jnp.asarray(scores_neg))
+    xp = array_module(scores_pos, scores_neg)
+    pos, neg = xp.ravel(xp.asarray(scores_pos)), xp.ravel(xp.asarray(scores_neg))
     if pos.size == 0 or neg.size == 0:
         raise ValueError(f"auroc needs both sets: {pos.size} positive and {neg.size} negative scores")
-    s = jnp.sort(neg)
-    below = jnp.searchsorted(s, pos, side="left")
-    equal = jnp.searchsorted(s, pos, side="right") - below
+    s = xp.sort(neg)
+    below = xp.searchsorted(s, pos, side="left")
+    equal = xp.searchsorted(s, pos, side="right") - below
     # Per-positive fractions in [0, 1] before averaging: summing raw ranks in float32 loses integers
     # beyond 2^24.
-    return jnp.mean((below + 0.5 * equal) / neg.size)
+    return xp.mean((below + 0.5 * equal) / neg.size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -101,8 +101,9 @@ def _move_aside(directory: str, step: int) -> str:
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
-                   run: Mapping[str, Any] | None = None) -> TrainState:
-    """``state`` replaced by the newest usable checkpoint in ``manager`` (unchanged when empty).
+                   run: Mapping[str, Any] | None = None) -> TrainState | None:
+    """The newest usable checkpoint in ``manager`` restored into ``state``'s structure (which may
+    be abstract, ``jax.ShapeDtypeStruct`` leaves), or None when the directory holds none.
 
     ``run``: the settings the caller is about to train with; a checkpoint saved with other
     settings is an error naming each difference (``fit`` passes ``num_steps`` and its
@@ -131,7 +132,9 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
         except Exception as e:  # noqa: BLE001
             failures.append((step, f"it cannot be read ({_short(e)})"))
             continue
-        bad = _first_bad(_finite_flags(jnp.float32(0), restored), _flag_names(restored))
+        # Checked on the host: eager device ops would compile one program per leaf shape.
+        flags = [True] + [bool(np.isfinite(np.asarray(leaf)).all()) for _, leaf in _float_leaves(restored)]
+        bad = _first_bad(flags, _flag_names(restored))
         if bad is not None:
             failures.append((step, f"{bad} is non-finite"))
             continue
@@ -152,7 +155,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
             f"no checkpoint in {directory} can be restored ({listed}). If the model or its "
             f"config changed, use another checkpoint directory; to start over, delete {directory}."
         )
-    return state
+    return None
 
 
 class _DropFailedReadNoise(logging.Filter):
@@ -192,7 +195,7 @@ def _short(e: Exception, limit: int = 300) -> str:
 
 
 def fit(
-    state: TrainState,
+    state: TrainState | Callable[[], TrainState],
     step_fn: Callable[[TrainState, Any], tuple[TrainState, dict]],
     batch_fn: Callable[[int], Any],
     num_steps: int,
@@ -206,6 +209,9 @@ def fit(
 ) -> FitResult:
     """Runs ``step_fn`` from ``state.step`` (or the latest checkpoint) up to ``num_steps``.
 
+    ``state`` may be a function that builds the initial state: it is then called only when there
+    is no checkpoint to resume (a resume restores into its abstract shapes, ``jax.eval_shape``).
+
     ``step_fn(state, batch) -> (state, metrics)`` must return ``metrics["loss"]``; it is jit'd
     here. ``batch_fn(step)`` gives the batch of a step. ``stop_after`` ends the call early after
     that many steps (a checkpoint is written), which is how tests simulate a killed run.
@@ -218,15 +224,17 @@ def fit(
         raise ValueError(f"need num_steps >= 0 and checkpoint_every >= 1, got {num_steps} and "
                          f"{checkpoint_every}")
     run = {"num_steps": int(num_steps), **json.loads(json.dumps(dict(run_config or {})))}
+    init = state if callable(state) else (lambda: state)
     if checkpoint_dir is None:
-        return _train(state, step_fn, batch_fn, num_steps, None, checkpoint_every, stop_after, run,
+        return _train(init(), step_fn, batch_fn, num_steps, None, checkpoint_every, stop_after, run,
                       desc, progress)
     manager = checkpoint_manager(checkpoint_dir)
     with _quiet_failed_reads():
         try:
-            state = restore_latest(manager, state, run)
-            return _train(state, step_fn, batch_fn, num_steps, manager, checkpoint_every,
-                          stop_after, run, desc, progress)
+            target = jax.eval_shape(init) if callable(state) else state
+            restored = restore_latest(manager, target, run)
+            return _train(init() if restored is None else restored, step_fn, batch_fn, num_steps,
+                          manager, checkpoint_every, stop_after, run, desc, progress)
         finally:
             manager.wait_until_finished()
             manager.close()

@@ -21,7 +21,7 @@ from mrepe_jax.align.contrastive import clip_loss
 from mrepe_jax.data.audio import LogMelConfig, n_frames
 from mrepe_jax.data.toyworld import ToyWorld
 from mrepe_jax.models.clip_config import CLIPTextConfig, CLIPVisionConfig
-from mrepe_jax.models.trimodal import TriModalCLIP, TriModalConfig
+from mrepe_jax.models.trimodal import TriModalCLIP, TriModalConfig, log_mel_features
 from mrepe_jax.train.loop import FitResult, fit
 
 MODALITY_KEYS = {"vision": "image", "audio": "audio", "text": "input_ids"}
@@ -54,7 +54,7 @@ class Pool:
     """Pre-rendered training samples (numpy), indexed by batch permutations."""
 
     image: np.ndarray
-    audio: np.ndarray
+    audio: np.ndarray  # waveforms from render_pool; train replaces them with their log-mel features
     input_ids: np.ndarray
     attention_mask: np.ndarray
     prompt_ids: np.ndarray  # [N, F, L] one class prompt per family, for caption replacement
@@ -74,6 +74,16 @@ def render_pool(world: ToyWorld, size: int, chunk: int = 1024) -> Pool:
     per_family = np.arange(len(fam))[None, :]
     return Pool(cat("image"), cat("audio"), cat("input_ids"), cat("attention_mask"),
                 prompt_ids[per_family, idx], prompt_mask[per_family, idx])
+
+
+def with_audio_features(model: TriModalCLIP, pool: Pool, chunk: int = 1024) -> Pool:
+    """``pool`` with its waveforms replaced by the audio tower's log-mel input, computed once: it
+    holds no parameters, so a step need not recompute the STFT of a clip each time it is drawn."""
+    c = model.config
+    f = jax.jit(lambda w: log_mel_features(w, c.log_mel, c.log_mel_shift, c.log_mel_scale))
+    waves = pool.audio
+    return dataclasses.replace(pool, audio=np.concatenate(
+        [np.asarray(f(waves[i:i + chunk])) for i in range(0, len(waves), chunk)]))
 
 
 def class_prompt_tokens(world: ToyWorld):
@@ -126,12 +136,24 @@ def loss_fn(model: TriModalCLIP, params, batch, max_logit_scale: float = 100.0):
     return sum(losses.values()) / len(losses), losses
 
 
+def step_fn(model: TriModalCLIP):
+    """``(state, batch) -> (state, metrics)``: one AdamW step on ``loss_fn``."""
+
+    def step(state: TrainState, batch):
+        (loss, parts), grads = jax.value_and_grad(
+            lambda p: loss_fn(model, p, batch), has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads), {"loss": loss, **parts}
+
+    return step
+
+
 def init_state(model: TriModalCLIP, world: ToyWorld, cfg: ml_collections.ConfigDict) -> TrainState:
     if not 0 <= cfg.warmup_steps < cfg.num_steps:
         raise ValueError(f"warmup_steps ({cfg.warmup_steps}) must be in [0, num_steps={cfg.num_steps})")
     b = world.batch(range(2), split="train")
-    params = model.init(jax.random.key(cfg.seed), b["image"], b["input_ids"], b["attention_mask"],
-                        b["audio"])["params"]
+    # One compiled init: eagerly, every initializer op would compile a program of its own.
+    params = jax.jit(model.init)(jax.random.key(cfg.seed), b["image"], b["input_ids"],
+                                 b["attention_mask"], b["audio"])["params"]
     schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
                                                   cfg.num_steps, cfg.learning_rate * 0.05)
     tx = optax.chain(optax.clip_by_global_norm(1.0),
@@ -150,16 +172,13 @@ def train(world: ToyWorld, cfg: ml_collections.ConfigDict, checkpoint_dir=None, 
           progress: bool = True, pool: Pool | None = None) -> tuple[TriModalCLIP, FitResult]:
     """Trains (or resumes) the tri-modal CLIP on ``world``; ``cfg`` is ``config.model``+``train``."""
     model = TriModalCLIP(model_config(world, cfg))
-    state = init_state(model, world, cfg)
-    make_pool = (lambda: render_pool(world, cfg.pool_size)) if pool is None else (lambda: pool)
 
-    def step_fn(state: TrainState, batch):
-        (loss, parts), grads = jax.value_and_grad(
-            lambda p: loss_fn(model, p, batch), has_aux=True)(state.params)
-        return state.apply_gradients(grads=grads), {"loss": loss, **parts}
+    def make_pool():
+        return with_audio_features(model, render_pool(world, cfg.pool_size) if pool is None else pool)
 
-    result = fit(state, step_fn, batch_fn(make_pool, cfg.batch_size, cfg.seed, cfg.prompt_fraction),
-                 cfg.num_steps, checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
+    batches = batch_fn(make_pool, cfg.batch_size, cfg.seed, cfg.prompt_fraction)
+    result = fit(lambda: init_state(model, world, cfg), step_fn(model), batches, cfg.num_steps,
+                 checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
                  stop_after=stop_after, run_config=run_config(world, cfg), desc="toyworld clip",
                  progress=progress)
     return model, result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from mrepe_jax.data.toyworld import ToyWorld
@@ -12,8 +13,8 @@ from mrepe_jax.train.toyclip import class_prompt_tokens
 def prompt_embeddings(model, params, world: ToyWorld) -> dict[str, np.ndarray]:
     """``{family: [V, D]}`` unit-norm text embeddings of each family's class prompts."""
     ids, mask = class_prompt_tokens(world)
-    emb = normalize(model.apply({"params": params}, "text", ids.reshape(-1, ids.shape[-1]),
-                                mask.reshape(-1, ids.shape[-1]), method="encode")[0])
+    encode = jax.jit(lambda p, i, m: normalize(model.apply({"params": p}, "text", i, m, method="encode")[0]))
+    emb = encode(params, ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, ids.shape[-1]))
     emb = np.asarray(emb).reshape(ids.shape[0], ids.shape[1], -1)
     return {f: emb[i, : len(v)] for i, (f, v) in enumerate(world.families.items())}
 

@@ -34,6 +34,10 @@ def test_pipeline_writes_results_and_report_and_resumes(tmp_path):
     resumed = json.loads((tmp_path / "w" / "results.json").read_text())
     assert resumed["training"]["steps_run"] == 0 and resumed["training"]["resumed_from_step"] == 4
     assert resumed["training"]["trained_in_seconds"] == results["training"]["trained_in_seconds"]
+    # Same config, same model: the stages' figures are reused, not recomputed.
+    assert resumed["reused_stages"] == ["zero_shot", "identification", "causal"]
+    assert resumed["identification"] == results["identification"]
+    assert "reused_stages" not in results
 
 
 def test_bad_config_argument_is_named():

@@ -1,10 +1,16 @@
-"""Layer-by-layer parity of the Flax CLIP against transformers' PyTorch CLIPModel (fp32, atol 1e-5)."""
+"""Layer-by-layer parity of the Flax CLIP against transformers' PyTorch CLIPModel (fp32, atol 1e-5),
+for every way the model runs: layers unrolled or scanned over stacked params, attention explicit or
+fused (``jax.nn.dot_product_attention`` where no attention site is edited or captured)."""
+
+import functools
 
 import numpy as np
 import pytest
 import torch
 
 from mrepe_jax.models.clip_convert import from_torch_model
+from mrepe_jax.models.execution import Execution
+from mrepe_jax.models.layer_stack import stack_layer_params
 from tests.models.hf_tiny import random_batch, tiny_hf_clip
 
 ATOL = 1e-5
@@ -22,7 +28,16 @@ CASES = {
 }
 
 
-def run_both(case, seed=0):
+EXECUTIONS = {
+    "unrolled": Execution(attention="explicit"),
+    "scanned": Execution(scan_layers=True, attention="explicit"),
+    "scanned_fused": Execution(scan_layers=True, attention="fused"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def run_both(name, execution="unrolled", seed=0):
+    case = CASES[name]
     hf = tiny_hf_clip(seed, **case["model"])
     pixels, ids, mask = random_batch(hf, seed, lengths=case["lengths"])
     with torch.no_grad():
@@ -36,14 +51,21 @@ def run_both(case, seed=0):
                   "text": hf.text_model(input_ids=torch.tensor(ids),
                                         attention_mask=torch.tensor(mask)).pooler_output}
     model, params = from_torch_model(hf)
-    out, acts = model.apply({"params": params}, pixels.transpose(0, 2, 3, 1), ids, mask,
-                            capture=("*.resid_pre", "*.resid_post", "*.attn.pattern", "*.pooled", "*.proj"))
+    run = EXECUTIONS[execution]
+    if run.scan_layers:
+        params = stack_layer_params(params)
+    model = model.clone(execution=run)
+    # Outputs without captures (the fused attention path where allowed), then every layer's states.
+    out, _ = model.apply({"params": params}, pixels.transpose(0, 2, 3, 1), ids, mask)
+    _, acts = model.apply({"params": params}, pixels.transpose(0, 2, 3, 1), ids, mask,
+                          capture=("*.resid_pre", "*.resid_post", "*.attn.pattern", "*.pooled", "*.proj"))
     return pooled, ref, ref_img, ref_txt, out, acts, mask
 
 
+@pytest.mark.parametrize("execution", EXECUTIONS)
 @pytest.mark.parametrize("name", CASES)
-def test_every_layer_matches(name):
-    pooled, ref, ref_img, ref_txt, out, acts, mask = run_both(CASES[name])
+def test_every_layer_matches(name, execution):
+    pooled, ref, ref_img, ref_txt, out, acts, mask = run_both(name, execution)
     for tower, hf_out in (("vision", ref.vision_model_output), ("text", ref.text_model_output)):
         n = len(hf_out.hidden_states) - 1
         np.testing.assert_allclose(acts[f"{tower}.layers.0.resid_pre"], hf_out.hidden_states[0], atol=ATOL)
@@ -57,9 +79,10 @@ def test_every_layer_matches(name):
         np.testing.assert_allclose(acts[f"{tower}.pooled"], pooled[tower], atol=ATOL)
 
 
+@pytest.mark.parametrize("execution", EXECUTIONS)
 @pytest.mark.parametrize("name", CASES)
-def test_outputs_match(name):
-    _, ref, ref_img, ref_txt, out, acts, _ = run_both(CASES[name])
+def test_outputs_match(name, execution):
+    _, ref, ref_img, ref_txt, out, acts, _ = run_both(name, execution)
     np.testing.assert_allclose(out["image_embeds"], ref_img, atol=ATOL)
     np.testing.assert_allclose(out["text_embeds"], ref_txt, atol=ATOL)
     np.testing.assert_allclose(acts["vision.proj"], ref_img, atol=ATOL)

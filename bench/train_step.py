@@ -1,0 +1,98 @@
+"""Cost of one ToyWorld CLIP training step against one forward of the same batch.
+
+The demo's first stage trains the tri-modal ToyWorld CLIP (``mrepe_jax.train.toyclip``); its time
+is ``num_steps`` times one jit'd train step. A step is a forward, a backward and an AdamW update,
+so it should cost about three forwards; this bench prints both and their ratio:
+
+  (a) the forward: the training loss (three towers, three pairwise InfoNCE terms) on one batch;
+  (b) the train step: ``value_and_grad`` of that loss plus the optimizer update, as ``fit`` runs it;
+  (c) the first call (compile) of each, the pool rendering and the batch assembly of one step.
+
+Both are fed the batches training uses (images, token ids, precomputed log-mel features). Timings
+are medians of ``--iters`` interleaved calls. The last stdout line is one JSON object.
+
+    python bench/train_step.py            # the demo's config (batch 128); about a minute on 2 cores
+    python bench/train_step.py --tiny     # the tiny config, a smoke run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("iters", 10, "timed calls of each; the median is reported")
+flags.DEFINE_integer("warmup", 2, "untimed calls of each before timing (the first compiles)")
+flags.DEFINE_bool("tiny", False, "the tiny config and 2 iters: a smoke run of the script")
+common.define_flags()
+flags.adopt_module_key_flags(common)
+
+
+def main(argv):
+    del argv
+    common.apply_xla_flags(FLAGS.xla_flags)
+    import jax
+
+    from configs import toyworld as toyworld_config
+    from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
+    from mrepe_jax.experiments.toyworld import train_config
+    from mrepe_jax.train import toyclip
+
+    config = toyworld_config.get_config("tiny" if FLAGS.tiny else None)
+    iters = common.tiny_default("iters", 2, FLAGS.tiny)
+    cfg = train_config(config)
+    world = ToyWorld(ToyWorldConfig(**config.world.to_dict()))
+    model = toyclip.TriModalCLIP(toyclip.model_config(world, cfg))
+    state = toyclip.init_state(model, world, cfg)
+
+    t0 = time.perf_counter()
+    pool = toyclip.render_pool(world, cfg.pool_size)
+    render_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pool = toyclip.with_audio_features(model, pool)
+    features_s = time.perf_counter() - t0
+    batches = toyclip.batch_fn(lambda: pool, cfg.batch_size, cfg.seed, cfg.prompt_fraction)
+    t0 = time.perf_counter()
+    batch = batches(0)
+    assemble_s = time.perf_counter() - t0
+
+    forward = jax.jit(lambda params, batch: toyclip.loss_fn(model, params, batch)[0])
+    step = jax.jit(toyclip.step_fn(model))
+    timed = common.time_interleaved({
+        "forward": lambda: forward(state.params, batch).block_until_ready(),
+        "train_step": lambda: jax.block_until_ready(step(state, batch)),
+    }, iters, FLAGS.warmup)
+    (fwd_first, fwd, _), (step_first, step_s, _) = timed["forward"], timed["train_step"]
+    record = {
+        "bench": "train_step",
+        "config": "tiny" if FLAGS.tiny else "default",
+        "batch": cfg.batch_size,
+        "forward_ms": round(fwd * 1e3, 2),
+        "train_step_ms": round(step_s * 1e3, 2),
+        "step_over_forward": round(step_s / fwd, 2),
+        "forward_first_call_s": round(fwd_first, 2),
+        "train_step_first_call_s": round(step_first, 2),
+        "pool_render_s": round(render_s, 2),
+        "pool_log_mel_s": round(features_s, 2),
+        "batch_assembly_ms": round(assemble_s * 1e3, 2),
+        "projected_training_s": round(step_s * cfg.num_steps + step_first, 1),
+        "device": common.describe_device(),
+        "load_average": common.load_average(),
+        "date": common.utc_now(),
+    }
+    print(f"forward {record['forward_ms']} ms, train step {record['train_step_ms']} ms: "
+          f"{record['step_over_forward']}x (first calls {record['forward_first_call_s']} s / "
+          f"{record['train_step_first_call_s']} s); {cfg.num_steps} steps ~ "
+          f"{record['projected_training_s']} s")
+    print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    app.run(main)
