@@ -32,6 +32,9 @@ def define_flags() -> None:
 
     flags.DEFINE_integer("matmul_n", 2048, "side of the square fp32 matmul that measures the peak")
     flags.DEFINE_string("xla_flags", "", "appended to XLA_FLAGS before JAX starts its backend")
+    flags.DEFINE_enum("dtype", "fp32", ["fp32", "bf16"],
+                      "compute dtype of both sides; fp32 runs matmuls at full precision (jax "
+                      "'highest', torch without TF32) so the two compare like for like")
 
 
 def tiny_default(name: str, tiny_value, tiny: bool):
@@ -48,6 +51,30 @@ def apply_xla_flags(extra: str) -> None:
     that times anything: XLA reads the variable once, when its backend starts."""
     if extra:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
+
+
+def jax_dtype(name: str):
+    """The jax dtype of ``--dtype``; for fp32 also sets full-precision matmuls (on GPU/TPU the
+    default may use TF32/bf16 passes, which would compare a cheaper computation with torch's)."""
+    import jax
+    import jax.numpy as jnp
+
+    if name == "fp32":
+        jax.config.update("jax_default_matmul_precision", "highest")
+        return jnp.float32
+    return jnp.bfloat16
+
+
+def torch_device_dtype(name: str):
+    """(device, dtype) for the torch side: CUDA when torch sees a GPU, with TF32 off for fp32."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        return device, torch.float32
+    return device, torch.bfloat16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,24 +184,25 @@ def time_interleaved(calls: dict, iters: int, warmup: int) -> dict:
     return {name: (first[name], statistics.median(ts), ts) for name, ts in times.items()}
 
 
-def matmul_call(n: int):
-    """A blocking callable: one jit'd fp32 ``[n, n] @ [n, n]`` (``matmul_flops(n)`` FLOPs). Its
-    rate is the peak the model's FLOPs are measured against: what this machine's XLA gets out of a
-    large GEMM, rather than a datasheet number no library reaches."""
+def matmul_call(n: int, dtype=None):
+    """A blocking callable: one jit'd ``[n, n] @ [n, n]`` (``matmul_flops(n)`` FLOPs; fp32 unless
+    ``dtype``). Its rate is the peak the model's FLOPs are measured against: what this machine's
+    XLA gets out of a large GEMM, rather than a datasheet number no library reaches."""
     import jax
     import jax.numpy as jnp
 
+    dtype = jnp.float32 if dtype is None else dtype
     ka, kb = jax.random.split(jax.random.key(2))
-    a = jax.random.normal(ka, (n, n), jnp.float32)
-    b = jax.random.normal(kb, (n, n), jnp.float32)
+    a = jax.random.normal(ka, (n, n), dtype)
+    b = jax.random.normal(kb, (n, n), dtype)
     matmul = jax.jit(jnp.matmul)
     return lambda: matmul(a, b).block_until_ready()
 
 
-def matmul_peak(n: int, iters: int = 5) -> float:
+def matmul_peak(n: int, iters: int = 5, dtype=None) -> float:
     """FLOP/s of ``matmul_call(n)``: the median of ``iters`` calls after two untimed ones (the
     compile, then one warm call)."""
-    call = matmul_call(n)
+    call = matmul_call(n, dtype)
     call()
     _, median = time_calls(call, iters)
     return matmul_flops(n) / median

@@ -1,12 +1,13 @@
 """Forward throughput of the CLIP image tower: ours (jit'd Flax) against transformers' PyTorch.
 
 A ViT-B/32-shaped image tower (hidden 768, 12 layers, 12 heads, MLP 3072, 224px, patch 32,
-quick_gelu, projection 512) with random weights, fp32. Reports
+quick_gelu, projection 512) with random weights, in fp32 or bf16 (``--dtype``). Reports
 
   (a) our jit'd ``CLIPModel.apply(v, "vision", x, method="encode")`` throughput (images/s);
   (b) transformers' ``CLIPVisionModelWithProjection`` throughput in the same process
-      (``torch.inference_mode``, ``torch.set_num_threads(os.cpu_count())``);
-  (c) a measured fp32 matmul peak (a jit'd square ``jnp.matmul``) and our achieved FLOP/s as a
+      (``torch.inference_mode``, ``torch.set_num_threads(os.cpu_count())``; on CUDA when torch
+      sees a GPU, so one script measures both sides on one accelerator);
+  (c) a measured matmul peak in the same dtype (a jit'd square ``jnp.matmul``) and our achieved FLOP/s as a
       fraction of it, with the model's FLOPs counted analytically from the config.
 
 Every timing is the median over ``--iters`` calls after ``--warmup`` calls (the first of which
@@ -16,6 +17,7 @@ collect bench results.
 
     python bench/forward.py                      # the full bench (about a minute on 2 CPU cores)
     python bench/forward.py --tiny               # a seconds-long smoke run
+    python bench/forward.py --dtype=bf16         # both sides in bfloat16 (torch on CUDA if present)
     python bench/forward.py --xla_flags=--xla_cpu_use_onednn=true   # try XLA flags
 """
 
@@ -55,28 +57,29 @@ def vit_b32_config(tiny: bool):
     return common.clip_config(vision, TEXT, projection)
 
 
-def ours_forward(config, batch: int):
+def ours_forward(config, batch: int, dtype):
     """A blocking callable: one jit'd forward of our image tower on a random batch."""
     import jax
-    import jax.numpy as jnp
 
     from mrepe_jax.models.clip import CLIPModel
 
     c = config.vision_config
-    model = CLIPModel(config)
-    x = jax.random.normal(jax.random.key(1), (batch, *c.image_hw, c.num_channels), jnp.float32)
+    model = CLIPModel(config, dtype=dtype)
+    x = jax.random.normal(jax.random.key(1), (batch, *c.image_hw, c.num_channels), dtype)
     # Only the vision path: no text-tower parameters are created or passed around.
     variables = model.init(jax.random.key(0), "vision", x[:1], method="encode")
     forward = jax.jit(lambda v, pixels: model.apply(v, "vision", pixels, method="encode")[0])
     return lambda: forward(variables, x).block_until_ready()
 
 
-def torch_forward(config, batch: int):
-    """(a blocking callable: one transformers forward on a random batch, facts to report)."""
+def torch_forward(config, batch: int, dtype_name: str):
+    """(a blocking callable: one transformers forward on a random batch, facts to report); on
+    CUDA when torch sees a GPU."""
     import torch
     import transformers
 
     torch.set_num_threads(os.cpu_count() or 1)
+    device, dtype = common.torch_device_dtype(dtype_name)
     c = config.vision_config
     hf_config = transformers.CLIPVisionConfig(
         hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
@@ -85,8 +88,8 @@ def torch_forward(config, batch: int):
         layer_norm_eps=c.layer_norm_eps, projection_dim=config.projection_dim,
     )
     torch.manual_seed(0)
-    model = transformers.CLIPVisionModelWithProjection(hf_config).eval()
-    x = torch.randn(batch, c.num_channels, *c.image_hw)
+    model = transformers.CLIPVisionModelWithProjection(hf_config).eval().to(device, dtype)
+    x = torch.randn(batch, c.num_channels, *c.image_hw).to(device, dtype)
 
     def call():
         with torch.inference_mode():
@@ -94,7 +97,7 @@ def torch_forward(config, batch: int):
 
     attn = getattr(model.config, "_attn_implementation", None)
     return call, {"threads": torch.get_num_threads(), "attn_implementation": attn,
-                  "version": torch.__version__}
+                  "version": torch.__version__, "device": device}
 
 
 def main(argv):
@@ -113,17 +116,18 @@ def main(argv):
     print(f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"model: CLIP image tower, hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
           f"{c.num_attention_heads} heads, mlp {c.intermediate_size}, image {c.image_hw}, patch "
-          f"{c.patch_size}, {c.hidden_act}, fp32; batch {batch}, {iters} iters, "
+          f"{c.patch_size}, {c.hidden_act}, {FLAGS.dtype}; batch {batch}, {iters} iters, "
           f"{FLAGS.warmup} warmup")
 
     flops = common.vision_forward_flops(config, batch)
     print(f"model FLOPs per forward (batch {batch}): {flops / 1e9:.2f} GFLOP "
           f"({flops / batch / 1e9:.3f} GFLOP/image)")
 
-    calls = {"matmul": common.matmul_call(matmul_n), "ours": ours_forward(config, batch)}
+    dtype = common.jax_dtype(FLAGS.dtype)
+    calls = {"matmul": common.matmul_call(matmul_n, dtype), "ours": ours_forward(config, batch, dtype)}
     torch_info = None
     if FLAGS.torch:
-        calls["torch"], torch_info = torch_forward(config, batch)
+        calls["torch"], torch_info = torch_forward(config, batch, FLAGS.dtype)
     load_before = common.load_average()
     timed = common.time_interleaved(calls, iters, FLAGS.warmup)
     load_after = common.load_average()
@@ -132,7 +136,7 @@ def main(argv):
           "calls are interleaved)")
 
     peak = common.matmul_flops(matmul_n) / timed["matmul"][1]
-    print(f"matmul peak ({matmul_n}x{matmul_n} @ {matmul_n}x{matmul_n}, fp32, jit): "
+    print(f"matmul peak ({matmul_n}x{matmul_n} @ {matmul_n}x{matmul_n}, {FLAGS.dtype}, jit): "
           f"{peak / 1e9:.1f} GFLOP/s")
 
     def describe(name):
@@ -147,13 +151,15 @@ def main(argv):
     torch_ips = torch_version = None
     if torch_info is not None:
         torch_ips, torch_version = batch / timed["torch"][1], torch_info["version"]
-        print(f"torch (transformers, {torch_info['threads']} threads, attn "
+        print(f"torch (transformers on {torch_info['device']}, {torch_info['threads']} threads, attn "
               f"{torch_info['attn_implementation']}): {describe('torch')}")
         print(f"ours / torch: {ours_ips / torch_ips:.2f}x")
 
     result = {
         "bench": "forward",
         "device": device,
+        "dtype": FLAGS.dtype,
+        "torch_device": None if torch_info is None else torch_info["device"],
         "batch": batch,
         "tiny": tiny,
         "iters": iters,

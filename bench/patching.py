@@ -91,7 +91,7 @@ def sweep_floor_flops(config) -> int:
 # The models: one random transformers CLIP, converted to ours
 
 
-def build_models(tiny: bool, seed: int = 0):
+def build_models(tiny: bool, dtype, torch_device, torch_dtype, seed: int = 0):
     import torch
     import transformers
 
@@ -115,6 +115,7 @@ def build_models(tiny: bool, seed: int = 0):
     if unexpected or [k for k in missing if not k.endswith("position_ids")]:
         raise RuntimeError(
             f"vision weights did not load: missing {missing}, unexpected {unexpected}")
+    torch_vision = torch_vision.to(torch_device, torch_dtype)
     try:
         from mrepe_jax.models.clip_convert import convert_state_dict
 
@@ -128,7 +129,7 @@ def build_models(tiny: bool, seed: int = 0):
         px = jax.numpy.zeros((1, *our_config.vision_config.image_hw, 3))
         variables = CLIPModel(our_config).init(jax.random.key(seed), "vision", px, method="encode")
         same_weights = False
-    return CLIPModel(our_config), variables, torch_vision, our_config, same_weights
+    return CLIPModel(our_config, dtype=dtype), variables, torch_vision, our_config, same_weights
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,6 +171,7 @@ def ours_attribution(model, variables, clean, corrupt, metric, iters):
 
 
 def torch_metric(emb, direction):
+    emb = emb.float()
     return (emb / emb.norm(dim=-1, keepdim=True)) @ direction
 
 
@@ -214,7 +216,7 @@ def torch_hooks(torch_vision, clean, corrupt, direction, positions):
         finally:
             handle.remove()
         effects.append(m - base)
-    return time.perf_counter() - t0, torch.stack(effects).numpy()
+    return time.perf_counter() - t0, torch.stack(effects).cpu().numpy()
 
 
 def nnsight_sweep(torch_vision, clean, corrupt, direction, patches):
@@ -287,7 +289,10 @@ def main(argv):
     matmul_n = common.tiny_default("matmul_n", 256, tiny)
     load_start = common.load_average()
 
-    model, variables, torch_vision, config, same_weights = build_models(tiny)
+    dtype = common.jax_dtype(FLAGS.dtype)
+    torch_device, torch_dtype = common.torch_device_dtype(FLAGS.dtype)
+    model, variables, torch_vision, config, same_weights = build_models(
+        tiny, dtype, torch_device, torch_dtype)
     c = config.vision_config
     layers, positions = c.num_hidden_layers, c.num_positions
     device = common.describe_device()
@@ -296,7 +301,7 @@ def main(argv):
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"model: CLIP image tower, hidden {c.hidden_size}, {layers} layers, "
           f"{c.num_attention_heads} heads, mlp {c.intermediate_size}, image {c.image_hw}, patch "
-          f"{c.patch_size}, fp32; sweep {layers} layers x {positions} positions = "
+          f"{c.patch_size}, {FLAGS.dtype}; sweep {layers} layers x {positions} positions = "
           f"{layers * positions} patches of resid_pre, denoising, one image pair")
 
     rng = np.random.default_rng(0)
@@ -309,23 +314,23 @@ def main(argv):
     def metric(e):  # zero-shot logit difference between two prompts
         return (e / jnp.linalg.norm(e, axis=-1, keepdims=True)) @ text_dir
 
-    clean, corrupt = jnp.asarray(clean_np), jnp.asarray(corrupt_np)
-    clean_t = torch.from_numpy(clean_np.transpose(0, 3, 1, 2).copy())
-    corrupt_t = torch.from_numpy(corrupt_np.transpose(0, 3, 1, 2).copy())
-    dir_t = torch.from_numpy(text[0] - text[1])
+    clean, corrupt = jnp.asarray(clean_np, dtype), jnp.asarray(corrupt_np, dtype)
+    to_torch = lambda x: torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(torch_device, torch_dtype)  # noqa: E731
+    clean_t, corrupt_t = to_torch(clean_np), to_torch(corrupt_np)
+    dir_t = torch.from_numpy(text[0] - text[1]).to(torch_device)
 
     # The peak is measured right before and right after the exact sweep and the higher one is
     # used: on a shared machine this keeps the floor honest (it never credits us with a slow peak).
-    peak_before = common.matmul_peak(matmul_n)
+    peak_before = common.matmul_peak(matmul_n, dtype=dtype)
     ex_first, ex_s, exact = ours_exact(model, variables, clean, corrupt, metric, iters)
-    peak_after = common.matmul_peak(matmul_n)
+    peak_after = common.matmul_peak(matmul_n, dtype=dtype)
     peak = max(peak_before, peak_after)
     floor_flops = sweep_floor_flops(config)
     floor_s = floor_flops / peak
-    print(f"matmul peak ({matmul_n}^3, fp32, jit): {peak_before / 1e9:.1f} GFLOP/s before, "
+    print(f"matmul peak ({matmul_n}^3, {FLAGS.dtype}, jit): {peak_before / 1e9:.1f} GFLOP/s before, "
           f"{peak_after / 1e9:.1f} after the sweep; sweep FLOP floor {floor_flops / 1e9:.1f} GFLOP "
           f"-> {floor_s:.3f} s at {peak / 1e9:.1f} GFLOP/s")
-    print(f"(1) ours exact (causal_effect): first call (compiles {layers} layer programs) "
+    print(f"(1) ours exact (causal_effect): first call (compiles one program for all layers) "
           f"{ex_first:.2f} s, then median {ex_s:.3f} s = {ex_s / floor_s:.2f}x the FLOP floor "
           f"({floor_flops / ex_s / 1e9:.1f} GFLOP/s, {floor_flops / ex_s / peak:.1%} of peak)")
     at_first, at_s, fwd_s, attr = ours_attribution(model, variables, clean, corrupt, metric, iters)
@@ -385,6 +390,8 @@ def main(argv):
     result = {
         "bench": "patching",
         "device": device,
+        "dtype": FLAGS.dtype,
+        "torch_device": torch_device,
         "tiny": tiny,
         "layers": layers,
         "positions": positions,

@@ -42,6 +42,9 @@ from mrepe_jax import parallel
 
 Array = Any
 Batch = Mapping[str, np.ndarray]
+# Statistics are results, not features: their matmuls run at full fp32 precision. The default lets
+# GPUs use TF32 and TPUs bf16 passes, which would move a mean or covariance by ~1e-3 relative.
+STATS_PRECISION = jax.lax.Precision.HIGHEST
 # ``apply_fn(params, batch, capture) -> (outputs, {site: activation})``, i.e. ``model.apply`` with the
 # model, method and input keys bound; see ``tower_apply``.
 ApplyFn = Callable[[Any, Batch, tuple[str, ...]], tuple[Any, Mapping[str, Array]]]
@@ -79,7 +82,8 @@ class Moments:
         m2 = None
         if m.m2 is not None:
             dev = m.mean - mean
-            m2 = jnp.sum(m.m2, axis=0) + jnp.einsum("g,gd,ge->de", m.count.astype(dev.dtype), dev, dev)
+            m2 = jnp.sum(m.m2, axis=0) + jnp.einsum("g,gd,ge->de", m.count.astype(dev.dtype), dev, dev,
+                                                    precision=STATS_PRECISION)
             m2 = m2[None]
         return Moments(n[None], mean[None], m2)
 
@@ -97,11 +101,12 @@ def batch_moments(x: Array, weights: Array, covariance: bool) -> Moments:
     x = x.astype(jnp.float32)
     w = weights.astype(x.dtype)
     count = jnp.sum(weights, axis=0).astype(jnp.int32)
-    mean = (w.T @ x) / jnp.maximum(count, 1)[:, None].astype(x.dtype)
+    total = jnp.matmul(w.T, x, precision=STATS_PRECISION)
+    mean = total / jnp.maximum(count, 1)[:, None].astype(x.dtype)
     m2 = None
     if covariance:
         xc = jnp.sqrt(w)[:, :, None] * (x[:, None, :] - mean[None])  # [B, G, D]
-        m2 = jnp.einsum("bgd,bge->gde", xc, xc)
+        m2 = jnp.einsum("bgd,bge->gde", xc, xc, precision=STATS_PRECISION)
     return Moments(count, mean, m2)
 
 
@@ -113,7 +118,8 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
     mean = a.mean + delta * (nb / n)[:, None]
     m2 = None
     if a.m2 is not None:
-        m2 = a.m2 + b.m2 + jnp.einsum("gd,ge,g->gde", delta, delta, na * nb / n)
+        m2 = a.m2 + b.m2 + jnp.einsum("gd,ge,g->gde", delta, delta, na * nb / n,
+                                      precision=STATS_PRECISION)
     return Moments(a.count + b.count, mean, m2)
 
 

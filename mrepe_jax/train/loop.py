@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -240,6 +241,18 @@ def fit(
             manager.close()
 
 
+@functools.lru_cache(maxsize=16)
+def _guarded(step_fn):
+    """``step_fn`` jit'd with its finiteness flags; cached, so that runs of the same step function
+    (a resumed run, a second fit in one process) reuse one compiled program."""
+
+    def guarded(state, batch):
+        state, metrics = step_fn(state, batch)
+        return state, metrics, _finite_flags(metrics["loss"], state)
+
+    return jax.jit(guarded, donate_argnums=0)
+
+
 def _train(state, step_fn, batch_fn, num_steps, manager, checkpoint_every, stop_after, run, desc,
            progress) -> FitResult:
     start = int(state.step)
@@ -247,11 +260,7 @@ def _train(state, step_fn, batch_fn, num_steps, manager, checkpoint_every, stop_
         raise ValueError(f"{desc}: the state is at step {start}, past num_steps={num_steps}")
     end = num_steps if stop_after is None else min(num_steps, start + stop_after)
 
-    def guarded(state, batch):
-        state, metrics = step_fn(state, batch)
-        return state, metrics, _finite_flags(metrics["loss"], state)
-
-    step = jax.jit(guarded, donate_argnums=0)
+    step = _guarded(step_fn)
     losses, last_saved = [], start if manager is not None and start > 0 else None
     names = _flag_names(state)  # read before the loop: the loop donates each state's buffers
 

@@ -136,15 +136,21 @@ def loss_fn(model: TriModalCLIP, params, batch, max_logit_scale: float = 100.0):
     return sum(losses.values()) / len(losses), losses
 
 
-def step_fn(model: TriModalCLIP):
-    """``(state, batch) -> (state, metrics)``: one AdamW step on ``loss_fn``."""
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """``(state, batch) -> (state, metrics)``: one AdamW step on ``loss_fn``. A frozen dataclass, so
+    equal steps hash alike and ``fit`` reuses their compiled program across calls."""
 
-    def step(state: TrainState, batch):
+    model: TriModalCLIP
+
+    def __call__(self, state: TrainState, batch):
         (loss, parts), grads = jax.value_and_grad(
-            lambda p: loss_fn(model, p, batch), has_aux=True)(state.params)
+            lambda p: loss_fn(self.model, p, batch), has_aux=True)(state.params)
         return state.apply_gradients(grads=grads), {"loss": loss, **parts}
 
-    return step
+
+def step_fn(model: TriModalCLIP) -> TrainStep:
+    return TrainStep(model)
 
 
 def init_state(model: TriModalCLIP, world: ToyWorld, cfg: ml_collections.ConfigDict) -> TrainState:
