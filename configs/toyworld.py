@@ -30,12 +30,19 @@ def get_config(arg=None):
     t.seed = 0
     t.pool_size = 8192
     t.batch_size = 128
-    t.num_steps = 2000
+    t.num_steps = 1000
     t.learning_rate = 2e-3
     t.warmup_steps = 100
     t.weight_decay = 1e-4
-    t.prompt_fraction = 0.3
+    # Captions replaced by one-family class prompts. Worst zero-shot accuracy over families and
+    # modalities (text "size" lags): 0.3 needed 2000 steps for >= 0.95 (1500: 0.956); 0.5 at 1500
+    # steps gave 0.997; 0.7 at 1000 steps 0.994 (world seed 0) -- the demo's training budget.
+    t.prompt_fraction = 0.7
     t.checkpoint_every = 500
+
+    # Data parallelism: shape None puts every device (of every process) on the data axis.
+    c.mesh = ml_collections.ConfigDict({"shape": ml_collections.config_dict.placeholder(tuple),
+                                        "axes": ("data",)})
 
     c.eval = e = ml_collections.ConfigDict()
     e.num_test = 1024

@@ -14,6 +14,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, resu
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 100, "Multi-host: seconds after which a silent process counts as dead "
+    "and the others stop.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -22,8 +25,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # orbax logs every checkpoint step at INFO; the progress bar already says where training is.
     logging.set_verbosity(logging.WARNING)
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    results = toyworld.run(_CONFIG.value, _WORKDIR.value)
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                    _HEARTBEAT.value)
+    with parallel.fail_fast():
+        results = toyworld.run(_CONFIG.value, _WORKDIR.value)
     print(f"wrote {_WORKDIR.value}/results.json and {_WORKDIR.value}/report.md")
     print("zero-shot accuracy:", results["zero_shot"])
 

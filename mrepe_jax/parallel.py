@@ -17,8 +17,10 @@ imported (in a subprocess, so the rest of a test session keeps one device).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +29,10 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 
 DATA = "data"
+MODEL = "model"
+# Axis names a config may use: ``data`` splits batches (and patch sweeps); ``model`` is reserved for
+# tensor parallelism of large towers (every stage here replicates over it today).
+AXES = (DATA, MODEL)
 
 
 def make_mesh(
@@ -57,6 +63,59 @@ def make_mesh(
     if axis_types is None:
         axis_types = (AxisType.Auto,) * len(names)
     return jax.make_mesh(shape, names, axis_types=tuple(axis_types), devices=devices)
+
+
+def mesh_from_config(config) -> Mesh:
+    """The mesh a config asks for: ``config.shape`` (``None``: every device on ``data``) over
+    ``config.axes``; axes must be among ``AXES`` and include ``data``."""
+    axes = tuple(config.get("axes", (DATA,)))
+    unknown = [a for a in axes if a not in AXES]
+    if unknown or DATA not in axes:
+        raise ValueError(f"mesh axes {axes}: " + (f"unknown axis {unknown[0]!r}" if unknown else
+                         f"no {DATA!r} axis") + f"; axes are named from {AXES} and include {DATA!r}")
+    shape = config.get("shape", None)
+    return make_mesh(None if shape is None else tuple(shape), axes)
+
+
+def process_rows(global_rows: int) -> slice:
+    """The rows of a global batch that this process reads: its contiguous ``1/process_count`` share,
+    matching the devices it owns on the ``data`` axis (``global_batch``)."""
+    n, i = jax.process_count(), jax.process_index()
+    if global_rows % n:
+        raise ValueError(f"a global batch of {global_rows} rows does not split over {n} processes; "
+                         f"use a batch size divisible by {n}")
+    per = global_rows // n
+    return slice(i * per, (i + 1) * per)
+
+
+def global_batch(local_batch: Any, mesh: Mesh, axis: str = DATA) -> Any:
+    """Global arrays, split over ``axis``, from each process's own rows (``process_rows``): in one
+    process the local batch is the whole batch; with several, no process holds another's data."""
+    n = data_axis_size(mesh, axis)
+    rows = batch_size(local_batch) * jax.process_count()
+    if rows % n:
+        raise ValueError(
+            f"batch size {rows} is not divisible by the {axis!r} mesh axis size {n}; pad the batch "
+            f"to a multiple of {n} (mrepe_jax.parallel.pad_batch) or change the batch size"
+        )
+    sharding = data_sharding(mesh, axis)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                        local_batch)
+
+
+def to_host(tree: Any) -> Any:
+    """numpy copies of a pytree of arrays, including global ones that span other processes: a
+    replicated array is read from a local copy, a sharded one gathered (``process_allgather``)."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)
 
 
 def data_sharding(mesh: Mesh, axis: str = DATA) -> NamedSharding:
@@ -137,12 +196,14 @@ def _check_axis(mesh: Mesh, axis: str) -> None:
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, heartbeat_timeout_seconds: int = 100) -> None:
     """Joins a multi-host run (``jax.distributed.initialize``) when asked to.
 
     With all three arguments set, uses them; with none, does nothing on a single host, and lets
     JAX auto-detect the cluster on TPU pods and SLURM (``MREPE_DISTRIBUTED=auto``). A partial set
-    is an error naming what is missing.
+    is an error naming what is missing. CPU processes talk through gloo collectives. A process
+    that dies is noticed by the others within ``heartbeat_timeout_seconds`` (sooner when they are
+    in a collective with it), and they stop with an error instead of waiting for it.
     """
     given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
              "process_id": process_id}
@@ -154,4 +215,28 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     if missing:
         raise ValueError(f"multi-host launch needs all of coordinator_address, num_processes and "
                          f"process_id; missing {missing}")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id {process_id} is not in [0, num_processes={num_processes})")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+
+
+@contextlib.contextmanager
+def fail_fast():
+    """In a multi-process run, turns a failed collective into one clear error and an exit.
+
+    When a process dies, the others' next collective fails (gloo: "connection closed by peer");
+    left alone, each would then wait in JAX's shutdown barrier until the heartbeat timeout and
+    abort with a stack dump. Here the process says what happened and exits at once (status 1).
+    Single-process runs are unaffected.
+    """
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        print(f"process {jax.process_index()} of {jax.process_count()}: a collective with the other "
+              f"processes failed, so another process has most likely died; stopping.\n  {e}",
+              file=sys.stderr, flush=True)
+        os._exit(1)

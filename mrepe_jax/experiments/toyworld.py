@@ -11,9 +11,11 @@ import json
 import os
 import time
 
+import jax
 import ml_collections
 import numpy as np
 
+from mrepe_jax import parallel
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
 from mrepe_jax.experiments import toyworld_identify, toyworld_report
 from mrepe_jax.models.clip import normalize
@@ -25,11 +27,11 @@ def train_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return ml_collections.ConfigDict({**config.model.to_dict(), **config.train.to_dict()})
 
 
-def load_or_train(world: ToyWorld, config, workdir, progress: bool = True):
+def load_or_train(world: ToyWorld, config, workdir, progress: bool = True, mesh=None):
     """(model, params, info): the cached model when the workdir has a finished run."""
     t0 = time.perf_counter()
     model, fit = toyclip.train(world, train_config(config), workdir / "checkpoints" / "toyclip",
-                               progress=progress)
+                               progress=progress, mesh=mesh)
     seconds = time.perf_counter() - t0
     info = {
         "steps": int(fit.state.step),
@@ -38,7 +40,7 @@ def load_or_train(world: ToyWorld, config, workdir, progress: bool = True):
         "seconds_this_run": round(seconds, 1),
         "final_loss": float(fit.losses[-20:].mean()) if len(fit.losses) else None,
     }
-    return model, fit.state.params, info
+    return model, parallel.to_host(fit.state.params), info
 
 
 def _can_reuse(previous: dict, results: dict, stages) -> bool:
@@ -48,13 +50,13 @@ def _can_reuse(previous: dict, results: dict, stages) -> bool:
             and all(k in previous for k in stages))
 
 
-def _stages(model, params, world: ToyWorld, config, workdir) -> dict:
+def _stages(model, params, world: ToyWorld, config, workdir, mesh) -> dict:
     """Zero-shot evaluation, identification (Table 1, directions) and causal effects."""
     splits = {"train": world.batch(range(config.identify.num_train), split="train"),
               "validation": world.batch(range(config.identify.num_validation), split="validation"),
               "test": world.batch(range(config.eval.num_test), split="test")}
     labels = {s: b["labels"] for s, b in splits.items()}
-    reps = toyworld_identify.split_reps(model, params, splits)
+    reps = toyworld_identify.split_reps(model, params, splits, mesh)
 
     out = {}
     embeddings = {t: np.asarray(normalize(r[f"{t}.proj"])) for t, r in reps["test"].items()}
@@ -65,7 +67,7 @@ def _stages(model, params, world: ToyWorld, config, workdir) -> dict:
     out["identification"] = toyworld_identify.identify(model, world, reps, labels)
     out["causal"] = toyworld_identify.causal_analysis(
         model, params, world, config.identify.num_pairs, workdir,
-        towers=config.identify.causal_towers, families=config.identify.causal_families)
+        towers=config.identify.causal_towers, families=config.identify.causal_families, mesh=mesh)
     out["identification"]["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -75,7 +77,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
     world = ToyWorld(ToyWorldConfig(**config.world.to_dict()))
     results: dict = {"machine": workdir_lib.machine(), "config": config.to_dict()}
 
-    model, params, results["training"] = load_or_train(world, config, workdir, progress)
+    mesh = parallel.mesh_from_config(config.mesh)
+    results["mesh"] = {"shape": dict(mesh.shape), "processes": jax.process_count()}
+    model, params, results["training"] = load_or_train(world, config, workdir, progress, mesh)
     previous = workdir_lib.read_json(workdir / "results.json")
     if results["training"]["steps_run"] == 0 and previous.get("training"):
         # Keep the figures of the run that actually trained the cached model.
@@ -89,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         # Same config, same trained model: the stages' figures (and plots) are already here.
         results.update({k: previous[k] for k in stages}, reused_stages=list(stages))
     else:
-        results.update(_stages(model, params, world, config, workdir))
+        results.update(_stages(model, params, world, config, workdir, mesh))
 
     workdir_lib.write_json(workdir / "results.json", results)
     workdir_lib.write_text(workdir / "report.md", toyworld_report.render(results))

@@ -40,7 +40,7 @@ def candidate_sites(model, tower: str) -> tuple[str, ...]:
     return tuple(f"{tower}.layers.{i}.resid_post" for i in range(n)) + (f"{tower}.pooled", f"{tower}.proj")
 
 
-def tower_reps(model, params, batch, tower: str, chunk: int = 256) -> dict[str, np.ndarray]:
+def tower_reps(model, params, batch, tower: str, chunk: int = 256, mesh=None) -> dict[str, np.ndarray]:
     """``{site: [N, D]}`` at every candidate site (token mean over real tokens for residuals)."""
     input_key, mask_key = TOWERS[tower]
     keys = [input_key] + ([mask_key] if mask_key else [])
@@ -48,12 +48,21 @@ def tower_reps(model, params, batch, tower: str, chunk: int = 256) -> dict[str, 
     batches = ({k: batch[k][s:s + chunk] for k in keys} for s in range(0, n, chunk))
     return collect_activations(tower_apply(model, tower, input_key, mask_key), batches,
                                candidate_sites(model, tower), params={"params": params},
-                               reduce="mean", mask_key=mask_key)
+                               reduce="mean", mask_key=mask_key, mesh=mesh)
 
 
-def spearman(a, b) -> float:
-    """Rank correlation with average ranks for ties (padding cells tie at exactly zero)."""
-    return float(scipy.stats.spearmanr(np.ravel(a), np.ravel(b)).statistic)
+def spearman(a, b, atol: float = 0.0) -> float:
+    """Rank correlation with average ranks for ties (padding cells tie at exactly zero).
+
+    With ``atol``, both maps are first rounded to multiples of it: cells that differ only by float
+    noise (a patch with no effect gives +-1e-9) then tie instead of being ranked by rounding error,
+    which would make the figure change with the device count or the summation order.
+    """
+    def quantize(x):
+        x = np.ravel(np.asarray(x, np.float64))
+        return np.round(x / atol) if atol > 0 else x
+
+    return float(scipy.stats.spearmanr(quantize(a), quantize(b)).statistic)
 
 
 def direction_auroc(train_x, train_y, test_x, test_y, num_values: int) -> float:
@@ -66,11 +75,12 @@ def direction_auroc(train_x, train_y, test_x, test_y, num_values: int) -> float:
     return float(np.mean(scores))
 
 
-def split_reps(model, params, splits: dict[str, dict]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+def split_reps(model, params, splits: dict[str, dict], mesh=None) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """``{split: {tower: {site: [N, D]}}}``: every split encoded once, read by every stage. One
     chunk size for every split (the last chunk of each is padded), so each tower compiles once."""
     chunk = min(256, *(len(b[TOWERS["vision"][0]]) for b in splits.values()))
-    return {s: {t: tower_reps(model, params, b, t, chunk) for t in TOWERS} for s, b in splits.items()}
+    return {s: {t: tower_reps(model, params, b, t, chunk, mesh) for t in TOWERS}
+            for s, b in splits.items()}
 
 
 def identify(model, world: ToyWorld, all_reps: dict, labels: dict[str, dict]) -> dict:
@@ -118,7 +128,7 @@ def prompt_logit_diff(prompts: np.ndarray, pos_values, neg_values) -> jax.tree_u
 
 
 def causal_analysis(model, params, world: ToyWorld, num_pairs: int, workdir: Path, seed: int = 0,
-                    towers=tuple(TOWERS), families=None) -> dict:
+                    towers=tuple(TOWERS), families=None, mesh=None) -> dict:
     """Exact vs attribution patching per tower and family; heatmaps into ``workdir``."""
     variables = {"params": params}
     prompts = prompt_embeddings(model, params, world)
@@ -137,6 +147,7 @@ def causal_analysis(model, params, world: ToyWorld, num_pairs: int, workdir: Pat
             kw = {}
             if mask_key:  # contrast captions can differ in length: give each run its own mask
                 kw["text_mask"] = (pairs.pos[mask_key], pairs.neg[mask_key])
+            kw["mesh"] = mesh
             exact = causal_effect(model, variables, tower, pairs.pos[input_key], pairs.neg[input_key],
                                   metric, **kw)
             attrib = attribution_effect(model, variables, tower, pairs.pos[input_key],
@@ -144,8 +155,10 @@ def causal_analysis(model, params, world: ToyWorld, num_pairs: int, workdir: Pat
             e, a = np.asarray(exact.effects), np.asarray(attrib.effects)
             top = np.unravel_index(np.argmax(np.abs(e)), e.shape)
             est, lo, hi = bootstrap_ci(exact.per_example[:, top[0], top[1]], key=jax.random.key(seed))
+            # Float noise of an effect is that of the metric values it is a difference of.
+            noise = 1e-6 * float(np.abs(np.concatenate([exact.base, exact.target])).max())
             out[tower][family] = {
-                "spearman_exact_vs_attribution": spearman(e, a),
+                "spearman_exact_vs_attribution": spearman(e, a, atol=noise),
                 "total_effect": float(exact.total_effect),
                 "top_cell": {"layer": int(exact.layers[top[0]]), "position": int(exact.positions[top[1]]),
                              "effect": float(est), "ci95": [float(lo), float(hi)]},

@@ -15,6 +15,8 @@ from mrepe_jax.models import hf_files
 from mrepe_jax.models.clip import CLIPModel
 from mrepe_jax.models.clip_config import CLIPConfig, from_hf_dict, to_hf_dict
 from mrepe_jax.models.convert import Rule, to_flax, to_hf, transpose
+from mrepe_jax.models.execution import Execution
+from mrepe_jax.models.layer_stack import stack_layer_params, unstack_layer_params
 
 
 def _oihw_to_hwio(x):
@@ -73,18 +75,24 @@ def from_torch_model(hf_model) -> tuple[CLIPModel, dict]:
     return CLIPModel(config), convert_state_dict(hf_model.state_dict(), config, "transformers model")
 
 
-def load_pretrained(name_or_dir: str | os.PathLike, local_files_only: bool | None = None):
+def load_pretrained(name_or_dir: str | os.PathLike, local_files_only: bool | None = None,
+                    execution: Execution = Execution()):
     """(model, params) from a local HF directory (config.json + model.safetensors) or a hub id.
 
-    Only safetensors are read; a directory with only pickled weights is refused.
+    Only safetensors are read; a directory with only pickled weights is refused. With
+    ``execution.scan_layers`` the params come stacked (``layer_stack``), ready for that model.
     """
     directory = hf_files.resolve(name_or_dir, local_files_only)
     config = from_hf_dict(hf_files.read_config(directory))
     state_dict = hf_files.read_state_dict(directory)
-    return CLIPModel(config), convert_state_dict(state_dict, config, f"checkpoint {str(directory)!r}")
+    params = convert_state_dict(state_dict, config, f"checkpoint {str(directory)!r}")
+    if execution.scan_layers:
+        params = stack_layer_params(params)
+    return CLIPModel(config, execution=execution), params
 
 
 def save_pretrained(directory: str | os.PathLike, config: CLIPConfig, params) -> Path:
-    """Writes an HF-format directory that both ``load_pretrained`` and transformers can read."""
-    params = jax.device_get(params)
+    """Writes an HF-format directory that both ``load_pretrained`` and transformers can read
+    (stacked params of a scanned model are unstacked first)."""
+    params = unstack_layer_params(jax.device_get(params))
     return hf_files.write_checkpoint(directory, to_hf_dict(config), to_hf(params, CLIP_RULES))

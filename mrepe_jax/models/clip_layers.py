@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from mrepe_jax.models import layer_stack
-from mrepe_jax.models.attention import dot_product_attention, split_heads, use_fused
+from mrepe_jax.models.attention import (dot_product_attention, packed_attention, split_heads,
+                                        use_fused)
 from mrepe_jax.models.clip_config import EncoderConfig
 from mrepe_jax.models.execution import Execution
 from mrepe_jax.sites import COLLECTION, LayerSites, Sites
@@ -66,9 +67,51 @@ class DenseParams(nn.Module):
         return kernel.astype(self.dtype), bias.astype(self.dtype)
 
 
-def layer_norm(eps: float, name: str, dtype=jnp.float32) -> nn.LayerNorm:
-    # use_fast_variance=False: E[x^2]-E[x]^2 loses precision against torch's two-pass variance.
-    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, scale, bias, eps: float):
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    # Two-pass variance, in float32: E[x^2]-E[x]^2 loses precision against torch's LayerNorm.
+    x32 = x.astype(jnp.float32)
+    xc = x32 - x32.mean(-1, keepdims=True)
+    rstd = jax.lax.rsqrt((xc * xc).mean(-1, keepdims=True) + eps)
+    xhat = xc * rstd
+    return (xhat * scale + bias).astype(x.dtype), (xhat, rstd, scale)
+
+
+def _layer_norm_bwd(eps, res, g):
+    xhat, rstd, scale = res
+    g32 = g.astype(jnp.float32)
+    gh = g32 * scale
+    dx = rstd * (gh - gh.mean(-1, keepdims=True) - xhat * (gh * xhat).mean(-1, keepdims=True))
+    batch_axes = tuple(range(g.ndim - 1))
+    return dx.astype(g.dtype), (g32 * xhat).sum(batch_axes), g32.sum(batch_axes)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with ``nn.LayerNorm``'s parameters (``scale``, ``bias``) and a hand-written
+    gradient: the backward reuses the normalised input and 1/std instead of differentiating the
+    two reductions (measured on the ToyWorld CLIP train step, 2 CPU cores: 43 -> 41 ms).
+    Reverse mode only: ``jax.jvp`` through it is not supported (``jax.grad``/``vjp`` are)."""
+
+    epsilon: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones_init(), (d,))
+        bias = self.param("bias", nn.initializers.zeros_init(), (d,))
+        return _layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
+
+
+def layer_norm(eps: float, name: str, dtype=jnp.float32) -> LayerNorm:
+    return LayerNorm(eps, dtype, name=name)
 
 
 class CLIPAttention(nn.Module):
@@ -86,9 +129,12 @@ class CLIPAttention(nn.Module):
         kernels, biases = zip(*(DenseParams(d, self.dtype, name=n)(d) for n in QKV))
         qkv = x.astype(self.dtype).reshape(-1, d) @ jnp.concatenate(kernels, 1) + jnp.concatenate(biases)
         qkv = qkv.reshape(x.shape[:-1] + (3 * d,))
-        q, k, v = (split_heads(t, c.num_attention_heads) for t in jnp.split(qkv, 3, axis=-1))
-        z = dot_product_attention(site, "attn", q, k, v, mask, use_fused(self.execution, site, "attn"))
-        return Dense(d, dtype=self.dtype, name="out_proj")(z.reshape(x.shape[:-1] + (-1,)))
+        if site.touches("attn"):
+            q, k, v = (split_heads(t, c.num_attention_heads) for t in jnp.split(qkv, 3, axis=-1))
+            z = dot_product_attention(site, "attn", q, k, v, mask).reshape(x.shape[:-1] + (-1,))
+        else:
+            z = packed_attention(qkv, c.num_attention_heads, mask, use_fused(self.execution))
+        return Dense(d, dtype=self.dtype, name="out_proj")(z)
 
 
 class CLIPMLP(nn.Module):

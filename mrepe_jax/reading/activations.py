@@ -321,7 +321,7 @@ def stream_statistics(
             seen += n
             bar.update(n)
     check_finite_flags(*pending)
-    return jax.device_get(stats)
+    return parallel.to_host(stats)
 
 
 def finite_flags(acts: Mapping[str, Array], valid: Array | None = None) -> dict[str, Array]:
@@ -335,7 +335,7 @@ def finite_flags(acts: Mapping[str, Array], valid: Array | None = None) -> dict[
 
 def check_finite_flags(flags: Mapping[str, Any], batch_index: int, first: int, n: int) -> None:
     """Raises ``FloatingPointError`` naming the sites whose activations were non-finite."""
-    bad = sorted(site for site, ok in jax.device_get(dict(flags)).items() if not bool(ok))
+    bad = sorted(site for site, ok in parallel.to_host(dict(flags)).items() if not bool(ok))
     if bad:
         shown = ", ".join(repr(b) for b in bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
         raise FloatingPointError(
@@ -380,7 +380,7 @@ def collect_activations(
     seen = 0
     for i, batch in enumerate(tqdm(batches, unit="batch", disable=not progress, desc="activations")):
         n, args = stepper.prepare(batch, np.zeros(parallel.batch_size(batch), np.int32))
-        out = jax.device_get(stepper.step(None, stepper.params, *args))
+        out = parallel.to_host(stepper.step(None, stepper.params, *args))
         check_finite_flags({k: np.isfinite(v[:n]).all() for k, v in out.items()}, i, seen, n)
         seen += n
         for k in keep:

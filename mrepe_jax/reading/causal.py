@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mrepe_jax import edits as edits_lib
+from mrepe_jax import parallel
 from mrepe_jax import sites as sites_lib
 from mrepe_jax.models.layer_stack import stack_layer_params
 
@@ -320,8 +321,34 @@ def _patched_metric(model, variables, tower, point, layer, chunk_size, metric, h
 
 
 _STATIC = ("model", "tower", "point", "chunk_size")
-_sweep_traced = jax.jit(_patched_metric, static_argnames=_STATIC)
-_sweep_per_layer = jax.jit(_patched_metric, static_argnames=_STATIC + ("layer",))
+
+
+def _over_patches(mesh):
+    """``_patched_metric`` with its K patches split over the mesh's ``data`` axis (``shard_map``;
+    everything else replicated), or as it is without a mesh."""
+    if mesh is None:
+        return _patched_metric
+
+    def sharded(model, variables, tower, point, layer, chunk_size, metric, h, source, masks,
+                stage_mask, input_ids):
+        def local(masks):
+            return _patched_metric(model, variables, tower, point, layer, chunk_size, metric, h,
+                                   source, masks, stage_mask, input_ids)
+
+        spec = jax.P(parallel.DATA)
+        # check_vma off: the layer stack's lax.cond joins a patched (device-varying) branch with the
+        # untouched replicated residual, which the varying-axes type check would reject.
+        return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(masks)
+
+    return sharded
+
+
+@functools.lru_cache(maxsize=8)
+def _sweeps(mesh):
+    """(traced-layer program, per-layer program) of the sweep, one pair per mesh."""
+    body = _over_patches(mesh)
+    return (jax.jit(body, static_argnames=_STATIC),
+            jax.jit(body, static_argnames=_STATIC + ("layer",)))
 
 
 def _scanned(model, variables):
@@ -348,7 +375,6 @@ def as_metric(metric: Metric):
     return jax.tree_util.Partial(metric)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tower", "site_names", "layout", "heads"))
 def _attribution(model, variables, tower, metric, site_names, layout, heads, base_in, base_mask,
                  src_in, src_mask):
     """Attribution patching in one compiled call: ``[B, L, T(, H)]`` estimates, base/source metric.
@@ -376,12 +402,24 @@ def _attribution(model, variables, tower, metric, site_names, layout, heads, bas
     return jnp.stack(per_layer, 1), base_metric, metric(src_emb)
 
 
+_attribution_jit = jax.jit(_attribution,
+                           static_argnames=("model", "tower", "site_names", "layout", "heads"))
+
+
 def _check_metric(value, batch: int):
     if np.shape(value) != (batch,):
         raise ValueError(
             f"metric returned shape {np.shape(value)}; it must return one scalar per example, "
             f"shape ({batch},)"
         )
+
+
+def _result(mesh, per_example, base, target, plan: _Plan, positions, method: str) -> CausalEffects:
+    """The checked ``CausalEffects``; host arrays when a mesh spread them over processes."""
+    if mesh is not None:
+        per_example, base, target = parallel.to_host((per_example, base, target))
+    return _check_finite(CausalEffects(per_example.mean(0), per_example, base, target, plan.sites,
+                                       plan.layers, positions, plan.direction, method))
 
 
 def _check_finite(effects: CausalEffects) -> CausalEffects:
@@ -432,6 +470,7 @@ def causal_effect(
     direction: str = "noising",
     chunk_size: int | None = None,
     verbose: bool = False,
+    mesh=None,
 ) -> CausalEffects:
     """Eq 2 by exact activation patching, for every layer x position (x head).
 
@@ -452,8 +491,10 @@ def causal_effect(
       direction: ``"noising"`` patches corrupt values into the clean run; ``"denoising"`` patches
         clean values into the corrupt run.
       chunk_size: patches per vmapped chunk (``jax.lax.map`` batches), to bound memory; default
-        all patches of a layer at once.
+        all patches of a layer at once (with a ``mesh``: per device).
       verbose: a tqdm bar over layers.
+      mesh: split the patches over the mesh's ``data`` axis (``jax.shard_map``); the effects equal
+        the single-device ones.
 
     Returns:
       ``CausalEffects`` with ``effects`` of shape ``[layers, positions]`` (``[..., heads]`` with
@@ -481,19 +522,23 @@ def causal_effect(
     stage_mask = _stage_mask(model, variables, tower, base_in, base_mask)
     ids = base_in  # readout's inputs: the text tower pools at their EOS token
 
+    k = masks.shape[0]
+    if mesh is not None:  # pad the patches to a multiple of the data axis; the copies are dropped
+        n = parallel.data_axis_size(mesh)
+        masks = jnp.concatenate([masks, jnp.repeat(masks[-1:], -k % n, axis=0)])
+    traced, per_layer_program = _sweeps(mesh)
     per_layer = []
     for layer, site, entry in zip(_progress(plan.layers, verbose, f"patching {tower}.{point}"),
                                   plan.sites, entering):
-        sweep, at = (_sweep_traced, jnp.int32(layer)) if scanned else (_sweep_per_layer, layer)
+        sweep, at = (traced, jnp.int32(layer)) if scanned else (per_layer_program, layer)
         patched = sweep(model, variables, tower, point, at, chunk_size, metric, base_acts[entry],
                         src_acts[site], masks, stage_mask, ids)
-        per_layer.append(patched - base_metric)  # [K, B]
+        per_layer.append(patched[:k] - base_metric)  # [K, B]
     per_example = jnp.stack(per_layer, 1)  # [K, L, B]
     grid = (len(pos), num_heads) if plan.heads else (len(pos),)
     per_example = jnp.moveaxis(per_example.reshape(grid + per_example.shape[1:]), -1, 0)
     per_example = jnp.moveaxis(per_example, -1, 1)  # [B, L, P(, H)]
-    return _check_finite(CausalEffects(per_example.mean(0), per_example, base_metric, src_metric,
-                                       plan.sites, plan.layers, pos, direction, "exact"))
+    return _result(mesh, per_example, base_metric, src_metric, plan, pos, "exact")
 
 
 def attribution_effect(
@@ -511,6 +556,7 @@ def attribution_effect(
     text_mask=None,
     direction: str = "noising",
     verbose: bool = False,
+    mesh=None,
 ) -> CausalEffects:
     """Eq 2 by attribution patching: ``CE ~ (r' - r0) . dmetric/dr`` at r0, every site at once.
 
@@ -518,17 +564,26 @@ def attribution_effect(
     affine in the patched activation, a cheap screen otherwise. Cost: one forward + one backward
     on the base input (gradients through zero-valued ``Add`` edits at every swept site) and one
     forward on the source input. Arguments and result are those of ``causal_effect``
-    (``verbose`` is accepted for symmetry; there is no per-layer loop to report).
+    (``verbose`` is accepted for symmetry; there is no per-layer loop to report); with a ``mesh``
+    the examples are split over its ``data`` axis.
     """
     del verbose
     plan = _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_inputs)
-    base_in, base_mask, src_in, src_mask = _orient(plan, clean_inputs, corrupt_inputs, text_mask)
-    every, base_metric, src_metric = _attribution(
-        model, variables, tower, as_metric(metric), plan.sites, plan.layout, plan.heads, base_in, base_mask,
-        src_in, src_mask
-    )  # every position: [B, L, T(, H)]
-    _check_metric(base_metric, np.shape(base_in)[0])
+    inputs = _orient(plan, clean_inputs, corrupt_inputs, text_mask)
+    batch = np.shape(inputs[0])[0]
+    metric = as_metric(metric)
+    if mesh is not None:
+        # Examples split over the data axis (when they divide it), everything else replicated;
+        # XLA partitions the computation. Not shard_map, and no padding: a metric may hold
+        # per-example arrays (one prompt pair per example), which must keep the global batch.
+        split = batch % parallel.data_axis_size(mesh) == 0
+        sharding = parallel.data_sharding(mesh) if split else parallel.replicated(mesh)
+        inputs = jax.device_put(tuple(None if x is None else np.asarray(x) for x in inputs), sharding)
+        variables, metric = jax.device_put((variables, metric), parallel.replicated(mesh))
+    every, base_metric, src_metric = _attribution_jit(
+        model, variables, tower, metric, plan.sites, plan.layout, plan.heads, *inputs)
+    # every position: [B, L, T(, H)]
+    _check_metric(base_metric, batch)
     pos = _positions(plan, every.shape[2], positions)
     per_example = every if pos == tuple(range(every.shape[2])) else every[:, :, np.asarray(pos)]
-    return _check_finite(CausalEffects(per_example.mean(0), per_example, base_metric, src_metric,
-                                       plan.sites, plan.layers, pos, direction, "attribution"))
+    return _result(mesh, per_example, base_metric, src_metric, plan, pos, "attribution")

@@ -40,6 +40,8 @@ import orbax.checkpoint as ocp
 from flax.training.train_state import TrainState
 from tqdm.auto import tqdm
 
+from mrepe_jax import parallel
+
 
 @dataclasses.dataclass
 class FitResult:
@@ -207,6 +209,7 @@ def fit(
     run_config: Mapping[str, Any] | None = None,
     desc: str = "train",
     progress: bool = True,
+    mesh=None,
 ) -> FitResult:
     """Runs ``step_fn`` from ``state.step`` (or the latest checkpoint) up to ``num_steps``.
 
@@ -220,73 +223,110 @@ def fit(
     saved with each checkpoint and compared on resume, with ``num_steps``. Raises
     ``FloatingPointError`` at the first step whose loss or new state is non-finite, before any save
     of it.
+
+    ``mesh``: data parallelism. The state is replicated and each batch split over the ``data``
+    axis; in a multi-process run ``batch_fn`` returns this process's rows of the global batch
+    (``parallel.process_rows``) and orbax writes the checkpoints collectively. The result equals
+    the single-device one up to float reassociation.
     """
     if num_steps < 0 or checkpoint_every < 1:
         raise ValueError(f"need num_steps >= 0 and checkpoint_every >= 1, got {num_steps} and "
                          f"{checkpoint_every}")
     run = {"num_steps": int(num_steps), **json.loads(json.dumps(dict(run_config or {})))}
     init = state if callable(state) else (lambda: state)
+    loop = _Loop(step_fn, batch_fn, num_steps, checkpoint_every, stop_after, run, desc,
+                 progress and jax.process_index() == 0, mesh)
     if checkpoint_dir is None:
-        return _train(init(), step_fn, batch_fn, num_steps, None, checkpoint_every, stop_after, run,
-                      desc, progress)
+        return loop.train(loop.place(init()), None)
     manager = checkpoint_manager(checkpoint_dir)
     with _quiet_failed_reads():
         try:
-            target = jax.eval_shape(init) if callable(state) else state
+            target = loop.abstract(jax.eval_shape(init) if callable(state) else state)
             restored = restore_latest(manager, target, run)
-            return _train(init() if restored is None else restored, step_fn, batch_fn, num_steps,
-                          manager, checkpoint_every, stop_after, run, desc, progress)
+            return loop.train(loop.place(init()) if restored is None else restored, manager)
         finally:
             manager.wait_until_finished()
             manager.close()
 
 
 @functools.lru_cache(maxsize=16)
-def _guarded(step_fn):
-    """``step_fn`` jit'd with its finiteness flags; cached, so that runs of the same step function
-    (a resumed run, a second fit in one process) reuse one compiled program."""
+def _guarded(step_fn, mesh):
+    """``step_fn`` jit'd with its finiteness flags (data-parallel over ``mesh`` when given: state
+    replicated, batch split over ``data``); cached, so that runs of the same step function (a
+    resumed run, a second fit in one process) reuse one compiled program."""
 
     def guarded(state, batch):
         state, metrics = step_fn(state, batch)
         return state, metrics, _finite_flags(metrics["loss"], state)
 
-    return jax.jit(guarded, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(guarded, donate_argnums=0)
+    rep, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    return jax.jit(guarded, donate_argnums=0, in_shardings=(rep, data), out_shardings=rep)
 
 
-def _train(state, step_fn, batch_fn, num_steps, manager, checkpoint_every, stop_after, run, desc,
-           progress) -> FitResult:
-    start = int(state.step)
-    if start > num_steps:
-        raise ValueError(f"{desc}: the state is at step {start}, past num_steps={num_steps}")
-    end = num_steps if stop_after is None else min(num_steps, start + stop_after)
+@dataclasses.dataclass(frozen=True)
+class _Loop:
+    """One run of ``fit``: placement on the mesh, the step loop, the checks before each save."""
 
-    step = _guarded(step_fn)
-    losses, last_saved = [], start if manager is not None and start > 0 else None
-    names = _flag_names(state)  # read before the loop: the loop donates each state's buffers
+    step_fn: Callable
+    batch_fn: Callable
+    num_steps: int
+    checkpoint_every: int
+    stop_after: int | None
+    run: dict
+    desc: str
+    progress: bool
+    mesh: Any = None
 
-    def check(done, flags):
-        bad = _first_bad(flags, names)
-        if bad is not None:
-            where = f"; the last checkpoint is step {last_saved}" if last_saved else ""
-            raise FloatingPointError(f"{desc}: {bad} became non-finite at step {done}; stopped "
-                                     f"before saving it{where}")
+    def place(self, state):
+        """``state`` replicated over the mesh (a global array in every process)."""
+        return state if self.mesh is None else jax.device_put(state, parallel.replicated(self.mesh))
 
-    pending = None  # (step, flags) of the previous step, read once the next one is dispatched
-    with tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True) as bar:
-        for i in range(start, end):
-            state, metrics, flags = step(state, batch_fn(i))
-            if pending is not None:
-                check(*pending)
-            done, pending = i + 1, (i + 1, flags)
-            losses.append(metrics["loss"])
-            if done % 50 == 0 or done == end:
-                bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-            bar.update(1)
-            if manager is not None and (done % checkpoint_every == 0 or done == end):
-                check(*pending)
-                pending = None
-                manager.save(done, args=_save_args(state, run))
-                last_saved = done
-    if pending is not None:
-        check(*pending)
-    return FitResult(state, np.asarray(jax.device_get(losses), dtype=np.float32), start)
+    def abstract(self, state):
+        """The restore target: shapes, dtypes and (with a mesh) the replicated sharding."""
+        if self.mesh is None:
+            return state
+        rep = parallel.replicated(self.mesh)
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=rep), state)
+
+    def batch(self, i):
+        batch = self.batch_fn(i)
+        return batch if self.mesh is None else parallel.global_batch(batch, self.mesh)
+
+    def train(self, state, manager) -> FitResult:
+        start = int(parallel.to_host(state.step))
+        if start > self.num_steps:
+            raise ValueError(f"{self.desc}: the state is at step {start}, past num_steps={self.num_steps}")
+        end = self.num_steps if self.stop_after is None else min(self.num_steps, start + self.stop_after)
+        step = _guarded(self.step_fn, self.mesh)
+        losses, last_saved = [], start if manager is not None and start > 0 else None
+        names = _flag_names(state)  # read before the loop: the loop donates each state's buffers
+
+        def check(done, flags):
+            bad = _first_bad(parallel.to_host(flags), names)
+            if bad is not None:
+                where = f"; the last checkpoint is step {last_saved}" if last_saved else ""
+                raise FloatingPointError(f"{self.desc}: {bad} became non-finite at step {done}; "
+                                         f"stopped before saving it{where}")
+
+        pending = None  # (step, flags) of the previous step, read once the next one is dispatched
+        with tqdm(total=self.num_steps, initial=start, desc=self.desc, disable=not self.progress,
+                  dynamic_ncols=True) as bar:
+            for i in range(start, end):
+                state, metrics, flags = step(state, self.batch(i))
+                if pending is not None:
+                    check(*pending)
+                done, pending = i + 1, (i + 1, flags)
+                losses.append(metrics["loss"])
+                if done % 50 == 0 or done == end:
+                    bar.set_postfix(loss=f"{float(parallel.to_host(metrics['loss'])):.4f}")
+                bar.update(1)
+                if manager is not None and (done % self.checkpoint_every == 0 or done == end):
+                    check(*pending)
+                    pending = None
+                    manager.save(done, args=_save_args(state, self.run))
+                    last_saved = done
+        if pending is not None:
+            check(*pending)
+        return FitResult(state, np.asarray(parallel.to_host(losses), dtype=np.float32), start)

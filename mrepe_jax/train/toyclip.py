@@ -9,6 +9,7 @@ text tower also learns the prompts that zero-shot evaluation uses.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
+from mrepe_jax import parallel
 from mrepe_jax.align.contrastive import clip_loss
 from mrepe_jax.data.audio import LogMelConfig, n_frames
 from mrepe_jax.data.toyworld import ToyWorld
@@ -79,11 +81,15 @@ def render_pool(world: ToyWorld, size: int, chunk: int = 1024) -> Pool:
 def with_audio_features(model: TriModalCLIP, pool: Pool, chunk: int = 1024) -> Pool:
     """``pool`` with its waveforms replaced by the audio tower's log-mel input, computed once: it
     holds no parameters, so a step need not recompute the STFT of a clip each time it is drawn."""
-    c = model.config
-    f = jax.jit(lambda w: log_mel_features(w, c.log_mel, c.log_mel_shift, c.log_mel_scale))
-    waves = pool.audio
+    c, waves = model.config, pool.audio
     return dataclasses.replace(pool, audio=np.concatenate(
-        [np.asarray(f(waves[i:i + chunk])) for i in range(0, len(waves), chunk)]))
+        [np.asarray(_log_mel(waves[i:i + chunk], c.log_mel, c.log_mel_shift, c.log_mel_scale))
+         for i in range(0, len(waves), chunk)]))
+
+
+# Module-level jits with the model/config static: compiled once per process, not once per call.
+_log_mel = jax.jit(log_mel_features, static_argnums=(1, 2, 3))
+_init = jax.jit(lambda model, key, *inputs: model.init(key, *inputs)["params"], static_argnums=0)
 
 
 def class_prompt_tokens(world: ToyWorld):
@@ -99,11 +105,12 @@ def class_prompt_tokens(world: ToyWorld):
     return ids, mask
 
 
-def batch_fn(make_pool, batch_size: int, seed: int, prompt_fraction: float):
+def batch_fn(make_pool, batch_size: int, seed: int, prompt_fraction: float, rows: slice = slice(None)):
     """``step -> batch``, a pure function of the step (resumable, reproducible).
 
     ``make_pool()`` is called on the first batch only, so a run restored at its last step renders
-    nothing.
+    nothing. ``rows`` selects this process's rows of each global batch (``parallel.process_rows``):
+    the draws are those of the global batch, so any process count sees the same batches.
     """
     cache = []
 
@@ -120,6 +127,7 @@ def batch_fn(make_pool, batch_size: int, seed: int, prompt_fraction: float):
         rng = np.random.default_rng([seed, epoch, i, 1])
         use_prompt = rng.random(batch_size) < prompt_fraction
         fam = rng.integers(0, pool.prompt_ids.shape[1], batch_size)
+        idx, use_prompt, fam = idx[rows], use_prompt[rows], fam[rows]
         ids = np.where(use_prompt[:, None], pool.prompt_ids[idx, fam], pool.input_ids[idx])
         mask = np.where(use_prompt[:, None], pool.prompt_mask[idx, fam], pool.attention_mask[idx])
         return {"image": pool.image[idx], "audio": pool.audio[idx], "input_ids": ids, "attention_mask": mask}
@@ -158,13 +166,21 @@ def init_state(model: TriModalCLIP, world: ToyWorld, cfg: ml_collections.ConfigD
         raise ValueError(f"warmup_steps ({cfg.warmup_steps}) must be in [0, num_steps={cfg.num_steps})")
     b = world.batch(range(2), split="train")
     # One compiled init: eagerly, every initializer op would compile a program of its own.
-    params = jax.jit(model.init)(jax.random.key(cfg.seed), b["image"], b["input_ids"],
-                                 b["attention_mask"], b["audio"])["params"]
-    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
-                                                  cfg.num_steps, cfg.learning_rate * 0.05)
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, weight_decay=cfg.weight_decay))
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    params = _init(model, jax.random.key(cfg.seed), b["image"], b["input_ids"], b["attention_mask"],
+                   b["audio"])
+    tx = optimizer(cfg.learning_rate, cfg.warmup_steps, cfg.num_steps, cfg.weight_decay)
+    # No apply_fn: TrainStep holds the model, and a bound method would make every new model
+    # instance a new state structure (a recompile of the step).
+    return TrainState.create(apply_fn=None, params=params, tx=tx)
+
+
+@functools.lru_cache(maxsize=8)
+def optimizer(learning_rate: float, warmup_steps: int, num_steps: int, weight_decay: float):
+    """AdamW on a warmup-cosine schedule, with global-norm clipping. Cached: the optimizer is part
+    of the train state's structure, so an equal one lets ``fit`` reuse its compiled step."""
+    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, num_steps,
+                                                  learning_rate * 0.05)
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay))
 
 
 def run_config(world: ToyWorld, cfg: ml_collections.ConfigDict) -> dict:
@@ -175,16 +191,18 @@ def run_config(world: ToyWorld, cfg: ml_collections.ConfigDict) -> dict:
 
 
 def train(world: ToyWorld, cfg: ml_collections.ConfigDict, checkpoint_dir=None, stop_after=None,
-          progress: bool = True, pool: Pool | None = None) -> tuple[TriModalCLIP, FitResult]:
-    """Trains (or resumes) the tri-modal CLIP on ``world``; ``cfg`` is ``config.model``+``train``."""
+          progress: bool = True, pool: Pool | None = None, mesh=None) -> tuple[TriModalCLIP, FitResult]:
+    """Trains (or resumes) the tri-modal CLIP on ``world``; ``cfg`` is ``config.model``+``train``.
+    With a ``mesh``, data-parallel over its ``data`` axis (each process draws only its rows)."""
     model = TriModalCLIP(model_config(world, cfg))
 
     def make_pool():
         return with_audio_features(model, render_pool(world, cfg.pool_size) if pool is None else pool)
 
-    batches = batch_fn(make_pool, cfg.batch_size, cfg.seed, cfg.prompt_fraction)
+    rows = parallel.process_rows(cfg.batch_size)
+    batches = batch_fn(make_pool, cfg.batch_size, cfg.seed, cfg.prompt_fraction, rows)
     result = fit(lambda: init_state(model, world, cfg), step_fn(model), batches, cfg.num_steps,
                  checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
                  stop_after=stop_after, run_config=run_config(world, cfg), desc="toyworld clip",
-                 progress=progress)
+                 progress=progress, mesh=mesh)
     return model, result

@@ -58,6 +58,24 @@ def test_save_pretrained_round_trip_is_bit_exact_and_readable_by_transformers(tm
                                    atol=1e-6)
 
 
+def test_load_pretrained_scanned_and_save_back(tmp_path, hf_model):
+    from mrepe_jax.models.execution import Execution
+
+    model, params = clip_convert.from_torch_model(hf_model)
+    out_dir = clip_convert.save_pretrained(tmp_path / "ours", model.config, params)
+    scanned, stacked = clip_convert.load_pretrained(out_dir, execution=Execution(scan_layers=True))
+    assert scanned.execution.scan_layers
+    n = model.config.vision_config.num_hidden_layers
+    assert flat(stacked)[("vision_model", "encoder", "layers", "mlp", "fc1", "kernel")].shape[0] == n
+    # Saving the stacked params writes the same checkpoint as the per-layer ones.
+    again = clip_convert.save_pretrained(tmp_path / "again", scanned.config, stacked)
+    _, params2 = clip_convert.load_pretrained(again)
+    a, b = flat(params), flat(params2)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
 def _edit_checkpoint(directory, fn):
     f = directory / "model.safetensors"
     tensors = dict(load_file(f))

@@ -127,14 +127,15 @@ def test_a_twelve_layer_sweep_compiles_one_program_and_matches_per_layer_program
     variables = model.init(jax.random.key(0), clean, jnp.zeros((1, 4), jnp.int32))
     w = jax.random.normal(jax.random.key(1), (8,))
     metric = jax.tree_util.Partial(lambda w, e: e @ w, w)
-    causal._sweep_traced.clear_cache()
+    traced, per_layer_program = causal._sweeps(None)
+    traced.clear_cache()
     swept = causal.causal_effect(model, variables, "vision", clean, corrupt, metric)
-    assert causal._sweep_traced._cache_size() == 1  # 12 layers, one program
+    assert traced._cache_size() == 1  # 12 layers, one program
     assert swept.per_example.shape == (2, 12, 5)
     # Another metric of the same kind (other arrays) reuses that program.
     causal.causal_effect(model, variables, "vision", clean, corrupt,
                          jax.tree_util.Partial(metric.func, -w), layers=[3, 7])
-    assert causal._sweep_traced._cache_size() == 1
+    assert traced._cache_size() == 1
     # The same sweep through per-layer static programs: equal effects.
     for layer in (0, 5, 11):
         site = f"vision.layers.{layer}.resid_pre"
@@ -142,7 +143,7 @@ def test_a_twelve_layer_sweep_compiles_one_program_and_matches_per_layer_program
         _, src = model.apply(variables, "vision", corrupt, method="encode", capture=(site,))
         masks = jnp.asarray(causal._where_masks("token", 5, 1, range(5), False))
         base_metric = metric(model.apply(variables, "vision", clean, method="encode")[0])
-        per_layer = causal._sweep_per_layer(model, variables, "vision", "resid_pre", layer, None, metric,
-                                            base[site], src[site], masks, None, clean)
+        per_layer = per_layer_program(model, variables, "vision", "resid_pre", layer, None, metric,
+                                   base[site], src[site], masks, None, clean)
         np.testing.assert_allclose(np.asarray(per_layer - base_metric).T, swept.per_example[:, layer],
                                    atol=ATOL)

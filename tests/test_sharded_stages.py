@@ -1,0 +1,96 @@
+"""Every stage on 8 virtual CPU devices gives the 1-device numbers (DESIGN.md §7): exact and
+attribution patching, the ToyWorld CLIP's training step and loss, streaming evaluation (in
+tests/reading/test_activations.py). One subprocess: the rest of the session keeps one device."""
+
+import pytest
+
+from tests.test_parallel import run_with_devices
+
+SCRIPT = """
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from mrepe_jax import parallel
+    from mrepe_jax.reading import causal
+    from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
+    from mrepe_jax.train import loop, toyclip
+    from tests.models.tiny import tiny_clip
+    from tests.train.test_toyclip import tiny_cfg
+
+    mesh = parallel.make_mesh()
+    err, res = {}, {"devices": jax.device_count()}
+    model, v, pixels, ids, mask = tiny_clip()
+    rng = np.random.default_rng(1)
+    clean = jnp.asarray(rng.normal(size=(3, 16, 16, 3)), jnp.float32)  # 3 examples: padded to 8
+    corrupt = jnp.asarray(rng.normal(size=(3, 16, 16, 3)), jnp.float32)
+    metric = jax.tree_util.Partial(lambda w, e: e @ w, jnp.linspace(-1, 1, 16))
+    texts = (jnp.tile(ids[:1], (3, 1)), jnp.tile(ids[1:], (3, 1)), jnp.tile(mask[:1], (3, 1)),
+             jnp.tile(mask[1:], (3, 1)))
+    for name, fn, kw in [
+        ("exact_resid", causal.causal_effect, {}),
+        ("exact_heads", causal.causal_effect, dict(point="attn.z", heads=True)),
+        ("attribution", causal.attribution_effect, {}),
+    ]:
+        one = fn(model, v, "vision", clean, corrupt, metric, **kw)
+        many = fn(model, v, "vision", clean, corrupt, metric, mesh=mesh, **kw)
+        err[name] = float(np.abs(np.asarray(one.per_example) - np.asarray(many.per_example)).max())
+        res[name + "_scale"] = float(np.abs(np.asarray(one.per_example)).max())
+    for name, fn in [("text_exact", causal.causal_effect), ("text_attribution", causal.attribution_effect)]:
+        one = fn(model, v, "text", texts[0], texts[1], metric, text_mask=(texts[2], texts[3]))
+        many = fn(model, v, "text", texts[0], texts[1], metric, text_mask=(texts[2], texts[3]), mesh=mesh)
+        err[name] = float(np.abs(np.asarray(one.per_example) - np.asarray(many.per_example)).max())
+        res[name + "_scale"] = float(np.abs(np.asarray(one.per_example)).max())
+    # A metric with one array row per example (a prompt pair per contrast pair, as the ToyWorld
+    # stage uses): the examples split over devices, the metric's rows must follow them.
+    # (Exact sweeps split the patches, not the examples, so only attribution is concerned.)
+    for b in (8, 3):  # divisible by the 8 devices (split), and not (replicated)
+        x0, x1 = (jnp.asarray(rng.normal(size=(b, 16, 16, 3)), jnp.float32) for _ in range(2))
+        per_ex = jax.tree_util.Partial(lambda d, e: jnp.sum(e * d, -1), jnp.asarray(rng.normal(size=(b, 16))))
+        one = causal.attribution_effect(model, v, "vision", x0, x1, per_ex)
+        many = causal.attribution_effect(model, v, "vision", x0, x1, per_ex, mesh=mesh)
+        key = f"per_example_metric_attribution_{b}"
+        err[key] = float(np.abs(np.asarray(one.per_example) - np.asarray(many.per_example)).max())
+        res[key + "_scale"] = float(np.abs(np.asarray(one.per_example)).max())
+    traced, _ = causal._sweeps(mesh)
+    res["sweep_programs"] = traced._cache_size()
+
+    world = ToyWorld(ToyWorldConfig())
+    cfg = tiny_cfg(num_steps=4)
+    tri = toyclip.TriModalCLIP(toyclip.model_config(world, cfg))
+    pool = toyclip.render_pool(world, 64)
+    _, one = toyclip.train(world, cfg, progress=False, pool=pool)
+    _, many = toyclip.train(world, cfg, progress=False, pool=pool, mesh=mesh)
+    err["train_losses_4_steps"] = float(np.abs(one.losses - many.losses).max())
+    res["param_sharding"] = str(jax.tree.leaves(many.state.params)[0].sharding.spec)
+    res["train_programs"] = loop._guarded(toyclip.step_fn(tri), mesh)._cache_size()
+    res["err"] = err
+    print(json.dumps(res))
+"""
+
+
+@pytest.fixture(scope="module")
+def eight():
+    return run_with_devices(SCRIPT)
+
+
+def test_patching_on_eight_devices_equals_one(eight):
+    assert eight["devices"] == 8
+    assert eight["exact_resid_scale"] > 1e-2  # not vacuous
+    # 1e-6 relative to the effects' size: float32 holds ~7 digits, and the 8-device programs
+    # batch fewer patches per matmul, so rounding differs in the last ulps.
+    keys = [k for k in eight["err"] if not k.startswith("train")]
+    assert len(keys) == 7
+    for key in keys:
+        scale = max(1.0, eight.get(key + "_scale", 1.0))
+        assert eight["err"][key] <= 1e-6 * scale, (key, eight["err"][key], scale)
+    # One program per (tower, point), not per layer, under the mesh too: vision resid_pre, vision
+    # attn.z and text resid_pre, two layers each.
+    assert eight["sweep_programs"] == 3
+
+
+def test_training_on_eight_devices_equals_one(eight):
+    # The sharded steps' losses are the single-device ones to float reassociation. (The weights
+    # agree less tightly: Adam divides by sqrt(v), so a 1e-9 rounding difference in a near-zero
+    # gradient moves a weight by up to the learning rate.)
+    assert eight["err"]["train_losses_4_steps"] <= 1e-6
+    assert eight["param_sharding"] in ("P()", "PartitionSpec()")  # replicated state
+    assert eight["train_programs"] == 1  # no retracing across steps
