@@ -60,6 +60,10 @@ SCRIPT = """
     _, one = toyclip.train(world, cfg, progress=False, pool=pool)
     _, many = toyclip.train(world, cfg, progress=False, pool=pool, mesh=mesh)
     err["train_losses_4_steps"] = float(np.abs(one.losses - many.losses).max())
+    try:  # a global batch the data axis does not divide
+        toyclip.train(world, tiny_cfg(num_steps=3, batch_size=12), progress=False, pool=pool, mesh=mesh)
+    except ValueError as e:
+        res["indivisible"] = str(e)
     res["param_sharding"] = str(jax.tree.leaves(many.state.params)[0].sharding.spec)
     res["train_programs"] = loop._guarded(toyclip.step_fn(tri), mesh)._cache_size()
     res["err"] = err
@@ -94,3 +98,4 @@ def test_training_on_eight_devices_equals_one(eight):
     assert eight["err"]["train_losses_4_steps"] <= 1e-6
     assert eight["param_sharding"] in ("P()", "PartitionSpec()")  # replicated state
     assert eight["train_programs"] == 1  # no retracing across steps
+    assert "batch size 12 is not divisible by the 'data' mesh axis size 8" in eight["indivisible"]

@@ -79,6 +79,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
 
     mesh = parallel.mesh_from_config(config.mesh)
     results["mesh"] = {"shape": dict(mesh.shape), "processes": jax.process_count()}
+    # The mesh is passed to each stage explicitly: under jax.set_mesh (jax 0.10.2), shard_map over
+    # this Auto-axis mesh fails ("Context mesh ... should match the mesh of sharding").
+    _run_stages(config, world, workdir, mesh, results, progress)
+    workdir_lib.write_json(workdir / "results.json", results)
+    workdir_lib.write_text(workdir / "report.md", toyworld_report.render(results))
+    return results
+
+
+def _run_stages(config, world: ToyWorld, workdir, mesh, results: dict, progress: bool) -> None:
+    """Training (or its checkpoint), then every stage, or their figures from the previous run."""
     model, params, results["training"] = load_or_train(world, config, workdir, progress, mesh)
     previous = workdir_lib.read_json(workdir / "results.json")
     if results["training"]["steps_run"] == 0 and previous.get("training"):
@@ -94,7 +104,3 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         results.update({k: previous[k] for k in stages}, reused_stages=list(stages))
     else:
         results.update(_stages(model, params, world, config, workdir, mesh))
-
-    workdir_lib.write_json(workdir / "results.json", results)
-    workdir_lib.write_text(workdir / "report.md", toyworld_report.render(results))
-    return results

@@ -178,8 +178,9 @@ SHARDED_SCRIPT = """
         for site in one:
             for field in ("count", "mean", "m2"):
                 a, b = getattr(one[site], field), getattr(many[site], field)
-                if a is not None:
-                    err[f"{name}:{site}:{field}"] = float(np.abs(np.asarray(a, np.float64) - np.asarray(b)).max())
+                if a is not None:  # relative to the statistic's size (scatter sums grow with N)
+                    a = np.asarray(a, np.float64)
+                    err[f"{name}:{site}:{field}"] = float(np.abs(a - np.asarray(b)).max() / max(1.0, np.abs(a).max()))
         if name == "vision":  # the sharded statistics against float64 numpy on the same activations
             acts = A.collect_activations(fn, batches(data), VISION_SITES, params=params)
             for site, m in many.items():
@@ -191,7 +192,7 @@ SHARDED_SCRIPT = """
     many = A.collect_activations(A.tower_apply(model, "vision", "pixels"), batches(data), VISION_SITES,
                                  params=params, mesh=mesh)
     for site in one:
-        err[f"collect:{site}"] = float(np.abs(one[site] - many[site]).max())
+        err[f"collect:{site}"] = float(np.abs(one[site] - many[site]).max() / max(1.0, np.abs(one[site]).max()))
         err[f"collect_rows:{site}"] = float(len(many[site]))
     print(json.dumps({"devices": len(mesh.devices.flat), "err": err}))
 """
@@ -206,11 +207,8 @@ def test_sharded_statistics_equal_single_device():
     for k, v in err.items():
         if k.startswith("collect_rows"):
             assert v == 45, k
-        else:
-            tol = 0.0 if k.endswith(":count") else (1e-4 if k.endswith(":m2") else ATOL)
-            if k.startswith("f64:"):  # float32 accumulation at HIGHEST precision vs float64
-                tol = 1e-5
-            assert v <= tol, (k, v)
+        else:  # the same numbers at any device count, and against float64: 1e-6 (relative)
+            assert v <= (0.0 if k.endswith(":count") else 1e-6), (k, v)
 
 
 def test_non_finite_activations_stop_the_stream_naming_site_and_batch(clip):
