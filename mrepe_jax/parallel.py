@@ -103,6 +103,34 @@ def global_batch(local_batch: Any, mesh: Mesh, axis: str = DATA) -> Any:
                         local_batch)
 
 
+def process_sizes(n: int) -> np.ndarray:
+    """Every process's ``n`` (``[process_count]``, a host collective): how processes agree on a
+    padded batch size, and on when every one of them has run out of data."""
+    if jax.process_count() == 1:
+        return np.asarray([n])
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.asarray(n, np.int64)))
+
+
+def gather_rows(tree: Any) -> Any:
+    """Each process's rows of a pytree of host arrays, concatenated in process order on every
+    process (the inverse of reading ``process_rows``; processes may hold different numbers of
+    rows); the identity in a single process."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        x = np.asarray(x)
+        sizes = process_sizes(x.shape[0])
+        padded = np.concatenate([x, np.zeros((sizes.max() - x.shape[0],) + x.shape[1:], x.dtype)])
+        blocks = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max, ...]
+        return np.concatenate([b[:n] for b, n in zip(blocks, sizes)])
+
+    return jax.tree.map(one, tree)
+
+
 def to_host(tree: Any) -> Any:
     """numpy copies of a pytree of arrays, including global ones that span other processes: a
     replicated array is read from a local copy, a sharded one gathered (``process_allgather``)."""

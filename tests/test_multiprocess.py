@@ -1,6 +1,7 @@
-"""Multi-process runs on one machine (DESIGN.md §7): a killed process stops the others with an
-error instead of a hang; bad mesh and launch settings are clear errors. That two processes
-reproduce one process's figures is tested with the pipeline (tests/experiments)."""
+"""Multi-process runs on one machine (DESIGN.md §7): streaming where each process reads only its
+own rows; a killed process stops the others with an error instead of a hang; bad mesh and launch
+settings are clear errors. That two processes reproduce one process's pipeline figures is tested
+with the pipeline (tests/experiments)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,35 @@ import sys
 import time
 
 import ml_collections
+import numpy as np
 import pytest
 
 from mrepe_jax import parallel
-from tests.multiprocess import ENV, REPO, finish, launch_two
+from tests.multiprocess import ENV, REPO, finish, free_port, launch_two, start
+
+
+@pytest.mark.slow
+def test_streaming_reads_only_each_processes_rows(tmp_path):
+    """Slow (~25 s): ``make test-slow``. The two-process pipeline test covers even shards; this one
+    gives the processes different numbers and sizes of batches."""
+    def run(n):
+        port, out = free_port(), tmp_path / f"stream{n}.json"
+        outs = finish([start(["-m", "tests.multiprocess_stream", str(i), str(n), str(port), str(out)])
+                       for i in range(n)])
+        for rc, text in outs:
+            assert rc == 0, text[-3000:]
+        return json.loads(out.read_text()), [json.loads(t.strip().splitlines()[-1]) for _, t in outs]
+
+    one, _ = run(1)
+    two, procs = run(2)
+    assert two["processes"] == 2 and [p["rows"] for p in procs] == [30, 15]
+    assert all(p["collected"] == p["rows"] and p["labels_aligned"] for p in procs)
+    np.testing.assert_allclose(two["proj"], one["proj"], atol=1e-6)  # every row, in order
+    for site, s in one["stats"].items():
+        assert two["stats"][site]["count"] == s["count"]
+        for field in ("mean", "m2"):
+            a, b = np.asarray(s[field]), np.asarray(two["stats"][site][field])
+            assert np.abs(a - b).max() <= 1e-6 * max(1.0, np.abs(a).max()), (site, field)
 
 
 @pytest.mark.slow

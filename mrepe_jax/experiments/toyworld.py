@@ -52,10 +52,11 @@ def _can_reuse(previous: dict, results: dict, stages) -> bool:
 
 def _stages(model, params, world: ToyWorld, config, workdir, mesh) -> dict:
     """Zero-shot evaluation, identification (Table 1, directions) and causal effects."""
-    splits = {"train": world.batch(range(config.identify.num_train), split="train"),
-              "validation": world.batch(range(config.identify.num_validation), split="validation"),
-              "test": world.batch(range(config.eval.num_test), split="test")}
-    labels = {s: b["labels"] for s, b in splits.items()}
+    sizes = {"train": config.identify.num_train, "validation": config.identify.num_validation,
+             "test": config.eval.num_test}
+    # Each process renders (reads) only its rows of each split; labels are cheap and global.
+    splits = {s: world.batch(range(n)[parallel.process_rows(n)], split=s) for s, n in sizes.items()}
+    labels = {s: world.labels(range(n), s) for s, n in sizes.items()}
     reps = toyworld_identify.split_reps(model, params, splits, mesh)
 
     out = {}

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
+from mrepe_jax import parallel
 from mrepe_jax.data.toyworld import ToyWorld
 from mrepe_jax.models.clip import normalize
 from mrepe_jax.reading.activations import collect_activations, tower_apply
@@ -77,10 +78,14 @@ def direction_auroc(train_x, train_y, test_x, test_y, num_values: int) -> float:
 
 def split_reps(model, params, splits: dict[str, dict], mesh=None) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """``{split: {tower: {site: [N, D]}}}``: every split encoded once, read by every stage. One
-    chunk size for every split (the last chunk of each is padded), so each tower compiles once."""
+    chunk size for every split (the last chunk of each is padded), so each tower compiles once.
+
+    In a multi-process run ``splits`` hold this process's rows (``parallel.process_rows``); the
+    representations of all rows, in order, come back on every process."""
     chunk = min(256, *(len(b[TOWERS["vision"][0]]) for b in splits.values()))
-    return {s: {t: tower_reps(model, params, b, t, chunk, mesh) for t in TOWERS}
-            for s, b in splits.items()}
+    local = {s: {t: tower_reps(model, params, b, t, chunk, mesh) for t in TOWERS}
+             for s, b in splits.items()}
+    return parallel.gather_rows(local)
 
 
 def identify(model, world: ToyWorld, all_reps: dict, labels: dict[str, dict]) -> dict:

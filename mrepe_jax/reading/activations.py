@@ -239,28 +239,57 @@ def _compiled(make_step, apply_fn, capture, reduce, mask_key, mesh):
 
 
 class _Stepper:
-    """The edge of the module: pads, shards and dispatches host batches to one jit'd step."""
+    """The edge of the module: pads, shards and dispatches host batches to one jit'd step.
+
+    In a multi-process run each process iterates over its own batches (its rows of the data);
+    the processes agree on every step's padded size and keep stepping together until all of them
+    have run out (one that has, sends an all-padding batch), so none waits alone in a collective.
+    """
 
     def __init__(self, make_step, apply_fn, capture, reduce, mask_key, params, mesh):
         self.mesh = mesh
-        self.ndev = 1 if mesh is None else parallel.data_axis_size(mesh)
+        self.ndev = 1 if mesh is None else parallel.data_axis_size(mesh) // jax.process_count()
         self.size = 0
         self.step = _compiled(make_step, apply_fn, capture, reduce, mask_key, mesh)
         self.params = params if mesh is None else jax.device_put(params, parallel.replicated(mesh))
 
-    def prepare(self, batch: Batch, labels: np.ndarray):
-        n = parallel.batch_size(batch)
-        if np.shape(labels) != (n,):
+    def steps(self, batches: Iterable[Batch], labels_of):
+        """``(index, rows, batch, args)`` per step: this process's ``rows`` real rows of ``batch``,
+        and the step's padded (global) arguments ``(batch, labels, valid)``."""
+        it, template = iter(batches), None
+        for i in itertools.count():
+            batch = next(it, None)
+            n = 0 if batch is None else parallel.batch_size(batch)
+            sizes = parallel.process_sizes(n)
+            if sizes.max() == 0:
+                return
+            if batch is None:
+                if template is None:
+                    raise ValueError("this process has no batches while others have: every process "
+                                     "must read some of the data")
+                batch = template
+            template = jax.tree.map(lambda x: np.asarray(x)[:1], batch) if template is None else template
+            labels = np.asarray(labels_of(batch)) if n else np.zeros(1, np.int32)
+            yield i, n, batch, self._args(batch, labels, n, int(sizes.max()))
+
+    def _args(self, batch: Batch, labels: np.ndarray, n: int, most: int):
+        if np.shape(labels) != (parallel.batch_size(batch),):
             raise ValueError(f"group labels have shape {np.shape(labels)}, expected ({n},)")
-        # Pad to one size (a multiple of the data axis) so the step compiles once, however ragged
-        # the last batch is; padded rows carry valid=False.
-        self.size = max(self.size, -(-n // self.ndev) * self.ndev)
+        # Pad to one size (a multiple of the local devices, the same in every process) so the step
+        # compiles once, however ragged the last batch is; padded rows carry valid=False.
+        self.size = max(self.size, -(-most // self.ndev) * self.ndev)
         batch, valid = parallel.pad_batch(dict(batch), self.size)
-        labels = np.concatenate([labels, np.full(self.size - n, -1, labels.dtype)]).astype(np.int32)
+        valid = valid & (np.arange(self.size) < n)
+        labels = np.concatenate([labels[:n], np.full(self.size - n, -1, labels.dtype)]).astype(np.int32)
         args = (batch, labels, valid)
         if self.mesh is not None:
-            args = parallel.shard_batch(args, self.mesh)
-        return n, args
+            args = parallel.global_batch(args, self.mesh)
+        return args
+
+    def local_rows(self, out, n: int):
+        """This process's ``n`` real rows of a replicated per-row output ``out`` (host arrays)."""
+        start = jax.process_index() * self.size if self.mesh is not None else 0
+        return jax.tree.map(lambda v: np.asarray(v)[start:start + n], out)
 
 
 def stream_statistics(
@@ -299,15 +328,9 @@ def stream_statistics(
     labels_of = _labels_fn(group_fn)
 
     stepper = _Stepper(_stats_step, apply_fn, capture, reduce, mask_key, params, mesh)
-    it = iter(batches)
-    first = next(it, None)
-    if first is None:
-        raise ValueError("stream_statistics got no batches")
-
     stats, pending, seen = None, None, 0
     with tqdm(total=total, unit="ex", disable=not progress, desc="activations") as bar:
-        for i, batch in enumerate(itertools.chain([first], it)):
-            n, args = stepper.prepare(batch, labels_of(batch))
+        for i, n, _, args in stepper.steps(batches, labels_of):
             if stats is None:
                 stats = _init_stats(apply_fn, stepper.params, args[0], capture, reduce, mask_key,
                                     num_groups, covariance, mesh)
@@ -320,6 +343,8 @@ def stream_statistics(
             pending = flags, i, seen, n
             seen += n
             bar.update(n)
+    if pending is None:
+        raise ValueError("stream_statistics got no batches")
     check_finite_flags(*pending)
     return parallel.to_host(stats)
 
@@ -378,17 +403,20 @@ def collect_activations(
     stepper = _Stepper(_collect_step, apply_fn, capture, reduce, mask_key, params, mesh)
     chunks: dict[str, list[np.ndarray]] = {}
     seen = 0
-    for i, batch in enumerate(tqdm(batches, unit="batch", disable=not progress, desc="activations")):
-        n, args = stepper.prepare(batch, np.zeros(parallel.batch_size(batch), np.int32))
-        out = parallel.to_host(stepper.step(None, stepper.params, *args))
-        check_finite_flags({k: np.isfinite(v[:n]).all() for k, v in out.items()}, i, seen, n)
+    zeros = lambda b: np.zeros(parallel.batch_size(b), np.int32)  # noqa: E731
+    steps = stepper.steps(tqdm(batches, unit="batch", disable=not progress, desc="activations"), zeros)
+    for i, n, batch, args in steps:
+        out = stepper.local_rows(parallel.to_host(stepper.step(None, stepper.params, *args)), n)
+        check_finite_flags({k: np.isfinite(v).all() for k, v in out.items()}, i, seen, n)
         seen += n
+        if n == 0:
+            continue
         for k in keep:
             if k in out:
                 raise ValueError(f"keep key {k!r} collides with a captured site name")
             out[k] = np.asarray(batch[k])
         for k, v in out.items():
-            chunks.setdefault(k, []).append(np.asarray(v)[:n])
+            chunks.setdefault(k, []).append(np.asarray(v))
     if not chunks:
         raise ValueError("collect_activations got no batches")
     return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}

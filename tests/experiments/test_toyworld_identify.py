@@ -22,8 +22,8 @@ def test_causal_stage_compiles_one_sweep_program_per_tower_and_point(tmp_path):
     traced.clear_cache()
     causal._attribution_jit.clear_cache()
     out = toyworld_identify.causal_analysis(model, params, world, num_pairs=2, workdir=tmp_path,
-                                            towers=("vision", "text"), families=("colour", "shape", "size"))
-    assert set(out) == {"vision", "text"} and set(out["vision"]) == {"colour", "shape", "size"}
+                                            towers=("vision", "text"), families=("colour", "shape"))
+    assert set(out) == {"vision", "text"} and set(out["vision"]) == {"colour", "shape"}
     # (tower, point) pairs swept: vision resid_pre, vision attn.z (per head), text resid_pre.
     assert traced._cache_size() == 3
     assert causal._attribution_jit._cache_size() == 2  # vision and text resid_pre

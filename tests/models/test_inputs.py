@@ -71,7 +71,7 @@ def test_non_finite_audio_is_refused():
     world = ToyWorld(ToyWorldConfig())
     model = TriModalCLIP(toyclip.model_config(world, tiny_cfg()))
     b = world.batch(range(2), split="train")
-    v = model.init(jax.random.key(0), b["image"], b["input_ids"], b["attention_mask"], b["audio"])
+    v = jax.jit(model.init)(jax.random.key(0), b["image"], b["input_ids"], b["attention_mask"], b["audio"])
     audio = np.array(b["audio"])
     audio[1, 10] = np.nan
     with pytest.raises(ValueError, match=r"audio waveforms given to the audio tower hold 1 non-finite "
