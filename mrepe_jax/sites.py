@@ -54,6 +54,7 @@ TOWER_POINTS = ("embed", "pooled", "proj")
 
 COLLECTION = "intermediates"
 
+
 def layer_site(tower: str, layer: int, point: str) -> str:
     """The name of ``point`` in layer ``layer`` of ``tower``, e.g. ``vision.layers.3.resid_post``."""
     return f"{tower}.layers.{layer}.{point}"
@@ -174,13 +175,15 @@ class Sites:
             x = self(module, layer_site(tower, index, point), x)
         else:
             for layer, edit in self._layer_edits(tower, point):
-                x = jnp.where(index == layer, edits_lib.apply_edits(edit, x, layer_site(tower, layer, point)), x)
+                edited = edits_lib.apply_edits(edit, x, layer_site(tower, layer, point))
+                x = jnp.where(index == layer, edited, x)
             if self.capture and any(matches(layer_site(tower, i, point), self.capture)
                                     for i in range(num_layers)):
                 module.sow(COLLECTION, layer_site(tower, STACKED, point), x, init_fn=lambda: None,
                            reduce_fn=lambda _, v: v)
-        for e in edits_lib.as_tuple(self.edits.get(layer_site(tower, "*", point), ())):
-            x = jnp.where(index == e.layer, edits_lib.apply_edits(e.edit, x, layer_site(tower, "*", point)), x)
+        wildcard = layer_site(tower, "*", point)
+        for e in edits_lib.as_tuple(self.edits.get(wildcard, ())):
+            x = jnp.where(index == e.layer, edits_lib.apply_edits(e.edit, x, wildcard), x)
         return x
 
     def _layer_edits(self, tower: str, point: str):
@@ -193,9 +196,8 @@ class Sites:
         """Whether any site of ``block`` (``attn``, ``xattn``) in layer ``index`` (every layer when
         it is traced) is edited or captured: then a fused kernel must give way to explicit code."""
         layers = [index] if isinstance(index, int) else range(num_layers)
-        names = [layer_site(tower, i, f"{block}.{p}") for i in layers
-                 for p in ("q", "k", "v", "logits", "pattern", "z")]
-        names += [layer_site(tower, "*", f"{block}.{p}") for p in ("q", "k", "v", "logits", "pattern", "z")]
+        points = [f"{block}.{p}" for p in ("q", "k", "v", "logits", "pattern", "z")]
+        names = [layer_site(tower, i, p) for i in [*layers, "*"] for p in points]
         return any(n in self.edits for n in names) or (
             bool(self.capture) and any(matches(n, self.capture) for n in names))
 
