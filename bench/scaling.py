@@ -86,7 +86,7 @@ def worker(s: dict) -> dict:
     batch = toyclip.batch_fn(lambda: pool, cfg.batch_size, cfg.seed, cfg.prompt_fraction)(0)
     state = jax.device_put(toyclip.init_state(tri, world, cfg), parallel.replicated(mesh))
     gbatch = parallel.global_batch(batch, mesh)
-    step = loop._guarded(toyclip.step_fn(tri), mesh)
+    step = loop._guarded(toyclip.TrainStep(tri), mesh)
     compiled = step.lower(state, gbatch).compile()
     times = []
     for _ in range(4):
@@ -108,13 +108,14 @@ def _per_program_bytes(traced, model, variables, clean, corrupt, metric, mesh):
 
     from mrepe_jax.reading import causal
 
-    model, variables = causal._scanned(model, variables)
+    from mrepe_jax.layouts import TOKEN_AXES
+
+    model, variables, _ = causal._scanned(model, variables)
     site = "vision.layers.0.resid_pre"
     _, base = model.apply(variables, "vision", clean, method="encode", capture=(site,))
     _, src = model.apply(variables, "vision", corrupt, method="encode", capture=(site,))
     t = base[site].shape[1]
-    masks = jnp.asarray(causal._where_masks("token", t, 1, range(t), False))
-    masks = jnp.concatenate([masks, jnp.repeat(masks[-1:], -t % mesh.shape["data"], axis=0)])
+    masks = causal._pad_patches(causal._where_masks(TOKEN_AXES, t, 1, range(t), False), mesh)
     lowered = traced.lower(model, variables, "vision", "resid_pre", jnp.int32(0), None, metric,
                            base[site], src[site], masks, None, clean)
     return _bytes(lowered.compile())

@@ -64,7 +64,7 @@ def main(argv):
     assemble_s = time.perf_counter() - t0
 
     forward = jax.jit(lambda params, batch: toyclip.loss_fn(model, params, batch)[0])
-    step = jax.jit(toyclip.step_fn(model))
+    step = jax.jit(toyclip.TrainStep(model))
     timed = common.time_interleaved({
         "forward": lambda: forward(state.params, batch).block_until_ready(),
         "train_step": lambda: jax.block_until_ready(step(state, batch)),

@@ -120,9 +120,9 @@ def _select(where, new, old, site: str):
     new = new.astype(old.dtype)
     if where is None:
         return new
-    if jnp.result_type(where if not isinstance(where, Along) else where.value) != jnp.bool_:
-        raise ValueError(f"where at site {site!r} must be a boolean mask, got dtype "
-                         f"{jnp.result_type(where if not isinstance(where, Along) else where.value)}")
+    dtype = jnp.result_type(where.value if isinstance(where, Along) else where)
+    if dtype != jnp.bool_:
+        raise ValueError(f"where at site {site!r} must be a boolean mask, got dtype {dtype}")
     return jnp.where(resolve(where, old, site, "where"), new, old)
 
 

@@ -77,6 +77,12 @@ def mesh_from_config(config) -> Mesh:
     return make_mesh(None if shape is None else tuple(shape), axes)
 
 
+def is_primary() -> bool:
+    """Whether this is process 0: the one that writes files (workdir, plots, checkpoint moves)
+    and shows progress, while every process computes the same figures."""
+    return jax.process_index() == 0
+
+
 def process_rows(global_rows: int) -> slice:
     """The rows of a global batch that this process reads: its contiguous ``1/process_count`` share,
     matching the devices it owns on the ``data`` axis (``global_batch``)."""

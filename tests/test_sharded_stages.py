@@ -65,7 +65,7 @@ SCRIPT = """
     except ValueError as e:
         res["indivisible"] = str(e)
     res["param_sharding"] = str(jax.tree.leaves(many.state.params)[0].sharding.spec)
-    res["train_programs"] = loop._guarded(toyclip.step_fn(tri), mesh)._cache_size()
+    res["train_programs"] = loop._guarded(toyclip.TrainStep(tri), mesh)._cache_size()
     res["err"] = err
     print(json.dumps(res))
 """

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mrepe_jax.models.inputs import is_concrete
+
 Array = Any
 
 PAPER_RESAMPLES = 1000  # sec 4.1.3
@@ -119,7 +121,7 @@ def bootstrap_ci(
     samples = jnp.asarray(samples)
     if samples.ndim == 0 or samples.shape[0] < 2:
         raise ValueError(f"bootstrap needs at least 2 samples on axis 0; got shape {samples.shape}")
-    if not isinstance(samples, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(samples))):
+    if is_concrete(samples) and not bool(jnp.all(jnp.isfinite(samples))):
         bad = np.argwhere(~np.isfinite(np.asarray(samples)))
         raise ValueError(f"bootstrap samples hold {len(bad)} non-finite values, the first at index "
                          f"{tuple(int(i) for i in bad[0])} of shape {samples.shape}")

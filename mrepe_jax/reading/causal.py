@@ -62,6 +62,7 @@ import numpy as np
 from mrepe_jax import edits as edits_lib
 from mrepe_jax import parallel
 from mrepe_jax import sites as sites_lib
+from mrepe_jax.layouts import site_axes
 from mrepe_jax.models.layer_stack import stack_layer_params
 
 Array = Any
@@ -69,18 +70,11 @@ Metric = Callable[[Array], Array]
 
 DIRECTIONS = ("noising", "denoising")
 POINTS = sites_lib.LAYER_POINTS + sites_lib.XATTN_POINTS
-# Activation layouts (mrepe_jax.sites docstring). "token": [B, T, D]; "head": [B, T, H, Dh];
-# "pattern": [B, H, Q, K], whose position axis is the query.
-_HEAD_POINTS = frozenset(p for p in POINTS if p.split(".")[-1] in ("q", "k", "v", "z"))
-_PATTERN_POINTS = frozenset(p for p in POINTS if p.split(".")[-1] in ("logits", "pattern"))
 
 
-def _layout(point: str) -> str:
-    if point in _HEAD_POINTS:
-        return "head"
-    if point in _PATTERN_POINTS:
-        return "pattern"
-    return "token"
+def _position_axis(axes: tuple[str, ...]) -> str:
+    """The axis a patch position runs along: tokens, or the query rows of ``attn.logits/pattern``."""
+    return "query" if "query" in axes else "token"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +125,7 @@ class CausalEffects:
 class _Plan:
     tower: str
     point: str
-    layout: str
+    axes: tuple[str, ...]  # the site's named axes (``layouts.site_axes``)
     heads: bool
     layers: tuple[int, ...]
     sites: tuple[str, ...]
@@ -154,12 +148,10 @@ def _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_i
         close = sites_lib.near_matches(point, POINTS)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown point {point!r}{hint} (points are {POINTS})")
-    layout = _layout(point)
-    if heads and layout == "token":
-        raise ValueError(
-            f"heads=True needs a per-head point ({sorted(_HEAD_POINTS | _PATTERN_POINTS)}); "
-            f"{point!r} has no head axis"
-        )
+    axes = site_axes(sites_lib.layer_site(tower, 0, point))
+    if heads and "head" not in axes:
+        per_head = sorted(p for p in POINTS if "head" in site_axes(sites_lib.layer_site(tower, 0, p)))
+        raise ValueError(f"heads=True needs a per-head point ({per_head}); {point!r} has no head axis")
     if layers is None:
         layers = range(num_layers)
     elif isinstance(layers, (int, np.integer)):
@@ -185,7 +177,7 @@ def _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_i
             f"clean_inputs of shape {clean_shape} and corrupt_inputs of shape {corrupt_shape} "
             "differ; patching pairs positions one to one, so both must have the same shape"
         )
-    return _Plan(tower, point, layout, bool(heads), layers, site_names, num_layers, direction)
+    return _Plan(tower, point, axes, bool(heads), layers, site_names, num_layers, direction)
 
 
 def _positions(plan: _Plan, num: int, positions) -> tuple[int, ...]:
@@ -206,11 +198,11 @@ def _positions(plan: _Plan, num: int, positions) -> tuple[int, ...]:
 
 
 def _num_positions(plan: _Plan, act_shape) -> int:
-    return act_shape[2] if plan.layout == "pattern" else act_shape[1]
+    return act_shape[plan.axes.index(_position_axis(plan.axes))]
 
 
 def _num_heads(plan: _Plan, act_shape) -> int:
-    return act_shape[1] if plan.layout == "pattern" else act_shape[2]
+    return act_shape[plan.axes.index("head")] if "head" in plan.axes else 1
 
 
 def _split_masks(tower: str, text_mask):
@@ -237,41 +229,37 @@ def _orient(plan: _Plan, clean_inputs, corrupt_inputs, text_mask):
 
 
 # ----------------------------------------------------------------------------------------------
-# Where masks and per-position reductions for each layout
+# Where masks and per-position reductions, from the site's named axes
 
 
-def _where_masks(layout: str, num_positions: int, num_heads: int, positions,
-                 heads: bool) -> np.ndarray:
-    """One boolean ``where`` per patch, stacked on axis 0, in (position, head) row-major order.
-
-    Each has the site's full rank (size 1 on the batch and feature axes), so it cannot line up
-    with another axis (``mrepe_jax.edits``).
-    """
-    t, h = num_positions, num_heads if heads else 1
-    rows = []
-    for p in positions:
-        for head in range(h):
-            if layout == "token":  # [B, T, D]
-                m = np.zeros((1, t, 1), bool)
-                m[0, p] = True
-            elif layout == "head":  # [B, T, H, Dh]
-                m = np.zeros((1, t, h, 1), bool)
-                m[0, p, head] = True
-            else:  # pattern [B, H, Q, K]: select query rows (of one head)
-                m = np.zeros((1, h, t, 1), bool)
-                m[0, head, p] = True
-            rows.append(m)
-    return np.stack(rows)
+def _where_masks(axes: tuple[str, ...], num_positions: int, num_heads: int, positions,
+                 heads: bool) -> edits_lib.Along:
+    """One ``where`` per patch, stacked on a leading axis in (position, head) row-major order: the
+    named masks of ``mrepe_jax.edits`` (position, and head with ``heads``), so that the layout of
+    every site kind is the one ``layouts.site_axes`` gives."""
+    pos_axis = _position_axis(axes)
+    rows = [edits_lib.axis_mask(pos_axis, num_positions, p) for p in positions]
+    if heads:
+        rows = [r & edits_lib.head_mask(num_heads, h) for r in rows for h in range(num_heads)]
+    return edits_lib.Along(jnp.stack([r.value for r in rows]), rows[0].axes)
 
 
-def _per_position(layout: str, x, heads: bool):
-    """Sums ``x`` (activation-shaped) over its feature axes: ``[B, T]`` or ``[B, T, H]``."""
-    if layout == "token":
-        return x.sum(-1)
-    if layout == "head":
-        return x.sum(-1) if heads else x.sum((-2, -1))
-    per_head_query = x.sum(-1)  # [B, H, Q]
-    return per_head_query.transpose(0, 2, 1) if heads else per_head_query.sum(1)
+def _pad_patches(masks: edits_lib.Along, mesh) -> edits_lib.Along:
+    """The patches padded (repeating the last) to a multiple of the mesh's ``data`` axis, which
+    splits them; the copies' effects are dropped."""
+    if mesh is None:
+        return masks
+    pad = -masks.value.shape[0] % parallel.data_axis_size(mesh)
+    return jax.tree.map(lambda m: jnp.concatenate([m, jnp.repeat(m[-1:], pad, axis=0)]), masks)
+
+
+def _per_position(axes: tuple[str, ...], x, heads: bool):
+    """Sums ``x`` (activation-shaped) over every axis but batch, position (and head with
+    ``heads``): ``[B, T]`` or ``[B, T, H]``."""
+    keep = ("batch", _position_axis(axes)) + (("head",) if heads else ())
+    summed = x.sum(tuple(i for i, a in enumerate(axes) if a not in keep))
+    left = [a for a in axes if a in keep]
+    return summed.transpose([left.index(a) for a in keep])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +303,7 @@ def _patched_metric(model, variables, tower, point, layer, chunk_size, metric, h
         emb, _ = model.apply(variables, tower, out, inputs=input_ids, method="readout")
         return metric(emb)
 
-    if chunk_size is None or chunk_size >= masks.shape[0]:
+    if chunk_size is None or chunk_size >= masks.value.shape[0]:
         return jax.vmap(one)(masks)
     return jax.lax.map(one, masks, batch_size=chunk_size)
 
@@ -352,15 +340,15 @@ def _sweeps(mesh):
 
 
 def _scanned(model, variables):
-    """``(model, variables)`` with every tower's layers stacked, so that the sweep's layer is an
-    array (one compiled program for all layers); models without ``execution`` are returned as they
-    are and sweep with one program per layer."""
+    """``(model, variables, scanned)``: with every tower's layers stacked, so that the sweep's
+    layer is an array (one compiled program for all layers); models without ``execution`` come
+    back as they are (``scanned`` False) and sweep with one program per layer."""
     execution = getattr(model, "execution", None)
     if execution is None or execution.scan_layers:
-        return model, variables
+        return model, variables, execution is not None
     stacked = dataclasses.replace(execution, scan_layers=True)
-    return model.clone(execution=stacked), {**variables,
-                                            "params": stack_layer_params(variables["params"])}
+    params = stack_layer_params(variables["params"])
+    return model.clone(execution=stacked), {**variables, "params": params}, True
 
 
 def as_metric(metric: Metric):
@@ -368,14 +356,13 @@ def as_metric(metric: Metric):
     (or a pytree dataclass) carries its arrays as leaves, so metrics that differ only in their
     arrays share one program; a plain function is wrapped (and keyed by its identity)."""
     leaves = jax.tree.leaves(metric)
-    if leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves):
-        return metric
-    if isinstance(metric, jax.tree_util.Partial):
+    if isinstance(metric, jax.tree_util.Partial) or (
+            leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves)):
         return metric
     return jax.tree_util.Partial(metric)
 
 
-def _attribution(model, variables, tower, metric, site_names, layout, heads, base_in, base_mask,
+def _attribution(model, variables, tower, metric, site_names, axes, heads, base_in, base_mask,
                  src_in, src_mask):
     """Attribution patching in one compiled call: ``[B, L, T(, H)]`` estimates, base/source metric.
 
@@ -397,13 +384,13 @@ def _attribution(model, variables, tower, metric, site_names, layout, heads, bas
     zeros = tuple(jnp.zeros_like(src_acts[s]) for s in site_names)
     base_metric, vjp_fn, base_acts = jax.vjp(run, zeros, has_aux=True)
     (grads,) = vjp_fn(jnp.ones_like(base_metric))
-    per_layer = [_per_position(layout, (src_acts[s] - base_acts[s]) * g, heads)
+    per_layer = [_per_position(axes, (src_acts[s] - base_acts[s]) * g, heads)
                  for s, g in zip(site_names, grads)]
     return jnp.stack(per_layer, 1), base_metric, metric(src_emb)
 
 
 _attribution_jit = jax.jit(_attribution,
-                           static_argnames=("model", "tower", "site_names", "layout", "heads"))
+                           static_argnames=("model", "tower", "site_names", "axes", "heads"))
 
 
 def _check_metric(value, batch: int):
@@ -504,8 +491,7 @@ def causal_effect(
     base_in, base_mask, src_in, src_mask = _orient(plan, clean_inputs, corrupt_inputs, text_mask)
     entering = tuple(sites_lib.layer_site(tower, i, "resid_pre") for i in plan.layers)
     metric = as_metric(metric)
-    model, variables = _scanned(model, variables)
-    scanned = getattr(getattr(model, "execution", None), "scan_layers", False)
+    model, variables, scanned = _scanned(model, variables)
 
     # The two unpatched runs, once: the base run's residual entering every swept layer is the
     # clean prefix that every patch of that layer reuses.
@@ -517,15 +503,13 @@ def causal_effect(
     shape = src_acts[plan.sites[0]].shape
     num = _num_positions(plan, shape)
     pos = _positions(plan, num, positions)
-    num_heads = _num_heads(plan, shape) if plan.layout != "token" else 1
-    masks = jnp.asarray(_where_masks(plan.layout, num, num_heads, pos, plan.heads))
+    num_heads = _num_heads(plan, shape)
+    masks = _where_masks(plan.axes, num, num_heads, pos, plan.heads)
     stage_mask = _stage_mask(model, variables, tower, base_in, base_mask)
     ids = base_in  # readout's inputs: the text tower pools at their EOS token
 
-    k = masks.shape[0]
-    if mesh is not None:  # pad the patches to a multiple of the data axis; the copies are dropped
-        n = parallel.data_axis_size(mesh)
-        masks = jnp.concatenate([masks, jnp.repeat(masks[-1:], -k % n, axis=0)])
+    k = masks.value.shape[0]
+    masks = _pad_patches(masks, mesh)
     traced, per_layer_program = _sweeps(mesh)
     per_layer = []
     for layer, site, entry in zip(_progress(plan.layers, verbose, f"patching {tower}.{point}"),
@@ -581,7 +565,7 @@ def attribution_effect(
         inputs = jax.device_put(tuple(None if x is None else np.asarray(x) for x in inputs), sharding)
         variables, metric = jax.device_put((variables, metric), parallel.replicated(mesh))
     every, base_metric, src_metric = _attribution_jit(
-        model, variables, tower, metric, plan.sites, plan.layout, plan.heads, *inputs)
+        model, variables, tower, metric, plan.sites, plan.axes, plan.heads, *inputs)
     # every position: [B, L, T(, H)]
     _check_metric(base_metric, batch)
     pos = _positions(plan, every.shape[2], positions)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mrepe_jax.report.workdir import is_writer  # noqa: E402
+from mrepe_jax.parallel import is_primary  # noqa: E402
 
 
 def heatmap(values, path: Path, *, title: str, xlabel: str, ylabel: str,
@@ -31,7 +31,7 @@ def heatmap(values, path: Path, *, title: str, xlabel: str, ylabel: str,
         ax.set_xticks(range(len(xticks)), [str(t) for t in xticks], fontsize=7)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    if is_writer():
+    if is_primary():
         fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -11,6 +11,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from mrepe_jax import parallel
+
 
 def prepare(workdir: str | os.PathLike) -> Path:
     path = Path(workdir)
@@ -32,15 +34,9 @@ def _plain(x):
     return x
 
 
-def is_writer() -> bool:
-    """Whether this process writes the workdir's files: process 0 of a multi-process run (the
-    others compute the same figures), the only process otherwise."""
-    return jax.process_index() == 0
-
-
 def write_json(path: Path, data: dict) -> None:
     # Write-then-rename so an interrupted run never leaves a truncated results.json behind.
-    if not is_writer():
+    if not parallel.is_primary():
         return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_plain(data), indent=2, sort_keys=True))
@@ -48,7 +44,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    if not is_writer():
+    if not parallel.is_primary():
         return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)

@@ -98,7 +98,7 @@ def _move_aside(directory: str, step: int) -> str:
     while os.path.exists(dst):
         n += 1
         dst = f"{src}.corrupt{n}"
-    if jax.process_index() == 0:
+    if parallel.is_primary():
         os.rename(src, dst)
     return dst
 
@@ -173,7 +173,8 @@ def _quiet_failed_reads():
     When one array of a checkpoint fails to read, orbax's ``asyncio.gather`` raises and closes its
     event loop while tensorstore still completes the other reads: each completion then prints an
     "Event loop is closed" traceback (through ``sys.unraisablehook``) and asyncio logs "exception
-    was never retrieved". Only those two are dropped, and only while restoring.
+    was never retrieved". Only those two are dropped, and only while ``fit`` holds its checkpoint
+    manager (the stray completions may land after the restore has returned).
     """
     previous = sys.unraisablehook
 
@@ -235,7 +236,7 @@ def fit(
     run = {"num_steps": int(num_steps), **json.loads(json.dumps(dict(run_config or {})))}
     init = state if callable(state) else (lambda: state)
     loop = _Loop(step_fn, batch_fn, num_steps, checkpoint_every, stop_after, run, desc,
-                 progress and jax.process_index() == 0, mesh)
+                 progress and parallel.is_primary(), mesh)
     if checkpoint_dir is None:
         return loop.train(loop.place(init()), None)
     manager = checkpoint_manager(checkpoint_dir)

@@ -157,10 +157,6 @@ class TrainStep:
         return state.apply_gradients(grads=grads), {"loss": loss, **parts}
 
 
-def step_fn(model: TriModalCLIP) -> TrainStep:
-    return TrainStep(model)
-
-
 def init_state(model: TriModalCLIP, world: ToyWorld, cfg: ml_collections.ConfigDict) -> TrainState:
     if not 0 <= cfg.warmup_steps < cfg.num_steps:
         raise ValueError(f"warmup_steps ({cfg.warmup_steps}) must be in [0, num_steps={cfg.num_steps})")
@@ -201,7 +197,7 @@ def train(world: ToyWorld, cfg: ml_collections.ConfigDict, checkpoint_dir=None, 
 
     rows = parallel.process_rows(cfg.batch_size)
     batches = batch_fn(make_pool, cfg.batch_size, cfg.seed, cfg.prompt_fraction, rows)
-    result = fit(lambda: init_state(model, world, cfg), step_fn(model), batches, cfg.num_steps,
+    result = fit(lambda: init_state(model, world, cfg), TrainStep(model), batches, cfg.num_steps,
                  checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
                  stop_after=stop_after, run_config=run_config(world, cfg), desc="toyworld clip",
                  progress=progress, mesh=mesh)

@@ -9,6 +9,7 @@ import pytest
 
 from mrepe_jax import sites as sites_lib
 from mrepe_jax.edits import Add, AtLayer, Replace, token_mask
+from mrepe_jax.layouts import TOKEN_AXES
 from mrepe_jax.models.clip import CLIPModel
 from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from mrepe_jax.models.execution import Execution
@@ -141,7 +142,7 @@ def test_a_twelve_layer_sweep_compiles_one_program_and_matches_per_layer_program
         site = f"vision.layers.{layer}.resid_pre"
         _, base = model.apply(variables, "vision", clean, method="encode", capture=(site,))
         _, src = model.apply(variables, "vision", corrupt, method="encode", capture=(site,))
-        masks = jnp.asarray(causal._where_masks("token", 5, 1, range(5), False))
+        masks = causal._where_masks(TOKEN_AXES, 5, 1, range(5), False)
         base_metric = metric(model.apply(variables, "vision", clean, method="encode")[0])
         per_layer = per_layer_program(model, variables, "vision", "resid_pre", layer, None, metric,
                                    base[site], src[site], masks, None, clean)

@@ -2,14 +2,10 @@
 its JSON line."""
 
 import importlib.util
-import json
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests.benches import run_tiny
 
 KEYS = (
     "ours_exact_s", "ours_attribution_s", "forward_s", "attribution_forward_equivalents",
@@ -22,15 +18,12 @@ KEYS = (
 
 @pytest.mark.skipif(importlib.util.find_spec("nnsight") is None, reason="nnsight not installed")
 def test_bench_patching_tiny():
-    out = subprocess.run([sys.executable, str(REPO / "bench" / "patching.py"), "--tiny"],
-                         capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
-    assert out.returncode == 0, out.stderr[-4000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res, stdout = run_tiny("patching")
     assert res["bench"] == "patching" and res["tiny"] is True
     for key in KEYS:
         assert key in res, key
     assert res["patches"] == res["layers"] * res["positions"]
-    assert res["nnsight_extrapolated"] is True and "EXTRAPOLATED" in out.stdout
+    assert res["nnsight_extrapolated"] is True and "EXTRAPOLATED" in stdout
     for key in ("ours_exact_s", "ours_attribution_s", "nnsight_s", "hooks_s", "bootstrap_s"):
         assert res[key] > 0, key
     # Same weights everywhere: the three methods agree on every effect they computed.
