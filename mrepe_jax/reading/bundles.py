@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -87,18 +87,21 @@ def _atomic_write(path: pathlib.Path, write) -> None:
             tmp.unlink()
 
 
-def save_bundle(path, directions: Mapping[str, Any], provenance: Mapping[str, Any]) -> tuple[pathlib.Path, pathlib.Path]:
+def save_bundle(path, directions: Mapping[str, Any], provenance: Mapping[str, Any],
+                required: Sequence[str] = REQUIRED_KEYS) -> tuple[pathlib.Path, pathlib.Path]:
     """Writes ``<path>.safetensors`` and ``<path>.json``; returns both paths.
 
-    ``provenance`` must hold ``REQUIRED_KEYS`` (``weights_sha256`` is ``params_hash(params)``) and be
-    JSON-serialisable; ``created``, ``library_version`` and ``tensors_sha256`` are added here.
+    ``provenance`` must hold the ``required`` keys (``REQUIRED_KEYS`` for directions, where
+    ``weights_sha256`` is ``params_hash(params)``; other artefacts such as alignment maps name
+    their own) and be JSON-serialisable; ``created``, ``library_version`` and ``tensors_sha256``
+    are added here.
     """
     st_path, js_path = _paths(path)
-    missing = [k for k in REQUIRED_KEYS if k not in provenance]
+    missing = [k for k in required if k not in provenance]
     if missing:
         raise ValueError(f"provenance for bundle {st_path.with_suffix('')} lacks required keys {missing}")
     if not directions:
-        raise ValueError(f"bundle {st_path.with_suffix('')} has no directions to save")
+        raise ValueError(f"bundle {st_path.with_suffix('')} has no arrays to save (no directions)")
     arrays = {str(k): np.ascontiguousarray(np.asarray(v)) for k, v in directions.items()}
     meta = dict(provenance)
     meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -116,29 +119,31 @@ def save_bundle(path, directions: Mapping[str, Any], provenance: Mapping[str, An
     return st_path, js_path
 
 
-def load_bundle(path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Reads a bundle written by ``save_bundle``: ``(directions, provenance)``, verified."""
+def load_bundle(path, required: Sequence[str] = REQUIRED_KEYS,
+                kind: str = "direction bundle") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Reads a bundle written by ``save_bundle``: ``(arrays, provenance)``, verified against the
+    ``required`` provenance keys; errors call it a ``kind``."""
     st_path, js_path = _paths(path)
     for p in (st_path, js_path):
         if not p.is_file():
-            raise FileNotFoundError(f"direction bundle file {p} is missing")
+            raise FileNotFoundError(f"{kind} file {p} is missing")
     try:
         meta = json.loads(js_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"direction bundle provenance {js_path} is not valid JSON: {e}") from None
+        raise ValueError(f"{kind} provenance {js_path} is not valid JSON: {e}") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"direction bundle provenance {js_path} is not a JSON object")
-    missing = [k for k in REQUIRED_KEYS + AUTO_KEYS if k not in meta]
+        raise ValueError(f"{kind} provenance {js_path} is not a JSON object")
+    missing = [k for k in tuple(required) + AUTO_KEYS if k not in meta]
     if missing:
-        raise ValueError(f"direction bundle provenance {js_path} lacks required keys {missing}")
+        raise ValueError(f"{kind} provenance {js_path} lacks required keys {missing}")
     digest = _file_sha256(st_path)
     if digest != meta["tensors_sha256"]:
         raise ValueError(
-            f"direction bundle {st_path} does not match its provenance {js_path}: sha256 {digest} "
+            f"{kind} {st_path} does not match its provenance {js_path}: sha256 {digest} "
             f"!= recorded {meta['tensors_sha256']} (corrupt or replaced)"
         )
     try:
         directions = safetensors.numpy.load_file(str(st_path))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise ValueError(f"direction bundle {st_path} is not a readable safetensors file: {e}") from None
+        raise ValueError(f"{kind} {st_path} is not a readable safetensors file: {e}") from None
     return directions, meta

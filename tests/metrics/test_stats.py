@@ -1,0 +1,35 @@
+"""The paired permutation test against an exhaustive enumeration of sign flips."""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from mrepe_jax.metrics.stats import mean_std, paired_permutation_test
+
+
+def exact_p(a, b):
+    d = np.asarray(a) - np.asarray(b)
+    obs = abs(d.mean())
+    flips = [abs((np.asarray(s) * d).mean()) for s in itertools.product([-1, 1], repeat=len(d))]
+    return np.mean(np.asarray(flips) >= obs - 1e-12)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.4, 1.5])
+def test_matches_the_exact_sign_flip_distribution(shift):
+    rng = np.random.default_rng(int(shift * 10))
+    a = rng.normal(size=10)
+    b = a - shift + rng.normal(size=10) * 0.5
+    p = paired_permutation_test(a, b, jax.random.key(0), num_permutations=20_000)
+    assert abs(p - exact_p(a, b)) < 0.015, (p, exact_p(a, b))
+
+
+def test_identical_samples_give_p_one_and_errors_are_clear():
+    a = np.arange(6.0)
+    assert paired_permutation_test(a, a, jax.random.key(1), 500) == 1.0
+    with pytest.raises(ValueError, match=r"two \[N\] arrays with N >= 1, got \(0,\)"):
+        paired_permutation_test([], [], jax.random.key(0))
+    with pytest.raises(ValueError, match="non-finite"):
+        paired_permutation_test([1.0, np.nan], [0.0, 0.0], jax.random.key(0))
+    assert mean_std([1.0, 3.0]) == (2.0, 1.0)
