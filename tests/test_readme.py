@@ -22,3 +22,17 @@ def test_readme_example_runs(tmp_path):
     assert scope["logits"].shape == (64, 2, 2)
     assert scope["ablated"]["image_embeds"].shape == (2, 16)
     assert set(scope["acts"]) == {"vision.layers.0.resid_post", "vision.layers.1.resid_post"}
+
+
+def test_readme_alignment_example_runs(tmp_path):
+    import numpy as np
+
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[1]
+    code = code.replace('"runs/x/', '"' + str(tmp_path) + '/')
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(128, 12)).astype(np.float32)
+    scope = {"text_reps": text, "image_reps": np.tanh(text @ rng.normal(size=(12, 10))),
+             "text_pos": text[:40], "text_neg": text[40:]}
+    exec(compile(code, str(README), "exec"), scope)
+    assert scope["mapped"].shape == (128, 10) and scope["delta_v"].shape == (10,)
+    assert (tmp_path / "maps" / "text_to_vision.json").is_file() and (tmp_path / "phi").is_dir()

@@ -66,6 +66,20 @@ SCRIPT = """
         res["indivisible"] = str(e)
     res["param_sharding"] = str(jax.tree.leaves(many.state.params)[0].sharding.spec)
     res["train_programs"] = loop._guarded(toyclip.TrainStep(tri), mesh)._cache_size()
+
+    # Alignment maps (eq 3-4): two stacked maps, the rows of each batch over 8 devices, the
+    # InfoNCE negatives gathered across them (with a memory of extra negatives).
+    from mrepe_jax.align.train import MapTrainConfig, train_maps
+    src = rng.normal(size=(2, 64, 6)).astype(np.float32)
+    tgt = np.tanh(src @ rng.normal(size=(6, 5))).astype(np.float32)
+    mcfg = MapTrainConfig(hidden=8, num_anchors=4, batch_size=16, epochs=2, memory_size=16,
+                          learning_rate=1e-3)
+    kw = dict(seeds=(0, 1), source_site="a", target_site="b", progress=False)
+    one_maps, many_maps = train_maps(mcfg, src, tgt, **kw), train_maps(mcfg, src, tgt, mesh=mesh, **kw)
+    err["train_map_losses"] = float(max(np.abs(np.subtract(a.info["losses"], b.info["losses"])).max()
+                                        for a, b in zip(one_maps, many_maps)))
+    err["train_map_outputs"] = float(max(np.abs(np.asarray(a(src[0])) - np.asarray(b(src[0]))).max()
+                                         for a, b in zip(one_maps, many_maps)))
     res["err"] = err
     print(json.dumps(res))
 """
@@ -99,3 +113,9 @@ def test_training_on_eight_devices_equals_one(eight):
     assert eight["param_sharding"] in ("P()", "PartitionSpec()")  # replicated state
     assert eight["train_programs"] == 1  # no retracing across steps
     assert "batch size 12 is not divisible by the 'data' mesh axis size 8" in eight["indivisible"]
+
+
+def test_alignment_maps_on_eight_devices_equal_one(eight):
+    # Losses of every step (rounded to 5 digits in FittedMap.info) and the trained maps' outputs.
+    assert eight["err"]["train_map_losses"] <= 2e-5
+    assert eight["err"]["train_map_outputs"] <= 1e-4

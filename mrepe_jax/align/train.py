@@ -41,9 +41,9 @@ class MapTrainConfig:
       kind: ``"mrepe"`` (eq 4), ``"linear"`` or ``"procrustes"`` (closed form, not trained).
       hidden, num_anchors, anchors: eq 4's width, anchor count and anchor mode (``ANCHOR_MODES``).
       temperature: InfoNCE's tau; symmetric: also the target->source term.
-      memory_size: extra negatives per step, drawn from the training targets (0: in-batch only).
-        Targets are frozen representations, so a random draw of them is distributed as a queue of
-        past batches would be, without state to carry.
+      memory_size: extra negatives per step, drawn from the training targets (0: in-batch only;
+        a multiple of ``batch_size``, like a MoCo queue). Targets are frozen representations, so
+        a random draw of them is distributed as a queue of past batches would be, without state.
       seed: initialisation, data anchors and batch order.
     """
 
@@ -69,6 +69,9 @@ class MapTrainConfig:
         for name in ("hidden", "num_anchors", "batch_size", "epochs", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MapTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.memory_size % self.batch_size:
+            raise ValueError(f"MapTrainConfig.memory_size ({self.memory_size}) must be a multiple of "
+                             f"batch_size ({self.batch_size}): the memory travels with the batch's rows")
         if self.temperature <= 0 or self.learning_rate <= 0 or self.memory_size < 0:
             raise ValueError(f"MapTrainConfig needs temperature > 0, learning_rate > 0 and "
                              f"memory_size >= 0, got {self.temperature}, {self.learning_rate}, "
@@ -83,15 +86,17 @@ class MapTrainConfig:
 
 
 class MapState(TrainState):
-    """A ``TrainState`` plus the map's frozen variables (eq 4's data anchors)."""
+    """A ``TrainState`` of K stacked maps (every leaf ``[K, ...]``; AdamW is elementwise, so one
+    optimiser over the stack is K independent ones) plus their frozen variables (data anchors)."""
 
     constants: Any = flax.struct.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class MapStep:
-    """One AdamW step on eq 3's loss. Frozen and hashable: equal steps (same module, loss
-    settings, mesh) reuse one compiled program across seeds, pairs and resumed runs."""
+    """One AdamW step on eq 3's loss for K maps at once (``jax.vmap`` over the stack; batches are
+    ``[B, K, d]``, rows first, so a mesh splits the rows). Frozen and hashable: equal steps (same
+    module, loss settings, mesh) reuse one compiled program across pairs, seeds and resumes."""
 
     module: nn.Module
     temperature: float
@@ -99,16 +104,18 @@ class MapStep:
     mesh: Any = None
 
     def __call__(self, state: MapState, batch):
-        loss_fn = (contrastive.info_nce if self.mesh is None
-                   else _sharded_loss(self.mesh))
+        loss_fn = contrastive.info_nce if self.mesh is None else _sharded_loss(self.mesh)
 
-        def loss(params):
-            mapped = self.module.apply({"params": params, **state.constants}, batch["src"])
-            return loss_fn(mapped, batch["tgt"], self.temperature, batch.get("memory"),
-                           symmetric=self.symmetric)
+        def loss(params, constants, src, tgt, memory):
+            mapped = self.module.apply({"params": params, **constants}, src)
+            return loss_fn(mapped, tgt, self.temperature, memory, symmetric=self.symmetric)
 
-        value, grads = jax.value_and_grad(loss)(state.params)
-        return state.apply_gradients(grads=grads), {"loss": value}
+        memory = batch.get("memory")
+        if memory is not None:  # [B, M/B, K, d] (rows with the batch, see batch_fn) -> [M, K, d]
+            memory = memory.reshape((-1,) + memory.shape[2:])
+        grad_fn = jax.vmap(jax.value_and_grad(loss), in_axes=(0, 0, 1, 1, None if memory is None else 1))
+        values, grads = grad_fn(state.params, state.constants, batch["src"], batch["tgt"], memory)
+        return state.apply_gradients(grads=grads), {"loss": values.mean(), "losses": values}
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,72 +133,111 @@ def data_hash(*arrays) -> str:
     return h.hexdigest()
 
 
-def batch_fn(src, tgt, batch_size: int, memory_size: int, seed: int, rows: slice = slice(None)):
-    """``step -> {"src", "tgt"[, "memory"]}``, a pure function of the step (resumable)."""
-    n = len(src)
+def batch_fn(src, tgt, batch_size: int, memory_size: int, seeds, rows: slice = slice(None)):
+    """``step -> {"src" [B, K, d_i], "tgt" [B, K, d_j][, "memory" [B, M/B, K, d_j]]}`` for K
+    stacked maps (``src`` [K, N, d_i]), each drawing its own permutation from its seed: a pure
+    function of the step (resumable). ``rows``: this process's rows of the global batch. The
+    memory is laid out with a leading batch axis so that it shards (and splits over processes)
+    with the batch; the sharded loss gathers it whole."""
+    n = src.shape[1]
     per_epoch = n // batch_size
+
+    def stack(arrays, idx):
+        return np.stack([a[i] for a, i in zip(arrays, idx)], axis=1)
 
     def get(step: int):
         epoch, i = divmod(step, per_epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        idx = order[i * batch_size:(i + 1) * batch_size][rows]
-        batch = {"src": src[idx], "tgt": tgt[idx]}
+        idx = [np.random.default_rng([s, epoch]).permutation(n)[i * batch_size:(i + 1) * batch_size][rows]
+               for s in seeds]
+        batch = {"src": stack(src, idx), "tgt": stack(tgt, idx)}
         if memory_size:
-            draw = np.random.default_rng([seed, epoch, i, 2]).integers(0, n, memory_size)
-            batch["memory"] = tgt[draw[parallel.process_rows(memory_size)]]
+            mem = [np.random.default_rng([s, epoch, i, 2]).integers(0, n, memory_size) for s in seeds]
+            memory = stack(tgt, mem)  # [M, K, d]
+            batch["memory"] = memory.reshape((batch_size, -1) + memory.shape[1:])[rows]
         return batch
 
     return get
 
 
-def train_map(cfg: MapTrainConfig, src, tgt, *, source_site: str, target_site: str,
-              checkpoint_dir=None, stop_after=None, progress: bool = True, mesh=None,
-              provenance: dict | None = None) -> FittedMap:
-    """Fits ``phi: source_site -> target_site`` on paired rows ``src`` [N, d_i], ``tgt`` [N, d_j].
+def train_map(cfg: MapTrainConfig, src, tgt, **kw) -> FittedMap:
+    """Fits one map ``phi: source_site -> target_site`` on paired rows ``src`` [N, d_i], ``tgt``
+    [N, d_j]; see ``train_maps`` for the keywords."""
+    return train_maps(cfg, np.asarray(src)[None], np.asarray(tgt)[None], seeds=(cfg.seed,), **kw)[0]
 
-    Trained kinds run ``cfg.steps(N)`` AdamW steps of eq 3 through ``loop.fit`` (orbax checkpoints
-    in ``checkpoint_dir``, resumed when present; data-parallel over ``mesh``'s ``data`` axis with
-    the sharded loss). ``provenance`` (model id, params hash, data names...) is stored with the map.
+
+def train_maps(cfg: MapTrainConfig, src, tgt, *, seeds, source_site, target_site,
+               checkpoint_dir=None, stop_after=None, progress: bool = True, mesh=None,
+               provenance: dict | None = None) -> list[FittedMap]:
+    """Fits K maps of one configuration at once: map k on ``src[k]`` [N, d_i] / ``tgt[k]`` [N, d_j]
+    with seed ``seeds[k]`` (initialisation, data anchors, batch order). Training K maps as one
+    stack runs one compiled program for all of them (seeds, modality pairs of equal widths).
+
+    ``source_site``/``target_site``: one site name, or K of them. Trained kinds run
+    ``cfg.steps(N)`` AdamW steps of eq 3 through ``loop.fit`` (orbax checkpoints in
+    ``checkpoint_dir``, resumed when present; data-parallel over ``mesh``'s ``data`` axis with the
+    sharded loss). ``provenance`` (model id, params hash, data name) is stored with each map.
     """
     src, tgt = _check_pairs(src, tgt, cfg)
-    module = cfg.module(tgt.shape[1])
-    variables = init_variables(module, src, tgt, cfg.seed)
-    info = {"config": dataclasses.asdict(cfg), "source_site": source_site, "target_site": target_site,
-            "data_sha256": data_hash(src, tgt), "num_pairs": len(src), "seed": cfg.seed,
-            **(provenance or {})}
+    k = len(src)
+    seeds = [int(s) for s in seeds]
+    sources, targets = (_per_map(x, k, name) for x, name in ((source_site, "source_site"),
+                                                              (target_site, "target_site")))
+    if len(seeds) != k:
+        raise ValueError(f"train_maps got {k} paired sets but {len(seeds)} seeds")
+    module = cfg.module(tgt.shape[2])
+    inits = [init_variables(module, s, t, seed) for s, t, seed in zip(src, tgt, seeds)]
+    infos = [{"config": {**dataclasses.asdict(cfg), "seed": seed}, "source_site": a,
+              "target_site": b, "data_sha256": data_hash(s, t), "num_pairs": src.shape[1],
+              "seed": seed, **(provenance or {})}
+             for s, t, seed, a, b in zip(src, tgt, seeds, sources, targets)]
+
+    def fitted(variables, info):
+        return [FittedMap(module, jax.tree.map(lambda x: x[i], variables), sources[i], src.shape[2],
+                          targets[i], tgt.shape[2], {**info, **infos[i]}) for i in range(k)]
+
+    stacked = jax.tree.map(lambda *x: np.stack([np.asarray(a) for a in x]), *inits)
     if cfg.kind not in TRAINED_KINDS:
-        return FittedMap(module, variables, source_site, src.shape[1], target_site, tgt.shape[1],
-                         {**info, "steps": 0, "losses": []})
-    steps = cfg.steps(len(src))
-    # What defines the trajectory (compared on resume): all but how often it is saved.
+        return fitted(stacked, {"steps": 0, "losses": []})
+    steps = cfg.steps(src.shape[1])
     # One key per setting, so that a refused resume names the setting that changed.
-    run = {**{k: v for k, v in info.items() if k != "config"},
-           **{k: v for k, v in info["config"].items() if k != "checkpoint_every"}}
+    run = {**{key: v for key, v in infos[0].items() if key not in ("config", "seed")},
+           **{key: v for key, v in dataclasses.asdict(cfg).items() if key not in ("checkpoint_every", "seed")},
+           "seeds": seeds, "data_sha256": data_hash(src, tgt), "sites": [sources, targets]}
     tx = optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
-    constants = {k: v for k, v in variables.items() if k != "params"}
-    result = fit(lambda: MapState.create(apply_fn=None, params=variables["params"], tx=tx,
+    constants = {key: v for key, v in stacked.items() if key != "params"}
+    result = fit(lambda: MapState.create(apply_fn=None, params=stacked["params"], tx=tx,
                                          constants=constants),
                  MapStep(module, cfg.temperature, cfg.symmetric, mesh),
-                 batch_fn(src, tgt, cfg.batch_size, cfg.memory_size, cfg.seed,
+                 batch_fn(src, tgt, cfg.batch_size, cfg.memory_size, seeds,
                           parallel.process_rows(cfg.batch_size)),
                  steps, checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
-                 stop_after=stop_after, run_config=run, desc=f"map {source_site}->{target_site}", progress=progress, mesh=mesh)
+                 stop_after=stop_after, run_config=run, progress=progress, mesh=mesh,
+                 desc=f"{k} map(s) {sources[0]}->{targets[0]}" + (" ..." if k > 1 else ""))
     state = parallel.to_host(result.state)
-    return FittedMap(module, {"params": state.params, **state.constants}, source_site, src.shape[1],
-                     target_site, tgt.shape[1],
-                     {**info, "steps": int(state.step), "resumed_from": result.resumed_from,
-                      "losses": [round(float(x), 5) for x in result.losses]})
+    curves = result.metrics.get("losses", np.zeros((0, k)))
+    return [dataclasses.replace(m, info={**m.info, "losses": [round(float(x), 5) for x in curves[:, i]]})
+            for i, m in enumerate(fitted({"params": state.params, **state.constants},
+                                         {"steps": int(state.step), "resumed_from": result.resumed_from}))]
+
+
+def _per_map(value, k: int, name: str) -> list[str]:
+    values = [value] * k if isinstance(value, str) else list(value)
+    if len(values) != k:
+        raise ValueError(f"{name} must be one site or {k} of them, got {len(values)}")
+    return values
 
 
 def _check_pairs(src, tgt, cfg: MapTrainConfig) -> tuple[np.ndarray, np.ndarray]:
     src, tgt = np.asarray(src, np.float32), np.asarray(tgt, np.float32)
-    if src.ndim != 2 or tgt.ndim != 2 or len(src) != len(tgt):
-        raise ValueError(f"paired representations must be [N, d_i] and [N, d_j] with the same N, "
-                         f"got {src.shape} and {tgt.shape}")
-    if cfg.kind in TRAINED_KINDS and len(src) < cfg.batch_size:
-        raise ValueError(f"{len(src)} pairs are fewer than one batch of {cfg.batch_size}")
+    if src.ndim != 3 or tgt.ndim != 3 or src.shape[:2] != tgt.shape[:2]:
+        raise ValueError(f"paired representations must be [N, d_i] and [N, d_j] with the same N "
+                         f"(stacked: [K, N, d]), got {src.shape[-2:]} and {tgt.shape[-2:]}")
+    if cfg.kind in TRAINED_KINDS and src.shape[1] < cfg.batch_size:
+        raise ValueError(f"{src.shape[1]} pairs are fewer than one batch of {cfg.batch_size}")
     for name, a in (("source", src), ("target", tgt)):
-        if not np.isfinite(a).all():
-            raise ValueError(f"{name} representations hold non-finite values "
-                             f"(first bad row {int(np.argmin(np.isfinite(a).all(1)))})")
+        bad = ~np.isfinite(a).all(-1)
+        if bad.any():
+            k, row = np.argwhere(bad)[0]
+            where = f"first bad row {row}" + (f" of set {k}" if len(a) > 1 else "")
+            raise ValueError(f"{name} representations hold non-finite values ({where})")
     return src, tgt

@@ -10,11 +10,18 @@ per-index seed streams (``toyworld_random``), then rendered by vectorised numpy 
     batch = world.batch(range(256), split="train")
     batch["image"].shape, batch["audio"].shape, batch["input_ids"].shape
     # ((256, 32, 32, 3), (256, 4000), (256, 16))
+
+Difficulty knobs (all off by default; the default world is byte-for-byte the one without them)
+make a ``hard`` world in which methods can differ: a spurious correlation between two families
+in the train split only, caption noise in the train split only, and distractor objects in every
+split. Labels are always the ground truth of the image and the audio (the main object); in a
+noisy train split the caption may name another value. See ``ToyWorldConfig``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -24,7 +31,8 @@ from mrepe_jax.data.toyworld_concepts import (
     CONCEPT_FAMILIES, FAMILIES, SAFE_COUNTERPART, UNSAFE_FAMILY, family_values, value_index)
 from mrepe_jax.data.toyworld_image import render_images
 from mrepe_jax.data.toyworld_random import (
-    draw_labels, draw_nuisance, split_id, take_rows)
+    apply_spurious, draw_caption_shifts, draw_distractors, draw_labels, draw_nuisance, split_id,
+    take_rows)
 from mrepe_jax.data.toyworld_sound import MIN_SAMPLE_RATE, render_audio
 from mrepe_jax.data.toyworld_text import class_prompts, max_template_words, render_captions
 from mrepe_jax.data.toyworld_tokenizer import ToyTokenizer
@@ -43,6 +51,19 @@ class ToyWorldConfig:
       sample_rate: audio sample rate in Hz (>= 8000 so the emblem band fits below Nyquist).
       clip_seconds: audio clip length; clips have ``round(sample_rate * clip_seconds)`` samples.
       max_len: token length of ``input_ids`` including BOS and EOS.
+      spurious: in the train split only, the probability that a sample's ``spurious_pair[1]``
+        value is set by its ``spurious_pair[0]`` value, ``target = source % n_target_values``
+        (default pair: red -> circle, green -> square, blue -> triangle, yellow -> circle).
+        Validation and test keep the families independent, so a shortcut learnt in training
+        shows up as an error there. The labels are the changed (true) ones.
+      spurious_pair: ``(source, target)`` families of ``spurious``; the target may not be the
+        unsafe family (value-conditioned sets for VAS are read off unconditioned labels).
+      caption_noise: in the train split only, the probability per family slot that a caption
+        names a wrong value of that family (uniform over the others). Labels stay the truth of
+        the image and the audio, so train captions may disagree with them; other splits never.
+      distractors: extra objects (``0..MAX_DISTRACTORS``) in every sample of every split: smaller
+        shapes of random colour and shape drawn away from the main object, and quieter, shorter
+        tones of their colour (pitch) and shape (timbre). Labels describe the main object.
     """
 
     seed: int = 0
@@ -50,8 +71,16 @@ class ToyWorldConfig:
     sample_rate: int = 8000
     clip_seconds: float = 0.5
     max_len: int = 16
+    spurious: float = 0.0
+    spurious_pair: tuple[str, str] = ("colour", "shape")
+    caption_noise: float = 0.0
+    distractors: int = 0
 
     def __post_init__(self):
+        # Configs arrive from ml_collections/JSON with lists; keep the dataclass hashable.
+        if isinstance(self.spurious_pair, list):
+            object.__setattr__(self, "spurious_pair", tuple(self.spurious_pair))
+        _check_knobs(self)
         if self.seed < 0:
             raise ValueError(f"ToyWorldConfig.seed must be >= 0, got {self.seed}")
         if self.image_size < 24:
@@ -71,6 +100,32 @@ class ToyWorldConfig:
     def n_audio(self) -> int:
         """Samples per audio clip."""
         return int(round(self.sample_rate * self.clip_seconds))
+
+
+MAX_DISTRACTORS = 4  # more would crowd a 32x32 image's free area
+
+
+def _check_probability(name: str, p) -> None:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"ToyWorldConfig.{name} must be a probability in [0, 1], got {p!r}")
+
+
+def _check_knobs(cfg: ToyWorldConfig) -> None:
+    _check_probability("spurious", cfg.spurious)
+    _check_probability("caption_noise", cfg.caption_noise)
+    pair = cfg.spurious_pair
+    if (not isinstance(pair, tuple) or len(pair) != 2 or pair[0] == pair[1]
+            or any(f not in FAMILIES for f in pair)):
+        raise ValueError(f"ToyWorldConfig.spurious_pair must be two different families of "
+                         f"{FAMILIES}, got {pair!r}")
+    if pair[1] == UNSAFE_FAMILY:
+        raise ValueError(f"ToyWorldConfig.spurious_pair cannot target the unsafe family "
+                         f"{UNSAFE_FAMILY!r} (VAS's value-conditioned sets assume its labels are "
+                         f"unconditioned); got {pair!r}")
+    d = cfg.distractors
+    if isinstance(d, bool) or not isinstance(d, numbers.Integral) or not 0 <= d <= MAX_DISTRACTORS:
+        raise ValueError(f"ToyWorldConfig.distractors must be an int in [0, {MAX_DISTRACTORS}], "
+                         f"got {d!r}")
 
 
 class ContrastPairs(NamedTuple):
@@ -117,12 +172,24 @@ class ToyWorld:
         }
 
     def labels(self, indices: Sequence[int], split: str = "train") -> dict[str, np.ndarray]:
-        """Labels of samples without rendering them: ``{family: int32[B]}``."""
-        return draw_labels(self.config.seed, split, _as_index_list(indices))
+        """Labels of samples without rendering them: ``{family: int32[B]}`` (the ground truth of
+        image and audio; with ``spurious`` the train split's are correlated)."""
+        cfg, idx = self.config, _as_index_list(indices)
+        labels = draw_labels(cfg.seed, split, idx)
+        if cfg.spurious > 0 and split == "train":
+            labels = apply_spurious(cfg.seed, split, idx, labels, cfg.spurious, cfg.spurious_pair)
+        return labels
 
     def _nuisance(self, indices: list[int], split: str) -> dict[str, np.ndarray]:
         cfg = self.config
-        return draw_nuisance(cfg.seed, split, indices, cfg.image_size, cfg.n_audio)
+        out = draw_nuisance(cfg.seed, split, indices, cfg.image_size, cfg.n_audio)
+        # Knob draws join the nuisance only when on, so ``render`` stays a function of
+        # (labels, nuisance) and a contrast pair shares them like any other nuisance.
+        if cfg.caption_noise > 0 and split == "train":
+            out.update(draw_caption_shifts(cfg.seed, split, indices, cfg.caption_noise))
+        if cfg.distractors > 0:
+            out.update(draw_distractors(cfg.seed, split, indices, cfg.distractors))
+        return out
 
     def batch(self, indices: Sequence[int], split: str = "train") -> Batch:
         """Samples ``indices`` of ``split`` as one batch (see ``render`` for the keys)."""
@@ -151,9 +218,13 @@ class ToyWorld:
         """``n`` pairs of samples that differ only in ``family``.
 
         Each pair starts from a random base sample of ``split`` (its labels and all its nuisance:
-        jitter, noise, caption template and synonyms) and sets ``family`` to ``pos_value`` in
-        ``pos`` and ``neg_value`` in ``neg``. Unset values are drawn per pair, distinct; for the
-        unsafe family the defaults are an unsafe emblem vs its safe counterpart.
+        jitter, noise, caption template and synonyms, distractors) and sets ``family`` to
+        ``pos_value`` in ``pos`` and ``neg_value`` in ``neg``. Unset values are drawn per pair,
+        distinct; for the unsafe family the defaults are an unsafe emblem vs its safe counterpart.
+
+        In a train split with ``caption_noise`` the captions keep the base sample's (possibly
+        wrong) words for the other families, identical in ``pos`` and ``neg``, but name
+        ``family`` truthfully: the pair's contrast is exactly ``pos_values`` vs ``neg_values``.
         """
         values = family_values(family)
         if n < 1:
@@ -163,7 +234,7 @@ class ToyWorld:
         base = rng.integers(0, 2**31 - 1, size=n).tolist()
         pos_v, neg_v = _pair_values(family, values, n, rng, pos_value, neg_value)
         labels = self.labels(base, split)
-        nuisance = self._nuisance(base, split)
+        nuisance = _truthful_captions(self._nuisance(base, split), [family])
         pos_labels = {**labels, family: pos_v}
         neg_labels = {**labels, family: neg_v}
         pos, neg = self.render(pos_labels, nuisance), self.render(neg_labels, nuisance)
@@ -177,14 +248,22 @@ class ToyWorld:
 
     def counterfactual(self, batch_indices: Sequence[int], split: str,
                        overrides: Mapping[str, str | int]) -> Batch:
-        """Samples ``batch_indices`` re-rendered with some families forced to given values."""
+        """Samples ``batch_indices`` re-rendered with some families forced to given values
+        (captions name the forced values truthfully, as in ``contrast_pairs``)."""
         idx = _as_index_list(batch_indices)
         labels = self.labels(idx, split)
         for family, value in overrides.items():
             labels[family] = np.full(len(idx), value_index(family, value), np.int32)
-        out = self.render(labels, self._nuisance(idx, split))
+        out = self.render(labels, _truthful_captions(self._nuisance(idx, split), overrides))
         out["index"] = np.asarray(idx, np.int64)
         return out
+
+
+def _truthful_captions(nuisance: dict[str, np.ndarray], families) -> dict[str, np.ndarray]:
+    """``nuisance`` without caption noise on ``families``: values set on purpose are named."""
+    for family in families:
+        nuisance.pop(f"caption_shift_{family}", None)
+    return nuisance
 
 
 def _chunks(rows: np.ndarray) -> list[np.ndarray]:

@@ -12,6 +12,9 @@ places of the time-frequency plane so a small ViT over log-mel patches can read 
   flower = steady 2.6 kHz tone, sun = steady 3.2 kHz tone, feather = falling chirp.
 
 The tone is band-limited below ``TONE_BAND_HZ`` so its harmonics never reach the motif band.
+
+With ``ToyWorldConfig.distractors`` > 0 each distractor object adds a shorter, quieter tone of its
+own colour (pitch) and shape (timbre) at a random time; labels describe the main tone only.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Mapping
 import numpy as np
 
 from mrepe_jax.data.toyworld_concepts import CONCEPT_FAMILIES
+from mrepe_jax.data.toyworld_random import uniform_index
 
 F0_HZ = {"red": 150.0, "green": 240.0, "blue": 380.0, "yellow": 600.0}
 TONE_BAND_HZ = 2000.0
@@ -43,6 +47,10 @@ MIN_SAMPLE_RATE = 8000  # the motif band must sit below Nyquist
 _F0_JITTER = 0.015  # relative, +-
 _TABLE_SIZE = 4096  # wavetable points per period; linear interpolation error ~1e-4
 _RAMP_S = 0.01  # fade in/out so on/offsets do not click across the whole spectrum
+# A distractor tone is 6-10 dB below the main tone (relative, so it is quieter at every size)
+# and lasts 35 % of the clip, starting anywhere it fits.
+DISTRACTOR_GAIN = (0.3, 0.5)
+DISTRACTOR_DURATION_FRACTION = 0.35
 
 
 def _table(mapping: Mapping[str, float], family: str) -> np.ndarray:
@@ -134,6 +142,24 @@ def _motif(labels, nuisance, t: np.ndarray, sample_rate: int) -> np.ndarray:
     return out
 
 
+def _distractor_tones(nuisance, main_gain: np.ndarray, t: np.ndarray,
+                      duration: float) -> np.ndarray:
+    """Sum [B,N] of the distractor objects' tones (draws ``dis_*`` [B, D] from ``nuisance``)."""
+    out = np.zeros((len(main_gain), len(t)), np.float64)
+    for j in range(nuisance["dis_aud_f0"].shape[1]):
+        u = {name: v[:, j] for name, v in nuisance.items() if name.startswith("dis_")}
+        # The same colour and shape as the object's image (toyworld_image._draw_distractors).
+        labels = {"colour": uniform_index(u["dis_colour"], len(CONCEPT_FAMILIES["colour"])),
+                  "shape": uniform_index(u["dis_shape"], len(CONCEPT_FAMILIES["shape"]))}
+        tone = _tone(labels, {"aud_f0": u["dis_aud_f0"], "aud_phase": u["dis_aud_phase"]}, t)
+        onset = (1.0 - DISTRACTOR_DURATION_FRACTION) * duration * u["dis_aud_onset"]
+        stop = onset + DISTRACTOR_DURATION_FRACTION * duration
+        lo, hi = DISTRACTOR_GAIN
+        gain = main_gain * (lo + (hi - lo) * u["dis_aud_gain"])
+        out += gain[:, None] * _ramp_envelope(t[None, :], onset[:, None], stop[:, None]) * tone
+    return out
+
+
 def render_audio(labels: Mapping[str, np.ndarray], nuisance: Mapping[str, np.ndarray],
                  sample_rate: int, n_samples: int) -> np.ndarray:
     """Render mono float32 waveforms [B, n_samples] in [-1, 1] from labels and nuisance (pure)."""
@@ -155,5 +181,8 @@ def render_audio(labels: Mapping[str, np.ndarray], nuisance: Mapping[str, np.nda
     motif = motif_gain[:, None] * motif_env * _motif(labels, nuisance, t, sample_rate)
 
     noise_std = 0.002 + 0.003 * nuisance["aud_noise_std"]
-    wave = tone + motif + noise_std[:, None] * nuisance["audio_noise"]
+    wave = tone + motif
+    if "dis_aud_f0" in nuisance:  # absent without distractors: that world's bytes stay as they were
+        wave = wave + _distractor_tones(nuisance, gain, t, duration)
+    wave = wave + noise_std[:, None] * nuisance["audio_noise"]
     return np.clip(wave, -1.0, 1.0).astype(np.float32)

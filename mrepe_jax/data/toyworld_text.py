@@ -4,6 +4,10 @@ Every template names every family exactly once, with single-word synonyms (posit
 fixed three-word phrase), so a caption's length depends only on its nuisance draws and a word
 lookup recovers all labels (``parse_caption``). Distractor words come from a list disjoint from
 every synonym.
+
+Caption noise (``ToyWorldConfig.caption_noise``, train split only) arrives as nuisance entries
+``caption_shift_{family}``: the caption names value ``(true + shift) % n_values`` of that family,
+so a noisy caption still names every family once but may disagree with the sample's labels.
 """
 
 from __future__ import annotations
@@ -83,7 +87,12 @@ def render_captions(labels: Mapping[str, np.ndarray], nuisance: Mapping[str, np.
         u = {k: float(v[row]) for k, v in nuisance.items() if k.startswith("cap_")}
         slots = {}
         for family in FAMILIES:
-            value = CONCEPT_FAMILIES[family][int(labels[family][row])]
+            values = CONCEPT_FAMILIES[family]
+            index = int(labels[family][row])
+            shift = nuisance.get(f"caption_shift_{family}")
+            if shift is not None:  # caption noise: name another value of the family
+                index = (index + int(shift[row])) % len(values)
+            value = values[index]
             options = (POSITION_PHRASES if family == "position" else SYNONYMS[family])[value]
             slots[family] = _pick(options, u[f"cap_syn_{family}"])
         words = _pick(TEMPLATES, u["cap_template"]).format(**slots).split()

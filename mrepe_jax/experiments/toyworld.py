@@ -7,6 +7,7 @@ when the config and the trained model are those of the previous run its stage fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -17,10 +18,12 @@ import numpy as np
 
 from mrepe_jax import parallel
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
-from mrepe_jax.experiments import toyworld_identify, toyworld_report
+from mrepe_jax.experiments import toyworld_align, toyworld_identify, toyworld_report
 from mrepe_jax.models.clip import normalize
+from mrepe_jax.reading.bundles import params_hash
 from mrepe_jax.report import workdir as workdir_lib
 from mrepe_jax.train import toyclip, zero_shot
+from mrepe_jax.train.toyclip import MAX_LOGIT_SCALE
 
 
 def train_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -43,15 +46,16 @@ def load_or_train(world: ToyWorld, config, workdir, progress: bool = True, mesh=
     return model, parallel.to_host(fit.state.params), info
 
 
-def _can_reuse(previous: dict, results: dict, stages) -> bool:
-    same_config = previous.get("config") == json.loads(json.dumps(results["config"]))
+def _can_reuse(same_config: bool, previous: dict, results: dict, stages) -> bool:
     same_model = previous.get("training", {}).get("steps") == results["training"]["steps"]
     return (results["training"]["steps_run"] == 0 and same_config and same_model
             and all(k in previous for k in stages))
 
 
-def _stages(model, params, world: ToyWorld, config, workdir, mesh) -> dict:
-    """Zero-shot evaluation, identification (Table 1, directions) and causal effects."""
+def _stages(model, params, world: ToyWorld, config, workdir, mesh, causal: bool = True,
+            progress: bool = True) -> dict:
+    """Zero-shot evaluation, identification (Table 1, directions), causal effects and alignment
+    (Table 2, transfer)."""
     sizes = {"train": config.identify.num_train, "validation": config.identify.num_validation,
              "test": config.eval.num_test}
     # Each process renders (reads) only its rows of each split; labels are cheap and global.
@@ -66,32 +70,50 @@ def _stages(model, params, world: ToyWorld, config, workdir, mesh) -> dict:
 
     t0 = time.perf_counter()
     out["identification"] = toyworld_identify.identify(model, world, reps, labels)
-    out["causal"] = toyworld_identify.causal_analysis(
-        model, params, world, config.identify.num_pairs, workdir,
-        towers=config.identify.causal_towers, families=config.identify.causal_families, mesh=mesh)
+    if causal:
+        out["causal"] = toyworld_identify.causal_analysis(
+            model, params, world, config.identify.num_pairs, workdir,
+            towers=config.identify.causal_towers, families=config.identify.causal_families, mesh=mesh)
     out["identification"]["seconds"] = round(time.perf_counter() - t0, 1)
+
+    provenance = {"model": "toyworld-clip", "weights_sha256": params_hash(params),
+                  "data": f"ToyWorld {dataclasses.asdict(world.config)}, train split rows "
+                          f"0..{sizes['train'] - 1}"}
+    scale = min(float(np.exp(params["logit_scale"])), MAX_LOGIT_SCALE)
+    out["alignment"] = toyworld_align.run(model, params, world, reps, labels, prompts, scale,
+                                          config.align, workdir, mesh, provenance, progress)
     return out
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress: bool = True) -> dict:
     workdir = workdir_lib.prepare(workdir)
-    world = ToyWorld(ToyWorldConfig(**config.world.to_dict()))
     results: dict = {"machine": workdir_lib.machine(), "config": config.to_dict()}
 
     mesh = parallel.mesh_from_config(config.mesh)
     results["mesh"] = {"shape": dict(mesh.shape), "processes": jax.process_count()}
     # The mesh is passed to each stage explicitly: under jax.set_mesh (jax 0.10.2), shard_map over
     # this Auto-axis mesh fails ("Context mesh ... should match the mesh of sharding").
-    _run_stages(config, world, workdir, mesh, results, progress)
+    previous = workdir_lib.read_json(workdir / "results.json")
+    same_config = previous.get("config") == json.loads(json.dumps(results["config"]))
+    world = ToyWorld(ToyWorldConfig(**config.world.to_dict()))
+    results.update(_world_stages(config, world, workdir, mesh, progress, True, same_config, previous))
+    if config.compare_hard:
+        # The same stages on the hard world (its own CLIP, in workdir/hard), for Tables 1-2 there.
+        hard = ToyWorld(ToyWorldConfig(**{**config.world.to_dict(), **config.hard_world.to_dict()}))
+        results["hard"] = _world_stages(config, hard, workdir_lib.prepare(workdir / "hard"), mesh,
+                                        progress, False, same_config, previous.get("hard", {}))
+        results["hard"]["world"] = dataclasses.asdict(hard.config)
     workdir_lib.write_json(workdir / "results.json", results)
     workdir_lib.write_text(workdir / "report.md", toyworld_report.render(results))
     return results
 
 
-def _run_stages(config, world: ToyWorld, workdir, mesh, results: dict, progress: bool) -> None:
-    """Training (or its checkpoint), then every stage, or their figures from the previous run."""
+def _world_stages(config, world: ToyWorld, workdir, mesh, progress: bool, causal: bool,
+                  same_config: bool, previous: dict) -> dict:
+    """Training (or its checkpoint), then every stage, or their figures from the ``previous`` run
+    when the config and the trained model are unchanged."""
+    results: dict = {}
     model, params, results["training"] = load_or_train(world, config, workdir, progress, mesh)
-    previous = workdir_lib.read_json(workdir / "results.json")
     if results["training"]["steps_run"] == 0 and previous.get("training"):
         # Keep the figures of the run that actually trained the cached model.
         for key in ("trained_in_seconds", "final_loss"):
@@ -99,9 +121,10 @@ def _run_stages(config, world: ToyWorld, workdir, mesh, results: dict, progress:
     else:
         results["training"]["trained_in_seconds"] = results["training"]["seconds_this_run"]
 
-    stages = ("zero_shot", "identification", "causal")
-    if _can_reuse(previous, results, stages):
+    stages = ("zero_shot", "identification", "alignment") + (("causal",) if causal else ())
+    if _can_reuse(same_config, previous, results, stages):
         # Same config, same trained model: the stages' figures (and plots) are already here.
         results.update({k: previous[k] for k in stages}, reused_stages=list(stages))
     else:
-        results.update(_stages(model, params, world, config, workdir, mesh))
+        results.update(_stages(model, params, world, config, workdir, mesh, causal, progress))
+    return results

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from mrepe_jax.experiments import toyworld_report_align as align
 from mrepe_jax.report.markdown import section, table
 
 MODALITIES = ("vision", "text", "audio")
 
 
-def zero_shot_section(results: dict) -> str:
+def world_name(world: dict) -> str:
+    """"hard" when any of ToyWorld's difficulty knobs is on, else "default"."""
+    knobs = (world.get("spurious", 0), world.get("caption_noise", 0), world.get("distractors", 0))
+    return "hard" if any(knobs) else "default"
+
+
+def zero_shot_section(results: dict, world: str = "") -> str:
     acc = results["zero_shot"]
     families = list(next(iter(acc.values())))
     rows = [[f] + [acc[m][f] for m in MODALITIES] for f in families]
     rows.append(["minimum"] + [min(acc[m].values()) for m in MODALITIES])
     t = results["training"]
     return section(
-        "ToyWorld CLIP: held-out zero-shot accuracy",
+        "ToyWorld CLIP: held-out zero-shot accuracy" + (f" — {world}" if world else ""),
         f"Tri-modal CLIP trained {t['steps']} steps (final loss {t['final_loss']}); training took "
         f"{t['trained_in_seconds']} s. Accuracy is the argmax of cosine similarity between each "
         "test sample's embedding and the family's class-prompt embeddings "
@@ -33,6 +40,16 @@ def render(results: dict) -> str:
         f"jax {m['jax']}, {m['date']}."
     )
     parts = [header, zero_shot_section(results), table1_section(results), causal_section(results)]
+    name = world_name(results["config"]["world"])
+    parts += [align.table2(results["alignment"], name),
+              align.transfer_table(results["alignment"], name),
+              "![alignment learning curves](align_learning_curves.png)"]
+    if "hard" in results:
+        hard = results["hard"]
+        parts += [zero_shot_section({**hard, "config": results["config"]}, "hard world"),
+                  table1_section(hard, "hard world"), align.table2(hard["alignment"], "hard"),
+                  align.transfer_table(hard["alignment"], "hard"),
+                  align.hard_comparison(results, hard)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -41,7 +58,7 @@ def _mean_std(values) -> str:
     return f"{v.mean():.3f} ± {v.std():.3f}"
 
 
-def table1_section(results: dict) -> str:
+def table1_section(results: dict, world: str = "") -> str:
     ident = results["identification"]
     towers = ("text", "vision", "audio")
     rows = []
@@ -54,7 +71,7 @@ def table1_section(results: dict) -> str:
     direction = [[f] + [f"{ident['direction_auroc'][t][f]:.3f} (`{ident['direction_site'][t][f]}`)"
                         for t in towers] for f in families]
     return section(
-        "Table 1: representation identification",
+        "Table 1: representation identification" + (f" — {world}" if world else ""),
         "Score: held-out one-vs-rest AUROC of the eq 1 prototype similarity, macro-averaged over a "
         "family's values (`reading.prototypes.identification_score`); mean ± std over the "
         f"{len(families)} concept families. Baseline: prototypes at the output embedding "

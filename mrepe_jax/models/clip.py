@@ -192,6 +192,13 @@ class ContrastiveTowers(SitedModel):
         enc, proj = self._tower(tower)
         return sites(self, f"{tower}.proj", proj(enc.readout(h, sites, inputs=inputs)))
 
+    def from_pooled(self, tower: str, pooled, sites: Sites = Sites()):
+        """The tail of ``tower`` from its ``pooled`` site: edits at ``{tower}.pooled`` apply to the
+        given ``pooled`` [B, D], then the projection (``{tower}.proj``). What an edit at ``pooled``
+        does to the embedding, for representations already read (no encoder re-run)."""
+        proj = self._tower(tower)[1]
+        return sites(self, f"{tower}.proj", proj(sites(self, f"{tower}.pooled", pooled)))
+
     def encode(self, tower: str, inputs, attention_mask=None, sites: Sites = Sites()):
         """Projected (unnormalised) embedding of one tower's inputs."""
         mask = self.layer_mask(tower, inputs, attention_mask)

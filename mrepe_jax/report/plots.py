@@ -35,3 +35,23 @@ def heatmap(values, path: Path, *, title: str, xlabel: str, ylabel: str,
         fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def learning_curves(curves: dict, path: Path, *, title: str) -> Path:
+    """One line per ``{label: losses [steps]}`` (loss against step)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, losses in curves.items():
+        losses = np.asarray(losses, np.float64)
+        if losses.ndim != 1:
+            raise ValueError(f"learning curve {label!r} must be 1-D, got shape {losses.shape}")
+        ax.plot(np.arange(1, len(losses) + 1), losses, label=str(label), lw=1.2)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if curves:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    if is_primary():
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

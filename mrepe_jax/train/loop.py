@@ -48,6 +48,8 @@ class FitResult:
     state: TrainState
     losses: np.ndarray  # the loss of every step run in THIS call (not of restored steps)
     resumed_from: int  # 0 when training started fresh
+    # Every metric ``step_fn`` returned, stacked over the steps of this call: ``{name: [steps, ...]}``.
+    metrics: dict = dataclasses.field(default_factory=dict)
 
 
 class CheckpointError(RuntimeError):
@@ -301,7 +303,7 @@ class _Loop:
             raise ValueError(f"{self.desc}: the state is at step {start}, past num_steps={self.num_steps}")
         end = self.num_steps if self.stop_after is None else min(self.num_steps, start + self.stop_after)
         step = _guarded(self.step_fn, self.mesh)
-        losses, last_saved = [], start if manager is not None and start > 0 else None
+        history, last_saved = [], start if manager is not None and start > 0 else None
         names = _flag_names(state)  # read before the loop: the loop donates each state's buffers
 
         def check(done, flags):
@@ -319,7 +321,7 @@ class _Loop:
                 if pending is not None:
                     check(*pending)
                 done, pending = i + 1, (i + 1, flags)
-                losses.append(metrics["loss"])
+                history.append(metrics)
                 if done % 50 == 0 or done == end:
                     bar.set_postfix(loss=f"{float(parallel.to_host(metrics['loss'])):.4f}")
                 bar.update(1)
@@ -330,4 +332,7 @@ class _Loop:
                     last_saved = done
         if pending is not None:
             check(*pending)
-        return FitResult(state, np.asarray(parallel.to_host(losses), dtype=np.float32), start)
+        history = parallel.to_host(history)
+        metrics = {k: np.stack([np.asarray(m[k]) for m in history]) for k in (history[0] if history else ())}
+        losses = metrics.get("loss", np.zeros((0,), np.float32)).astype(np.float32)
+        return FitResult(state, losses, start, metrics)

@@ -28,6 +28,8 @@ from mrepe_jax.train.loop import FitResult, fit
 
 MODALITY_KEYS = {"vision": "image", "audio": "audio", "text": "input_ids"}
 PAIRS = (("vision", "text"), ("text", "audio"), ("vision", "audio"))
+#: CLIP's clamp on the learned temperature, in training and wherever the model's scale is used.
+MAX_LOGIT_SCALE = 100.0
 
 
 def model_config(world: ToyWorld, cfg: ml_collections.ConfigDict) -> TriModalConfig:
@@ -135,7 +137,7 @@ def batch_fn(make_pool, batch_size: int, seed: int, prompt_fraction: float, rows
     return get
 
 
-def loss_fn(model: TriModalCLIP, params, batch, max_logit_scale: float = 100.0):
+def loss_fn(model: TriModalCLIP, params, batch, max_logit_scale: float = MAX_LOGIT_SCALE):
     out, _ = model.apply({"params": params}, batch["image"], batch["input_ids"],
                          batch["attention_mask"], batch["audio"])
     scale = jnp.minimum(out["logit_scale"], max_logit_scale)

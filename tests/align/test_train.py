@@ -45,9 +45,9 @@ def test_training_lowers_the_loss_and_retrieves_held_out_pairs(kind, memory):
 
 def test_memory_rows_are_a_pure_function_of_the_step():
     src, tgt = _pairs()
-    get = batch_fn(src, tgt, 32, 16, seed=3)
+    get = batch_fn(src[None], tgt[None], 32, 64, seeds=(3,))
     a, b = get(5), get(5)
-    assert a["memory"].shape == (16, 6)
+    assert a["memory"].shape == (32, 2, 1, 6)  # [B, M/B, K, d]
     np.testing.assert_array_equal(a["memory"], b["memory"])
     assert not np.array_equal(get(6)["memory"], a["memory"])
 
@@ -124,3 +124,24 @@ def test_bad_training_inputs_are_clear_errors():
     bad[7, 2] = np.nan
     with pytest.raises(ValueError, match=r"target representations hold non-finite values \(first bad row 7\)"):
         train_map(MapTrainConfig(batch_size=32), src, bad, source_site="a", target_site="b")
+
+
+def test_stacked_maps_equal_maps_trained_one_by_one():
+    """K maps in one stack (one program) are K independent runs: same seeds, same params."""
+    from mrepe_jax.align.train import train_maps
+
+    (s0, t0), (s1, t1) = _pairs(seed=1), _pairs(seed=2)
+    cfg = MapTrainConfig(hidden=16, num_anchors=4, batch_size=32, epochs=2, memory_size=32)
+    both = train_maps(cfg, np.stack([s0, s1]), np.stack([t0, t1]), seeds=(5, 6),
+                      source_site=("a", "c"), target_site="b", progress=False)
+    for fitted, s, t, seed in zip(both, (s0, s1), (t0, t1), (5, 6)):
+        alone = train_map(MapTrainConfig(**{**cfg.__dict__, "seed": seed}), s, t,
+                          source_site=fitted.source_site, target_site="b", progress=False)
+        np.testing.assert_allclose(np.asarray(fitted(s)), np.asarray(alone(s)), atol=1e-5)
+        np.testing.assert_allclose(fitted.info["losses"], alone.info["losses"], atol=1e-4)
+    assert [m.source_site for m in both] == ["a", "c"] and both[1].info["seed"] == 6
+
+
+def test_memory_must_be_a_multiple_of_the_batch():
+    with pytest.raises(ValueError, match=r"memory_size \(40\) must be a multiple of batch_size \(32\)"):
+        MapTrainConfig(batch_size=32, memory_size=40)

@@ -1,14 +1,20 @@
-"""ToyWorld: determinism, splits, captions, tokenizer, contrast pairs, images, values."""
+"""ToyWorld: determinism, splits, captions, tokenizer, contrast pairs, images, values, and the
+difficulty knobs (spurious correlation, caption noise, distractors) of the hard world."""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pytest
 
+from configs import toyworld as toyworld_config
 from mrepe_jax.data import (
     CONCEPT_FAMILIES, FAMILIES, SAFE_COUNTERPART, SYNONYMS, UNSAFE_FAMILY, UNSAFE_VALUES, VALUES,
     ToyWorld, ToyWorldConfig, class_prompts, parse_caption, score)
+from mrepe_jax.data.toyworld import MAX_DISTRACTORS
 from mrepe_jax.data.toyworld_image import glyph_bitmaps
+from mrepe_jax.data.toyworld_random import draw_distractors
 from mrepe_jax.data.toyworld_text import DISTRACTORS, split_words
 
 
@@ -306,3 +312,230 @@ def test_value_conditioned_indices(world):
     assert all(CONCEPT_FAMILIES["emblem"][e] in UNSAFE_VALUES for e in emblems)
     np.testing.assert_array_equal(idx, world.value_conditioned_indices("harmless", 50, "test"))
     np.testing.assert_array_equal(world.value_conditioned_indices("faithful", 5), np.arange(5))
+
+
+# ---- difficulty knobs ----
+
+N_KNOB = 600  # samples per statistic: a rate's standard error is <= 0.02
+
+
+@pytest.fixture(scope="module")
+def default_knob_batches(world):
+    return {s: world.batch(range(N_KNOB), s) for s in ("train", "test")}
+
+
+def test_default_world_is_pinned(world):
+    """The knobs are off by default and the default world's samples are those from before the
+    knobs existed (labels and captions exactly; pixels and audio via sums, which survive a
+    different libm's last-bit rounding)."""
+    cfg = world.config
+    assert (cfg.spurious, cfg.caption_noise, cfg.distractors) == (0.0, 0.0, 0)
+    b = world.batch(range(64), "train")
+    digest = hashlib.sha256("|".join(b["caption"]).encode())
+    for v in b["labels"].values():
+        digest.update(v.tobytes())
+    assert digest.hexdigest() == "bb5cbc82c53bfc73d05e977462a6ad8c2ca516307fd2e1b45a1bb2bb89dfe6e9"
+    image, audio = b["image"].astype(np.float64), b["audio"].astype(np.float64)
+    sums = [image.sum(), (image**2).sum(), np.abs(audio).sum(), (audio**2).sum()]
+    np.testing.assert_allclose(sums, [26806.37369961288, 9672.90226691139, 23211.602246661052,
+                                      6401.566001317319], rtol=1e-6)
+    # Knobs at their off values are the default world, byte for byte.
+    off = ToyWorld(ToyWorldConfig(spurious=0.0, caption_noise=0.0, distractors=0,
+                                  spurious_pair=("size", "position")))
+    assert _bytes(off.batch(range(64), "train")) == _bytes(b)
+
+
+def _agreement(labels):
+    return float(np.mean(labels["colour"] % len(CONCEPT_FAMILIES["shape"]) == labels["shape"]))
+
+
+@pytest.mark.parametrize("p", [0.5, 0.9])
+def test_spurious_correlates_colour_and_shape_in_train_only(world, default_knob_batches, p):
+    hard = ToyWorld(ToyWorldConfig(spurious=p))
+    train = hard.batch(range(N_KNOB), "train")
+    # shape = colour % 3 forced with probability p, else by chance (1/3).
+    assert abs(_agreement(train["labels"]) - (p + (1 - p) / 3)) < 0.05
+    assert abs(_agreement(default_knob_batches["train"]["labels"]) - 1 / 3) < 0.06
+    for split in ("test", "validation"):
+        assert abs(_agreement(hard.labels(range(N_KNOB), split)) - 1 / 3) < 0.06
+        assert _bytes(hard.batch(range(32), split)) == _bytes(world.batch(range(32), split))
+    # Only the target family's labels change, and a sample is otherwise the default one.
+    base = default_knob_batches["train"]
+    for f in FAMILIES:
+        if f != "shape":
+            np.testing.assert_array_equal(train["labels"][f], base["labels"][f])
+        np.testing.assert_array_equal(hard.labels(range(N_KNOB), "train")[f], train["labels"][f])
+    same = train["labels"]["shape"] == base["labels"]["shape"]
+    assert 0 < same.sum() < N_KNOB
+    assert train["image"][same].tobytes() == base["image"][same].tobytes()
+    assert train["audio"][~same].tobytes() != base["audio"][~same].tobytes()
+    # Image, audio and caption all follow the changed labels.
+    for row, caption in enumerate(train["caption"][:100]):
+        assert parse_caption(caption)["shape"] == train["labels"]["shape"][row]
+
+
+def test_spurious_pair_is_configurable():
+    hard = ToyWorld(ToyWorldConfig(spurious=1.0, spurious_pair=["size", "position"]))
+    assert hard.config.spurious_pair == ("size", "position")  # lists from JSON become tuples
+    hash(hard.config)
+    lab = hard.labels(range(200), "train")
+    np.testing.assert_array_equal(lab["position"], lab["size"] % 3)
+    assert _agreement(lab) < 0.6  # colour/shape left alone
+
+
+def test_caption_noise_rate_and_truthful_labels(world, default_knob_batches):
+    p = 0.2
+    noisy = ToyWorld(ToyWorldConfig(caption_noise=p))
+    train = noisy.batch(range(N_KNOB), "train")
+    base = default_knob_batches["train"]
+    wrong_any = np.zeros(N_KNOB, bool)
+    parsed = [parse_caption(c) for c in train["caption"]]  # still one value per family
+    for f in FAMILIES:
+        wrong = np.array([q[f] for q in parsed]) != train["labels"][f]
+        assert abs(wrong.mean() - p) < 0.05, (f, wrong.mean())
+        wrong_any |= wrong
+        # Labels are the ground truth: the default world's, untouched by the noise.
+        np.testing.assert_array_equal(train["labels"][f], base["labels"][f])
+    # Captions change only where a slot is noisy; image and audio never.
+    clean = ~wrong_any
+    assert [c for c, k in zip(train["caption"], clean) if k] == \
+        [c for c, k in zip(base["caption"], clean) if k]
+    assert train["image"].tobytes() == base["image"].tobytes()
+    assert train["audio"].tobytes() == base["audio"].tobytes()
+    # Wrong values are spread over the other values of the family (here: 6 emblems).
+    wrong_emblems = {q["emblem"] for q, t in zip(parsed, train["labels"]["emblem"])
+                     if q["emblem"] != t}
+    assert len(wrong_emblems) == len(CONCEPT_FAMILIES["emblem"])
+    # Test and validation captions are never noisy.
+    for split in ("test", "validation"):
+        assert _bytes(noisy.batch(range(N_KNOB // 4), split)) == \
+            _bytes(world.batch(range(N_KNOB // 4), split))
+
+
+def _saturated(image):
+    return (image.max(-1) - image.min(-1)) > 0.35
+
+
+def test_distractors_are_drawn_away_from_the_main_object(world, default_knob_batches):
+    cluttered = ToyWorld(ToyWorldConfig(distractors=2))
+    for split in ("train", "test"):
+        hard, base = cluttered.batch(range(200), split), default_knob_batches[split]
+        for f in FAMILIES:  # labels and captions describe the main object only
+            np.testing.assert_array_equal(hard["labels"][f], base["labels"][f][:200])
+        assert hard["caption"] == base["caption"][:200]
+        # Distractor pixels: saturated pixels the default image does not have, in every image.
+        extra = _saturated(hard["image"]) & ~_saturated(base["image"][:200])
+        assert (extra.sum((1, 2)) >= 4).all()
+        # The main object is painted last and the glyph's corner is kept clear: both unchanged.
+        main = np.abs(base["image"][:200] - hard["image"]).max(-1) == 0
+        assert (main | ~_saturated(base["image"][:200])).all()
+        np.testing.assert_array_equal(hard["image"][:, 1:7, 1:7], base["image"][:200, 1:7, 1:7])
+        # Distractor tones are present and quieter than the sample's own sound.
+        diff = hard["audio"].astype(np.float64) - base["audio"][:200]
+        rms = lambda x: np.sqrt(np.mean(x * x, axis=1))  # noqa: E731
+        assert (rms(diff) > 1e-3).all() and (rms(diff) < rms(base["audio"][:200])).all()
+    # A distractor is smaller than a small main object (at most 2/3 of its extent).
+    one = ToyWorld(ToyWorldConfig(distractors=1)).batch(range(40), "test")
+    base = default_knob_batches["test"]["image"][:40]
+    area = (_saturated(one["image"]) & ~_saturated(base)).sum((1, 2))
+    small = world.counterfactual(range(40), "test", {"size": "small"})["image"]
+    small = _saturated(small).sum((1, 2))
+    assert np.median(area) < 0.6 * np.median(small)
+
+
+def test_distractor_draws_do_not_shift_with_their_number():
+    one, two = draw_distractors(0, "train", [3, 4], 1), draw_distractors(0, "train", [3, 4], 2)
+    for name in one:
+        np.testing.assert_array_equal(one[name][:, 0], two[name][:, 0])
+
+
+@pytest.fixture(scope="module")
+def hard_world():
+    return ToyWorld(ToyWorldConfig(**toyworld_config.get_config("hard").world.to_dict()))
+
+
+def test_hard_world_samples_are_pure(hard_world):
+    batch = hard_world.batch(range(40), "train")
+    for i in (0, 39):
+        single = hard_world.sample(i, "train")
+        assert single["image"].tobytes() == batch["image"][i].tobytes()
+        assert single["audio"].tobytes() == batch["audio"][i].tobytes()
+        assert single["caption"] == batch["caption"][i]
+        assert single["labels"] == {f: int(v[i]) for f, v in batch["labels"].items()}
+    again = ToyWorld(hard_world.config).batch(range(40), "train")
+    assert _bytes(again) == _bytes(batch)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hard_train_contrast_pairs_differ_in_one_family(hard_world, family):
+    pairs = hard_world.contrast_pairs(family, 32, split="train", seed=5)
+    pos, neg = pairs.pos, pairs.neg
+    base = hard_world.batch(pos["index"], "train")
+    for other in FAMILIES:
+        if other != family:
+            np.testing.assert_array_equal(pos["labels"][other], neg["labels"][other])
+            np.testing.assert_array_equal(pos["labels"][other], base["labels"][other])
+    noisy_others = 0
+    for row, (cp, cn) in enumerate(zip(pos["caption"], neg["caption"])):
+        wp, wn = cp.split(), cn.split()
+        assert len(wp) == len(wn) and sum(a != b for a, b in zip(wp, wn)) == 1, (cp, cn)
+        qp, qn, qb = parse_caption(cp), parse_caption(cn), parse_caption(base["caption"][row])
+        # The contrasted family is named truthfully; the others keep the base caption's words,
+        # noise included, identical in pos and neg.
+        assert (qp[family], qn[family]) == (pairs.pos_values[row], pairs.neg_values[row])
+        for other in FAMILIES:
+            if other != family:
+                assert qp[other] == qn[other] == qb[other]
+                noisy_others += qb[other] != base["labels"][other][row]
+    assert noisy_others > 0  # the check above did meet noisy words
+    if family == "emblem":  # distractors are identical: only the glyph corner differs
+        outside = np.ones((32, 32), bool)
+        outside[1:7, 1:7] = False
+        np.testing.assert_array_equal(pos["image"][:, outside], neg["image"][:, outside])
+    assert all(np.abs(pos["image"] - neg["image"]).reshape(32, -1).max(1) > 0.1)
+    assert all(np.abs(pos["audio"] - neg["audio"]).max(1) > 0.01)
+
+
+def test_counterfactual_names_forced_values(hard_world):
+    cf = hard_world.counterfactual(range(100), "train", {"colour": "blue"})
+    assert all(parse_caption(c)["colour"] == CONCEPT_FAMILIES["colour"].index("blue")
+               for c in cf["caption"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(spurious=1.5), r"spurious must be a probability in \[0, 1\], got 1.5"),
+    (dict(spurious=-0.1), r"spurious must be a probability"),
+    (dict(spurious="0.5"), r"spurious must be a probability"),
+    (dict(caption_noise=2), r"caption_noise must be a probability in \[0, 1\], got 2"),
+    (dict(spurious_pair=("colour", "texture")), r"spurious_pair must be two different families"),
+    (dict(spurious_pair=("colour", "colour")), r"spurious_pair must be two different families"),
+    (dict(spurious_pair=("colour",)), r"spurious_pair must be two different families"),
+    (dict(spurious_pair="cs"), r"spurious_pair must be two different families"),
+    (dict(spurious_pair=("colour", "emblem")), r"cannot target the unsafe family 'emblem'"),
+    (dict(distractors=-1), rf"distractors must be an int in \[0, {MAX_DISTRACTORS}\], got -1"),
+    (dict(distractors=MAX_DISTRACTORS + 1), r"distractors must be an int"),
+    (dict(distractors=1.5), r"distractors must be an int"),
+    (dict(distractors=True), r"distractors must be an int"),
+])
+def test_bad_knob_values_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ToyWorldConfig(**kwargs)
+
+
+def test_hard_config_only_changes_world_knobs():
+    default, hard = toyworld_config.get_config(), toyworld_config.get_config("hard")
+    knobs = ("spurious", "caption_noise", "distractors")
+    assert all(default.world[k] == ToyWorldConfig.__dataclass_fields__[k].default for k in knobs)
+    assert hard.world.spurious > 0 and hard.world.caption_noise > 0 and hard.world.distractors > 0
+    assert {k: hard.world[k] for k in knobs} == dict(toyworld_config.HARD_WORLD)
+    # Everything else is the default, bar the flag that makes the demo also run a hard world.
+    hard_dict, default_dict = hard.to_dict(), default.to_dict()
+    for k in knobs:
+        hard_dict["world"][k] = default.world[k]
+    hard_dict.pop("compare_hard", None)
+    default_dict.pop("compare_hard", None)
+    assert hard_dict == default_dict
+    ToyWorldConfig(**hard.world.to_dict())
+    assert toyworld_config.get_config("tiny").train.num_steps < default.train.num_steps
+    with pytest.raises(ValueError, match="'hard'"):
+        toyworld_config.get_config("huge")

@@ -42,6 +42,28 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
     report = (workdir / "report.md").read_text()
     assert "Table 1: representation identification" in report and "| ToyWorld CLIP + MRepE |" in report
     assert (workdir / "patching_vision_colour_layer_position.png").stat().st_size > 1000
+    alignment = results["alignment"]
+    assert set(alignment["cmc"]) == set(alignment["transfer"]) == {"Text-Image", "Text-Audio", "Image-Audio"}
+    for row in alignment["cmc"].values():
+        assert 0.0 <= row["baseline"] <= 1.0 and len(row["mrepe"]) == 2 and 0 < row["p_value"] <= 1
+        assert {"linear", "procrustes", "anchors_data", "anchors_learned"} <= set(row)
+    for row in alignment["transfer"].values():
+        assert {"native", "mrepe", "linear", "procrustes", "no map", "random"} == set(row)
+    for title in ("Table 2: cross-modal consistency (CMC, eq 8) — default world",
+                  "Table 2: cross-modal consistency (CMC, eq 8) — hard world",
+                  "Table 1: representation identification — hard world", "Default vs hard world",
+                  "Transfer: a concept found in modality i, used in modality j — default world"):
+        assert f"## {title}" in report
+    assert "| Text-Image |" in report and "| Image-Audio |" in report
+    assert (workdir / "align_learning_curves.png").stat().st_size > 1000
+    hard = results["hard"]
+    assert hard["world"]["distractors"] > 0 and "alignment" in hard and "causal" not in hard
+    assert (workdir / "hard" / "checkpoints" / "toyclip").is_dir()
+    # The saved eq 4 maps load back and know where they belong.
+    from mrepe_jax.align.mapped import load_map
+
+    phi = load_map(workdir / "maps" / "text_to_vision_proj_seed1")
+    assert (phi.source_site, phi.target_site, phi.info["seed"]) == ("text.proj", "vision.proj", 1)
 
     again = run(workdir)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -49,8 +71,10 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
     assert resumed["training"]["steps_run"] == 0 and resumed["training"]["resumed_from_step"] == 4
     assert resumed["training"]["trained_in_seconds"] == results["training"]["trained_in_seconds"]
     # Same config, same model: the stages' figures are reused, not recomputed.
-    assert resumed["reused_stages"] == ["zero_shot", "identification", "causal"]
+    assert resumed["reused_stages"] == ["zero_shot", "identification", "alignment", "causal"]
+    assert resumed["hard"]["reused_stages"] == ["zero_shot", "identification", "alignment"]
     assert resumed["identification"] == results["identification"]
+    assert resumed["alignment"] == results["alignment"]
     assert "reused_stages" not in results
 
 
@@ -60,7 +84,13 @@ def test_bad_config_argument_is_named():
     assert proc.returncode != 0 and "unknown config argument 'huge'" in proc.stderr
 
 
-FIGURE_KEYS = ("zero_shot", "identification", "causal")
+FIGURE_KEYS = ("zero_shot", "identification", "causal", "alignment")
+
+
+def world_figures(results):
+    """The stage figures of the default world and, under ``/hard``, of the hard one."""
+    hard = {k: v for k, v in results["hard"].items() if k in FIGURE_KEYS}
+    return dict(figures({**{k: results[k] for k in FIGURE_KEYS}, "hard": hard}))
 
 
 def figures(tree, path=""):
@@ -83,15 +113,16 @@ def test_build_md_multi_host_command_with_the_tiny_config(single, tmp_path):
     a = json.loads((single[0] / "results.json").read_text())
     b = json.loads((tmp_path / "two" / "results.json").read_text())
     assert b["mesh"] == {"processes": 2, "shape": {"data": 2}}
-    fa = dict(figures({k: a[k] for k in FIGURE_KEYS}))
-    fb = dict(figures({k: b[k] for k in FIGURE_KEYS}))
+    fa, fb = world_figures(a), world_figures(b)
     assert fa.keys() == fb.keys() and len(fa) > 50
     for path, x in fa.items():
         if isinstance(x, float):
             # Two devices sum gradients in another order, and Adam turns rounding differences in
             # near-zero gradients into ~lr changes of a weight: the figures agree to float noise,
             # except that a rank statistic may flip one pair (1 / (n+ n-) ~ 2e-4 at this size).
-            tol = 5e-4 if path.startswith("/identification/") else 1e-6
+            rank = ("/identification/", "/hard/identification/", "/alignment/transfer/",
+                    "/hard/alignment/transfer/")
+            tol = 5e-4 if path.startswith(rank) else 1e-6
             assert abs(fb[path] - x) <= tol, (path, x, fb[path])
         else:
             assert fb[path] == x, path

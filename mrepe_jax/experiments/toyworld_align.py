@@ -1,0 +1,185 @@
+"""Cross-modal alignment on ToyWorld (paper §3.2.2, Table 2): maps phi_{i->j} (eq 4) trained with
+InfoNCE (eq 3) on paired representations, scored by CMC (eq 8), and concepts carried across.
+
+Paired data: one ToyWorld sample rendered in two modalities is a pair of "semantically
+equivalent inputs" (eq 8's D); maps are fitted on the train split, scored on the test split.
+Seeds vary everything fitted here (the train subset, initialisation, anchors, batch order); the
+CLIP is the one trained model.
+
+- CMC, Table 2: ``f`` is the zero-shot output distribution over each family's values (softmax at
+  the model's ``logit_scale``), ``sim = 1 - JSD`` (bits), averaged over families and test pairs.
+  *Baseline*: ``f(x_i)`` vs ``f(x_j)``, the model as trained. *MRepE*: the map is in modality
+  i's path between its embedding and the zero-shot head, ``f(phi_{i->j}(r_i))`` vs ``f(x_j)``,
+  with ``r_i`` read at ``{i}.proj``.
+- Transfer: eq 6 directions (value vs rest) found at ``{i}.pooled`` (before the projection: not
+  a shared space) carried to ``{j}.pooled`` through maps fitted there, then used in j to read
+  (held-out AUROC) and to steer (``Add`` at ``{j}.pooled``, zero-shot prediction moves to the
+  value), against j's own direction (ceiling), the unmapped direction, and a random one (floor).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from mrepe_jax import parallel
+from mrepe_jax.align.train import MapTrainConfig, train_maps
+from mrepe_jax.align.transfer import carry_direction, random_direction, steered_predictions
+from mrepe_jax.metrics.cmc import cmc, zero_shot_distribution
+from mrepe_jax.metrics.stats import paired_permutation_test
+from mrepe_jax.reading.directions import direction_mean_diff
+from mrepe_jax.reading.prototypes import auroc
+from mrepe_jax.report.plots import learning_curves
+
+#: (i, j): phi_{i->j} maps modality i into modality j, and Table 2's row name.
+PAIRS = {("text", "vision"): "Text-Image", ("text", "audio"): "Text-Audio",
+         ("vision", "audio"): "Image-Audio"}
+MAP_KINDS = ("mrepe", "linear", "procrustes")
+
+
+def map_config(cfg: ml_collections.ConfigDict, **overrides) -> MapTrainConfig:
+    return MapTrainConfig(**{**cfg.map.to_dict(), **overrides})
+
+
+def train_subsets(n: int, fraction: float, seeds) -> list[np.ndarray]:
+    """Per seed, the sorted train rows its maps see (the seed's data split)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"align.train_fraction must be in (0, 1], got {fraction}")
+    size = int(n * fraction)
+    return [np.sort(np.random.default_rng([s, 0x5B]).choice(n, size, replace=False)) for s in seeds]
+
+
+def fit_pair_maps(mcfg: MapTrainConfig, train: dict, point: str, subsets, seeds, checkpoints: Path,
+                  mesh, provenance: dict, progress: bool) -> dict:
+    """``{(i, j): [map per seed]}``: every pair x seed stacked into one ``train_maps`` call."""
+    jobs = [(pair, k) for pair in PAIRS for k in range(len(seeds))]
+    src = np.stack([train[i][f"{i}.{point}"][subsets[k]] for (i, _), k in jobs])
+    tgt = np.stack([train[j][f"{j}.{point}"][subsets[k]] for (_, j), k in jobs])
+    name = f"{point}_{mcfg.kind}" + (f"_{mcfg.anchors}" if mcfg.kind == "mrepe" else "")
+    fitted = train_maps(mcfg, src, tgt, seeds=[seeds[k] for _, k in jobs],
+                        source_site=[f"{i}.{point}" for (i, _), _ in jobs],
+                        target_site=[f"{j}.{point}" for (_, j), _ in jobs],
+                        checkpoint_dir=checkpoints / name.replace("+", "_"), mesh=mesh,
+                        provenance=provenance, progress=progress)
+    out: dict = {pair: [] for pair in PAIRS}
+    for (pair, _), m in zip(jobs, fitted):
+        out[pair].append(m)
+    return out
+
+
+def _per_pair_sims(emb_i, emb_j, prompts, scale) -> np.ndarray:
+    """Per test pair, eq 8's ``sim`` averaged over the families: ``[N]``."""
+    sims = [cmc(zero_shot_distribution(emb_i, p, scale), zero_shot_distribution(emb_j, p, scale))[1]
+            for p in prompts.values()]
+    return np.mean(np.asarray(sims), axis=0)
+
+
+def cmc_table(test: dict, prompts: dict, scale: float, maps: dict, key) -> dict:
+    """Per pair: Baseline CMC, each map kind's CMC per seed, and the permutation p-value of
+    MRepE (per-pair sims averaged over seeds) against Baseline on the same test pairs."""
+    out = {}
+    for (i, j), name in PAIRS.items():
+        r_i, r_j = test[i][f"{i}.proj"], test[j][f"{j}.proj"]
+        base = _per_pair_sims(r_i, r_j, prompts, scale)
+        row = {"baseline": float(base.mean())}
+        per_kind = {kind: [_per_pair_sims(np.asarray(m(r_i)), r_j, prompts, scale) for m in ms[(i, j)]]
+                    for kind, ms in maps.items()}
+        row.update({kind: [float(s.mean()) for s in sims] for kind, sims in per_kind.items()})
+        row["p_value"] = paired_permutation_test(np.mean(per_kind["mrepe"], 0), base, key)
+        out[name] = row
+    return out
+
+
+def _one_vs_rest(x, y, c):
+    return x[y == c], x[y != c]
+
+
+def transfer_table(model, params, world, train: dict, test: dict, labels: dict, prompts: dict,
+                   maps: dict, seeds, alphas, num_steer: int) -> dict:
+    """``{pair: {method: {"auroc": [...], "success": {alpha: [...]}}}}`` (one entry per seed for
+    fitted methods, one for deterministic ones); see the module docstring. Steering runs at each
+    of ``alphas`` (units of the site's mean norm): one alpha can saturate every method at 0 or 1."""
+    out = {}
+    variables = {"params": params}
+    for (i, j), name in PAIRS.items():
+        si, sj = f"{i}.pooled", f"{j}.pooled"
+        steer_x = test[j][sj][:num_steer]
+        norm = float(np.linalg.norm(test[j][sj], axis=1).mean())
+        methods = {"native": [None], "no map": ["identity"], "random": list(seeds),
+                   **{kind: ms[(i, j)] for kind, ms in maps.items()}}
+        scores = {m: {"auroc": np.zeros(len(v)), "success": np.zeros((len(alphas), len(v)))}
+                  for m, v in methods.items()}
+        cells = 0
+        for family, values in world.families.items():
+            y_tr, y_te = labels["train"][family], labels["test"][family]
+            deltas, index = [], []
+            for c in range(len(values)):
+                for method, variants in methods.items():
+                    for v, variant in enumerate(variants):
+                        if method == "native":
+                            d = direction_mean_diff(*_one_vs_rest(train[j][sj], y_tr, c))
+                        elif method == "random":
+                            d = random_direction(train[j][sj].shape[1], (variant, len(family), c))
+                        else:
+                            phi = None if variant == "identity" else variant
+                            d = carry_direction(phi, *_one_vs_rest(train[i][si], y_tr, c), site=si)
+                        d = np.asarray(d, np.float32)
+                        proj = test[j][sj] @ d
+                        scores[method]["auroc"][v] += float(auroc(*_one_vs_rest(proj, y_te, c)))
+                        deltas.append(d)
+                        index.append((c, method, v))
+            y_steer = y_te[:num_steer]
+            for a, alpha in enumerate(alphas):
+                preds = steered_predictions(model, variables, j, steer_x, np.stack(deltas),
+                                            alpha * norm, prompts[family])
+                for (c, method, v), p in zip(index, preds):
+                    scores[method]["success"][a, v] += float(np.mean(p[y_steer != c] == c))
+            cells += len(values)
+        out[name] = {m: {"auroc": (sc["auroc"] / cells).tolist(),
+                         "success": {str(a): (x / cells).tolist() for a, x in zip(alphas, sc["success"])}}
+                     for m, sc in scores.items()}
+    return out
+
+
+def run(model, params, world, reps: dict, labels: dict, prompts: dict, scale: float,
+        cfg: ml_collections.ConfigDict, workdir: Path, mesh, provenance: dict,
+        progress: bool = True) -> dict:
+    """The alignment stage: maps, Table 2 (+ baselines and anchor ablation), transfer table,
+    learning curves and the MRepE map bundles in ``workdir``."""
+    t0 = time.perf_counter()
+    seeds = list(cfg.seeds)
+    subsets = train_subsets(len(labels["train"][next(iter(world.families))]), cfg.train_fraction, seeds)
+    train, test = reps["train"], reps["test"]
+    checkpoints = workdir / "checkpoints" / "maps"
+    curves, maps = {}, {"proj": {}, "pooled": {}}
+    variants = [("proj", kind, None) for kind in MAP_KINDS]
+    variants += [("proj", "mrepe", a) for a in cfg.ablation_anchors]
+    variants += [("pooled", kind, None) for kind in MAP_KINDS]
+    for point, kind, anchors in variants:
+        mcfg = map_config(cfg, kind=kind, **({"anchors": anchors} if anchors else {}))
+        fitted = fit_pair_maps(mcfg, train, point, subsets, seeds, checkpoints, mesh, provenance, progress)
+        label = kind if anchors is None else f"anchors_{anchors}"
+        maps[point][label] = fitted
+        if kind != "procrustes" and all(m.info["losses"] for ms in fitted.values() for m in ms):
+            curves[f"{point} {label}"] = np.mean([m.info["losses"] for ms in fitted.values() for m in ms], 0)
+    learning_curves(curves, workdir / "align_learning_curves.png",
+                    title="alignment maps: InfoNCE loss (mean over pairs and seeds)")
+    for (i, j), ms in maps["proj"]["mrepe"].items():
+        for seed, m in zip(seeds, ms):
+            if parallel.is_primary():
+                m.save(workdir / "maps" / f"{i}_to_{j}_proj_seed{seed}")
+    key = jax.random.key(cfg.seeds[0])
+    out = {
+        "cmc": cmc_table(test, prompts, scale, maps["proj"], key),
+        "transfer": transfer_table(model, params, world, train, test, labels, prompts,
+                                   maps["pooled"], seeds, cfg.steer_alphas, cfg.num_steer),
+        "seeds": seeds,
+        "steer_alphas": list(cfg.steer_alphas),
+        "map_config": map_config(cfg).__dict__,
+    }
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
