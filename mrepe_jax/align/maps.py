@@ -144,6 +144,10 @@ def _paired(src, tgt) -> tuple[np.ndarray, np.ndarray]:
     return src, tgt
 
 
+# One compiled init per map configuration (eagerly, every initializer op compiles on its own).
+_init = jax.jit(lambda module, key, x: module.init(key, x), static_argnums=0)
+
+
 def init_variables(module: nn.Module, src, tgt, seed: int) -> dict[str, Any]:
     """Initial variables of ``module`` for paired data ``src`` [N, d_i] / ``tgt`` [N, d_j]:
     Procrustes is solved here, eq 4's data anchors are drawn from ``tgt``."""
@@ -151,7 +155,7 @@ def init_variables(module: nn.Module, src, tgt, seed: int) -> dict[str, Any]:
     if tgt.shape[1] != module.target_dim:
         raise ValueError(f"target representations have width {tgt.shape[1]} but the map was built "
                          f"for width {module.target_dim}")
-    variables = dict(module.init(jax.random.key(seed), jnp.zeros((1, src.shape[1]), jnp.float32)))
+    variables = dict(_init(module, jax.random.key(seed), jnp.zeros((1, src.shape[1]), jnp.float32)))
     if isinstance(module, ProcrustesMap):
         variables["params"] = procrustes(src, tgt)
     elif isinstance(module, AlignmentMap) and module.anchors != "learned":

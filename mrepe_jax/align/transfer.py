@@ -26,8 +26,9 @@ def carry_direction(phi: FittedMap | None, pos, neg, site: str | None = None) ->
     """Eq 6 carried through ``phi``: ``unit(mean phi(S+) - mean phi(S-))`` in ``phi``'s target
     space, from source-modality examples ``pos``/``neg`` [n, d_i] read at ``site``. With
     ``phi=None`` the direction stays in the source space (the "no map" carry)."""
-    if phi is not None:
-        pos, neg = phi(pos, site=site), phi(neg, site=site)
+    if phi is not None:  # one call for both sets: one compiled shape, not two
+        both = np.asarray(phi(np.concatenate([pos, neg]), site=site))
+        pos, neg = both[:len(pos)], both[len(pos):]
     return np.asarray(direction_mean_diff(pos, neg))
 
 

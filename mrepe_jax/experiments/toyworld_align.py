@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -71,11 +72,15 @@ def fit_pair_maps(mcfg: MapTrainConfig, train: dict, point: str, subsets, seeds,
     return out
 
 
-def _per_pair_sims(emb_i, emb_j, prompts, scale) -> np.ndarray:
+@jax.jit
+def _sims(emb_i, emb_j, prompts: tuple, scale):
+    return jnp.mean(jnp.stack([cmc(zero_shot_distribution(emb_i, p, scale),
+                                   zero_shot_distribution(emb_j, p, scale))[1] for p in prompts]), 0)
+
+
+def _per_pair_sims(emb_i, emb_j, prompts: dict, scale) -> np.ndarray:
     """Per test pair, eq 8's ``sim`` averaged over the families: ``[N]``."""
-    sims = [cmc(zero_shot_distribution(emb_i, p, scale), zero_shot_distribution(emb_j, p, scale))[1]
-            for p in prompts.values()]
-    return np.mean(np.asarray(sims), axis=0)
+    return np.asarray(_sims(jnp.asarray(emb_i), jnp.asarray(emb_j), tuple(prompts.values()), scale))
 
 
 def cmc_table(test: dict, prompts: dict, scale: float, maps: dict, key) -> dict:
@@ -111,6 +116,10 @@ def transfer_table(model, params, world, train: dict, test: dict, labels: dict, 
         norm = float(np.linalg.norm(test[j][sj], axis=1).mean())
         methods = {"native": [None], "no map": ["identity"], "random": list(seeds),
                    **{kind: ms[(i, j)] for kind, ms in maps.items()}}
+        # Each map's image of the train set, once: carrying a direction (eq 6 of the mapped
+        # example sets, ``carry_direction``) is then a masked mean per value.
+        mapped = {(m, v): np.asarray(phi(train[i][si], site=si)) for m, variants in methods.items()
+                  if m not in ("native", "no map", "random") for v, phi in enumerate(variants)}
         scores = {m: {"auroc": np.zeros(len(v)), "success": np.zeros((len(alphas), len(v)))}
                   for m, v in methods.items()}
         cells = 0
@@ -125,8 +134,8 @@ def transfer_table(model, params, world, train: dict, test: dict, labels: dict, 
                         elif method == "random":
                             d = random_direction(train[j][sj].shape[1], (variant, len(family), c))
                         else:
-                            phi = None if variant == "identity" else variant
-                            d = carry_direction(phi, *_one_vs_rest(train[i][si], y_tr, c), site=si)
+                            source = train[i][si] if variant == "identity" else mapped[(method, v)]
+                            d = carry_direction(None, *_one_vs_rest(source, y_tr, c))
                         d = np.asarray(d, np.float32)
                         proj = test[j][sj] @ d
                         scores[method]["auroc"][v] += float(auroc(*_one_vs_rest(proj, y_te, c)))
