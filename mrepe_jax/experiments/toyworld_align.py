@@ -123,7 +123,7 @@ def transfer_table(model, params, world, train: dict, test: dict, labels: dict, 
         scores = {m: {"auroc": np.zeros(len(v)), "success": np.zeros((len(alphas), len(v)))}
                   for m, v in methods.items()}
         cells = 0
-        for family, values in world.families.items():
+        for f, (family, values) in enumerate(world.families.items()):
             y_tr, y_te = labels["train"][family], labels["test"][family]
             deltas, index = [], []
             for c in range(len(values)):
@@ -132,7 +132,7 @@ def transfer_table(model, params, world, train: dict, test: dict, labels: dict, 
                         if method == "native":
                             d = direction_mean_diff(*_one_vs_rest(train[j][sj], y_tr, c))
                         elif method == "random":
-                            d = random_direction(train[j][sj].shape[1], (variant, len(family), c))
+                            d = random_direction(train[j][sj].shape[1], (variant, f, c))
                         else:
                             source = train[i][si] if variant == "identity" else mapped[(method, v)]
                             d = carry_direction(None, *_one_vs_rest(source, y_tr, c))
