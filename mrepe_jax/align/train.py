@@ -118,6 +118,13 @@ class MapStep:
         return state.apply_gradients(grads=grads), {"loss": values.mean(), "losses": values}
 
 
+@functools.lru_cache(maxsize=16)
+def _optimizer(learning_rate: float, weight_decay: float):
+    """AdamW, cached: the optimizer is part of the state's structure, so an equal one lets ``fit``
+    reuse its compiled step across fits (seeds, pairs, map kinds of one shape)."""
+    return optax.adamw(learning_rate, weight_decay=weight_decay)
+
+
 @functools.lru_cache(maxsize=8)
 def _sharded_loss(mesh):
     return contrastive.sharded_info_nce(mesh)
@@ -203,7 +210,7 @@ def train_maps(cfg: MapTrainConfig, src, tgt, *, seeds, source_site, target_site
     run = {**{key: v for key, v in infos[0].items() if key not in ("config", "seed")},
            **{key: v for key, v in dataclasses.asdict(cfg).items() if key not in ("checkpoint_every", "seed")},
            "seeds": seeds, "data_sha256": data_hash(src, tgt), "sites": [sources, targets]}
-    tx = optax.adamw(cfg.learning_rate, weight_decay=cfg.weight_decay)
+    tx = _optimizer(cfg.learning_rate, cfg.weight_decay)
     constants = {key: v for key, v in stacked.items() if key != "params"}
     result = fit(lambda: MapState.create(apply_fn=None, params=stacked["params"], tx=tx,
                                          constants=constants),
