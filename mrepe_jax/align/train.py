@@ -148,18 +148,23 @@ def batch_fn(src, tgt, batch_size: int, memory_size: int, seeds, rows: slice = s
     with the batch; the sharded loss gathers it whole."""
     n = src.shape[1]
     per_epoch = n // batch_size
+    maps = np.arange(len(seeds))[:, None]
 
-    def stack(arrays, idx):
-        return np.stack([a[i] for a, i in zip(arrays, idx)], axis=1)
+    @functools.lru_cache(maxsize=2)
+    def orders(epoch: int) -> np.ndarray:  # [K, N]; cached: every step of an epoch reads it
+        return np.stack([np.random.default_rng([s, epoch]).permutation(n) for s in seeds])
+
+    def take(arrays, idx):  # arrays [K, N, d], idx [K, b] -> [b, K, d]
+        return np.swapaxes(arrays[maps, idx], 0, 1)
 
     def get(step: int):
         epoch, i = divmod(step, per_epoch)
-        idx = [np.random.default_rng([s, epoch]).permutation(n)[i * batch_size:(i + 1) * batch_size][rows]
-               for s in seeds]
-        batch = {"src": stack(src, idx), "tgt": stack(tgt, idx)}
+        idx = orders(epoch)[:, i * batch_size:(i + 1) * batch_size][:, rows]
+        batch = {"src": take(src, idx), "tgt": take(tgt, idx)}
         if memory_size:
-            mem = [np.random.default_rng([s, epoch, i, 2]).integers(0, n, memory_size) for s in seeds]
-            memory = stack(tgt, mem)  # [M, K, d]
+            draws = np.stack([np.random.default_rng([s, epoch, i, 2]).integers(0, n, memory_size)
+                              for s in seeds])
+            memory = take(tgt, draws)  # [M, K, d]
             batch["memory"] = memory.reshape((batch_size, -1) + memory.shape[1:])[rows]
         return batch
 
