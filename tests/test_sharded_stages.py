@@ -1,6 +1,7 @@
 """Every stage on 8 virtual CPU devices gives the 1-device numbers (DESIGN.md §7): exact and
-attribution patching, the ToyWorld CLIP's training step and loss, streaming evaluation (in
-tests/reading/test_activations.py). One subprocess: the rest of the session keeps one device."""
+attribution patching, the ToyWorld CLIP's training step and loss, InfoNCE and alignment-map
+training, streaming evaluation (in tests/reading/test_activations.py). One subprocess: the rest
+of the session keeps one device."""
 
 import pytest
 
@@ -80,6 +81,46 @@ SCRIPT = """
                                         for a, b in zip(one_maps, many_maps)))
     err["train_map_outputs"] = float(max(np.abs(np.asarray(a(src[0])) - np.asarray(b(src[0]))).max()
                                          for a, b in zip(one_maps, many_maps)))
+    # InfoNCE (eq 3) sharded over the rows, negatives all-gathered: value and gradients (through a
+    # linear map, as training uses it) against the one-device loss, under jit.
+    from mrepe_jax.align.contrastive import info_nce, sharded_info_nce
+
+    def info_nce_checks():
+        sharded = sharded_info_nce(mesh)
+        B, D, M = 16, 6, 5
+        f32 = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+        src, tgt, mem, W = f32(B, D), f32(B, D), f32(M, D), f32(D, D)
+        tau = jnp.float32(0.2)
+
+        def rel(a, b):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            return float(np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(b))))
+
+        out = {"err": {}, "scale": {}}
+        for sym in (False, True):
+            for name, neg in (("none", None), ("m0", jnp.zeros((0, D), jnp.float32)), ("m5", mem)):
+                key = f"sym{int(sym)}_{name}"
+                def one(s, t, w, tau, loss):
+                    return loss(s @ w, t, tau, neg, symmetric=sym)
+                vg = jax.jit(jax.value_and_grad(one, (0, 1, 2, 3)), static_argnums=4)
+                ref_v, ref_g = vg(src, tgt, W, tau, info_nce)
+                v, g = vg(src, tgt, W, tau, sharded)
+                out["err"][key + "_value"] = rel(v, ref_v)
+                for i, n in enumerate(("src", "tgt", "W", "tau")):
+                    out["err"][f"{key}_grad_{n}"] = rel(g[i], ref_g[i])
+                    out["scale"][f"{key}_grad_{n}"] = float(np.max(np.abs(ref_g[i])))
+                ps, pt = parallel.shard_batch((src, tgt), mesh)  # inputs placed on the mesh
+                out["err"][key + "_placed_value"] = rel(
+                    jax.jit(lambda a, b: sharded(a @ W, b, tau, neg, symmetric=sym))(ps, pt), ref_v)
+        gm = jax.jit(jax.grad(lambda m: sharded(src, tgt, tau, m, symmetric=True)))(mem)
+        out["mem_grad_max"] = float(np.max(np.abs(gm)))
+        try:
+            sharded(src[:12], tgt[:12], tau)
+        except ValueError as e:
+            out["indivisible"] = str(e)
+        return out
+
+    res["info_nce"] = info_nce_checks()
     res["err"] = err
     print(json.dumps(res))
 """
@@ -119,3 +160,15 @@ def test_alignment_maps_on_eight_devices_equal_one(eight):
     # Losses of every step (rounded to 5 digits in FittedMap.info) and the trained maps' outputs.
     assert eight["err"]["train_map_losses"] <= 2e-5
     assert eight["err"]["train_map_outputs"] <= 1e-4
+
+
+def test_info_nce_on_eight_devices_equals_one(eight):
+    nce = eight["info_nce"]
+    # 3 memories x 2 directions x (value, placed value, 4 grads), each max |diff| / max(1, |ref|)
+    assert len(nce["err"]) == 6 * 6
+    for key, err in nce["err"].items():
+        assert err <= 1e-6, (key, err)
+    for key, scale in nce["scale"].items():
+        assert scale > 1e-3, key  # the gradients compared are not vacuous
+    assert nce["mem_grad_max"] == 0.0
+    assert "batch size 12 is not divisible by the 'data' mesh axis size 8" in nce["indivisible"]

@@ -1,5 +1,5 @@
-"""InfoNCE (eq 3) against a direct numpy transcription of the equation, and its sharded form
-(``sharded_info_nce``) against the single-device one on 8 virtual CPU devices."""
+"""InfoNCE (eq 3) against a direct numpy transcription of the equation. Its sharded form on 8
+virtual CPU devices is tested with the other sharded stages (tests/test_sharded_stages.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,6 @@ import pytest
 
 from mrepe_jax import parallel
 from mrepe_jax.align.contrastive import clip_loss, info_nce, sharded_info_nce
-from tests.test_parallel import run_with_devices
 
 
 def eq3(src, tgt, tau, negatives=None):
@@ -104,73 +103,3 @@ def test_sharded_on_one_device_and_its_errors():
         loss(np.ones((4, 3)), np.ones((4, 3)), 0.0)
     with pytest.raises(ValueError, match=r"there is no 'batch' axis"):
         sharded_info_nce(mesh, "batch")
-
-
-SCRIPT = """
-    import json
-    import jax, jax.numpy as jnp, numpy as np
-    jax.config.update("jax_default_matmul_precision", "highest")
-    from mrepe_jax import parallel
-    from mrepe_jax.align.contrastive import info_nce, sharded_info_nce
-
-    mesh = parallel.make_mesh()
-    sharded = sharded_info_nce(mesh)
-    rng = np.random.default_rng(0)
-    B, D, M = 16, 6, 5
-    f32 = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
-    src, tgt, mem, W = f32(B, D), f32(B, D), f32(M, D), f32(D, D)
-    tau = jnp.float32(0.2)
-
-    def rel(a, b):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        return float(np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(b))))
-
-    res = {"devices": jax.device_count(), "err": {}, "scale": {}}
-    for sym in (False, True):
-        for name, neg in (("none", None), ("m0", jnp.zeros((0, D), jnp.float32)), ("m5", mem)):
-            key = f"sym{int(sym)}_{name}"
-            def one(s, t, w, tau, loss):
-                return loss(s @ w, t, tau, neg, symmetric=sym)
-            argnums = (0, 1, 2, 3)
-            ref_v, ref_g = jax.value_and_grad(one, argnums)(src, tgt, W, tau, info_nce)
-            v, g = jax.value_and_grad(one, argnums)(src, tgt, W, tau, sharded)
-            jv, jg = jax.jit(jax.value_and_grad(one, argnums), static_argnums=4)(
-                src, tgt, W, tau, sharded)
-            res["err"][key + "_value"] = rel(v, ref_v)
-            res["err"][key + "_jit_value"] = rel(jv, ref_v)
-            for i, n in enumerate(("src", "tgt", "W", "tau")):
-                res["err"][f"{key}_grad_{n}"] = rel(g[i], ref_g[i])
-                res["err"][f"{key}_jit_grad_{n}"] = rel(jg[i], ref_g[i])
-                res["scale"][f"{key}_grad_{n}"] = float(np.max(np.abs(ref_g[i])))
-            # inputs already placed batch-sharded on the mesh give the same
-            ps, pt = parallel.shard_batch((src, tgt), mesh)
-            res["err"][key + "_placed_value"] = rel(sharded(ps @ W, pt, tau, neg, symmetric=sym), ref_v)
-    gm = jax.grad(lambda m: sharded(src, tgt, tau, m, symmetric=True))(mem)
-    res["mem_grad_max"] = float(np.max(np.abs(gm)))
-    try:
-        sharded(src[:12], tgt[:12], tau)
-        res["indivisible"] = None
-    except ValueError as e:
-        res["indivisible"] = str(e)
-    print(json.dumps(res))
-"""
-
-
-@pytest.fixture(scope="module")
-def eight():
-    return run_with_devices(SCRIPT)
-
-
-def test_sharded_info_nce_on_eight_devices_equals_one(eight):
-    assert eight["devices"] == 8
-    # 3 memories x 2 directions x (value, jit value, placed value, 4 grads, 4 jit grads)
-    assert len(eight["err"]) == 6 * 11
-    for key, err in eight["err"].items():  # max abs difference / max(1, max |reference|)
-        assert err <= 1e-6, (key, err)
-    for key, scale in eight["scale"].items():
-        assert scale > 1e-3, key  # the gradients compared are not vacuous
-    assert eight["mem_grad_max"] == 0.0
-
-
-def test_sharded_info_nce_rejects_indivisible_batch(eight):
-    assert "batch size 12 is not divisible by the 'data' mesh axis size 8" in eight["indivisible"]
