@@ -91,7 +91,7 @@ def get_config(arg=None):
         c.world.update(HARD_WORLD)
         c.compare_hard = False  # the main world is the hard one
     if arg == "tiny":
-        # projection_dim == hidden_size: the maps between `pooled` sites reuse the `proj` maps' programs.
+        # projection_dim == hidden_size: maps between `pooled` sites reuse the `proj` maps' programs.
         m.update(hidden_size=16, mlp_size=32, num_layers=1, num_heads=2, projection_dim=16)
         t.update(pool_size=64, batch_size=16, num_steps=4, warmup_steps=1, checkpoint_every=2)
         e.num_test = 64
