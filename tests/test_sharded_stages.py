@@ -81,6 +81,31 @@ SCRIPT = """
                                         for a, b in zip(one_maps, many_maps)))
     err["train_map_outputs"] = float(max(np.abs(np.asarray(a(src[0])) - np.asarray(b(src[0]))).max()
                                          for a, b in zip(one_maps, many_maps)))
+    # Interventions (eq 5 + 7) and PGD (eq 11) with the batch sharded over the data axis.
+    from mrepe_jax.control.interventions import attention, combine, direct
+    from mrepe_jax.metrics.safety import pgd
+    x8 = jnp.asarray(rng.uniform(size=(8, 16, 16, 3)), jnp.float32)
+    d = jnp.asarray(rng.normal(size=32), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(8, 4, 5, 5)), jnp.float32)
+    target = jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)
+
+    def steered(x, alpha):
+        edits = combine(direct("vision.layers.1.resid_post", d, alpha, 2.0),
+                        attention("vision.layers.0.attn.logits", bias))
+        return model.apply(v, "vision", x, edits=edits, method="encode")[0]
+
+    def attack(x):
+        loss = lambda z: -jnp.sum(steered(z, 0.3) * target, -1)
+        return pgd(loss, x, epsilon=0.05, steps=4, step_size=0.02, bounds=(0.0, 1.0))
+
+    one_out, one_adv = jax.jit(steered)(x8, 0.3), jax.jit(attack)(x8)
+    placed = parallel.shard_batch(x8, mesh)
+    many_out, many_adv = jax.jit(steered)(placed, 0.3), jax.jit(attack)(placed)
+    err["steered_outputs"] = float(jnp.abs(one_out - many_out).max())
+    err["pgd_inputs"] = float(jnp.abs(one_adv - many_adv).max())
+    res["pgd_moved"] = float(jnp.abs(one_adv - x8).max())
+    res["steered_sharding"] = str(many_out.sharding.spec)
+
     # InfoNCE (eq 3) sharded over the rows, negatives all-gathered: value and gradients (through a
     # linear map, as training uses it) against the one-device loss, under jit.
     from mrepe_jax.align.contrastive import info_nce, sharded_info_nce
@@ -136,7 +161,7 @@ def test_patching_on_eight_devices_equals_one(eight):
     assert eight["exact_resid_scale"] > 1e-2  # not vacuous
     # 1e-6 relative to the effects' size: float32 holds ~7 digits, and the 8-device programs
     # batch fewer patches per matmul, so rounding differs in the last ulps.
-    keys = [k for k in eight["err"] if not k.startswith("train")]
+    keys = [k for k in eight["err"] if not k.startswith(("train", "steered", "pgd"))]
     assert len(keys) == 7
     for key in keys:
         scale = max(1.0, eight.get(key + "_scale", 1.0))
@@ -172,3 +197,10 @@ def test_info_nce_on_eight_devices_equals_one(eight):
         assert scale > 1e-3, key  # the gradients compared are not vacuous
     assert nce["mem_grad_max"] == 0.0
     assert "batch size 12 is not divisible by the 'data' mesh axis size 8" in nce["indivisible"]
+
+
+def test_interventions_and_pgd_on_eight_devices_equal_one(eight):
+    assert eight["err"]["steered_outputs"] <= 1e-6
+    assert eight["err"]["pgd_inputs"] <= 1e-6
+    assert eight["pgd_moved"] > 0.01  # the attack did something to compare
+    assert "data" in eight["steered_sharding"]  # the batch stayed split over the mesh
