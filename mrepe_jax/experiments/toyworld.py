@@ -18,7 +18,8 @@ import numpy as np
 
 from mrepe_jax import parallel
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
-from mrepe_jax.experiments import toyworld_align, toyworld_identify, toyworld_report
+from mrepe_jax.experiments import (toyworld_align, toyworld_control, toyworld_identify,
+                                   toyworld_report)
 from mrepe_jax.models.clip import normalize
 from mrepe_jax.reading.bundles import params_hash
 from mrepe_jax.report import workdir as workdir_lib
@@ -54,8 +55,8 @@ def _can_reuse(same_config: bool, previous: dict, results: dict, stages) -> bool
 
 def _stages(model, params, world: ToyWorld, config, workdir, mesh, causal: bool = True,
             progress: bool = True) -> dict:
-    """Zero-shot evaluation, identification (Table 1, directions), causal effects and alignment
-    (Table 2, transfer)."""
+    """Zero-shot evaluation, identification (Table 1, directions), causal effects, alignment
+    (Table 2, transfer) and steering (Table 3)."""
     sizes = {"train": config.identify.num_train, "validation": config.identify.num_validation,
              "test": config.eval.num_test}
     # Each process renders (reads) only its rows of each split; labels are cheap and global.
@@ -82,6 +83,8 @@ def _stages(model, params, world: ToyWorld, config, workdir, mesh, causal: bool 
     scale = min(float(np.exp(params["logit_scale"])), MAX_LOGIT_SCALE)
     out["alignment"] = toyworld_align.run(model, params, world, reps, labels, prompts, scale,
                                           config.align, workdir, mesh, provenance, progress)
+    out["control"] = toyworld_control.run(model, params, world, reps, splits["train"],
+                                          labels["train"], prompts, config.control)
     return out
 
 
@@ -121,7 +124,7 @@ def _world_stages(config, world: ToyWorld, workdir, mesh, progress: bool, causal
     else:
         results["training"]["trained_in_seconds"] = results["training"]["seconds_this_run"]
 
-    stages = ("zero_shot", "identification", "alignment") + (("causal",) if causal else ())
+    stages = ("zero_shot", "identification", "alignment", "control") + (("causal",) if causal else ())
     if _can_reuse(same_config, previous, results, stages):
         # Same config, same trained model: the stages' figures (and plots) are already here.
         results.update({k: previous[k] for k in stages}, reused_stages=list(stages))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mrepe_jax.experiments import toyworld_report_align as align
+from mrepe_jax.experiments import toyworld_report_control as control
 from mrepe_jax.report.markdown import section, table
 
 MODALITIES = ("vision", "text", "audio")
@@ -43,12 +44,14 @@ def render(results: dict) -> str:
     name = world_name(results["config"]["world"])
     parts += [align.table2(results["alignment"], name),
               align.transfer_table(results["alignment"], name),
-              "![alignment learning curves](align_learning_curves.png)"]
+              "![alignment learning curves](align_learning_curves.png)",
+              control.table3(results["control"], name)]
     if "hard" in results:
         hard = results["hard"]
         parts += [zero_shot_section({**hard, "config": results["config"]}, "hard world"),
                   table1_section(hard, "hard world"), align.table2(hard["alignment"], "hard"),
                   align.transfer_table(hard["alignment"], "hard"),
+                  control.table3(hard["control"], "hard"),
                   align.hard_comparison(results, hard)]
     return "\n\n".join(parts) + "\n"
 

@@ -1,0 +1,167 @@
+"""Steering on ToyWorld (paper §3.2.3, Table 3): each concept value is a target; held-out inputs of
+other values are steered toward it at each tower's last layer, and scored against ground truth.
+
+Per tower, at ``S = {tower}.layers.{L-1}.resid_post`` (every token) and its layer's logits:
+
+- *Direct* (eq 5): ``Add`` of ``alpha x site_scale(S) x unit(Delta_c)``, ``Delta_c`` the eq 6 mean
+  difference (target value vs the rest) of token-mean representations at S on the train split.
+- *Attention* (eq 7): ``M_c`` adds ``attention_strength x sqrt(d_head)`` to the logits of keys
+  whose representation (``{tower}.layers.{L-1}.resid_pre``) is an eq 1 member of the target's
+  prototype (tau fitted on train, ``fit_threshold``): a shift of ``attention_strength`` in the
+  softmax input, since eq 7 adds ``M_c`` before the ``1/sqrt(d_k)`` scaling.
+- *Combined*: both in one edit dict.
+- *AP* (activation patching without alignment): S replaced by the target's mean activation.
+- *None*: no intervention (how often inputs are already predicted as the target).
+
+Success: the zero-shot prediction of the target's family becomes the target, among inputs whose
+true value differs. Collateral: accuracy on the other families under the same intervention.
+Seeds vary the train subset the directions, prototypes and means are fitted on. FT (a fine-tuned
+head) is not built yet: its column says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from mrepe_jax import parallel
+from mrepe_jax.control.evaluate import collateral_accuracy, steered_predictions, success_rate
+from mrepe_jax.control.interventions import attention, combine, direct, site_scale
+from mrepe_jax.edits import Replace, along
+from mrepe_jax.experiments.toyworld_align import train_subsets
+from mrepe_jax.experiments.toyworld_identify import TOWERS
+from mrepe_jax.reading.activations import collect_activations, tower_apply
+from mrepe_jax.reading.directions import direction_mean_diff
+from mrepe_jax.reading.prototypes import fit_threshold, prototype, similarity
+
+METHODS = ("none", "direct", "attention", "combined", "ap")
+
+
+def _sites(model, tower: str) -> tuple[str, str, str]:
+    last = model.tower_layers()[tower] - 1
+    return (f"{tower}.layers.{last}.resid_post", f"{tower}.layers.{last}.attn.logits",
+            f"{tower}.layers.{last}.resid_pre")
+
+
+def _tower_config(model, tower: str):
+    return getattr(model.config, f"{tower}_config")
+
+
+def _edit_eq5_eq7(p, site, logits):
+    """One intervention of the eq 5 / eq 7 family; methods differ only in their arrays (alpha 0 or
+    a zero mask switch a part off), so every method and alpha shares one compiled program."""
+    return combine(direct(site, p["delta"], p["alpha"], p["scale"]),
+                   attention(logits, along(p["bias"], "batch", "key")))
+
+
+def _edit_ap(p, site):
+    return {site: Replace(p["mean"])}
+
+
+def _token_reps(model, params, tower, batch, site):
+    """``site`` per token, ``[N, T, D]``, for the control inputs (one forward)."""
+    input_key, mask_key = TOWERS[tower]
+    args = (batch[input_key],) + ((batch[mask_key],) if mask_key else ())
+    _, acts = jax.jit(lambda p, *a: model.apply({"params": p}, tower, *a, method="encode",
+                                                capture=(site,)))(params, *args)
+    return np.asarray(acts[site])
+
+
+def _train_means(model, params, tower, batch, site):
+    """Token-mean ``site`` of the train split: this process's rows (``batch``), then every row."""
+    input_key, mask_key = TOWERS[tower]
+    keys = [input_key] + ([mask_key] if mask_key else [])
+    n = len(batch[input_key])
+    batches = ({k: batch[k][s:s + 256] for k in keys} for s in range(0, n, 256))
+    local = collect_activations(tower_apply(model, tower, input_key, mask_key), batches, (site,),
+                                params={"params": params}, reduce="mean", mask_key=mask_key)[site]
+    return parallel.gather_rows(local)
+
+
+def tower_table(model, params, world, tower: str, train_reps: dict, train_batch, train_labels,
+                test_batch, test_labels, prompts: dict, cfg: ml_collections.ConfigDict) -> dict:
+    """``{method: {"success": {alpha: [per seed]}, "collateral": {alpha: [per seed]}}}`` for one
+    tower, averaged over every (family, target value)."""
+    site, logits, key_site = _sites(model, tower)
+    input_key, mask_key = TOWERS[tower]
+    x, mask = test_batch[input_key], test_batch[mask_key] if mask_key else None
+    inputs = {input_key: x, **({mask_key: mask} if mask_key else {})}
+    labels = {f: np.asarray(y) for f, y in test_labels.items()}
+    keys = _token_reps(model, params, tower, inputs, key_site)  # [n, T, D]
+    key_means = _train_means(model, params, tower, train_batch, key_site)
+    reps = train_reps[site]
+    scale = site_scale(reps)
+    num_heads = _tower_config(model, tower).num_attention_heads
+    bias_unit = cfg.attention_strength * np.sqrt(reps.shape[1] / num_heads)
+    alphas = [float(a) for a in cfg.alphas]
+    edit5 = functools.partial(_edit_eq5_eq7, site=site, logits=logits)
+    edit_ap = functools.partial(_edit_ap, site=site)
+
+    out = {m: {"success": {str(a): [] for a in alphas}, "collateral": {str(a): [] for a in alphas}}
+           for m in METHODS}
+    n_train, fractions = len(reps), []
+    for subset in train_subsets(n_train, cfg.train_fraction, cfg.seeds):
+        rows, y_all = [], {f: np.asarray(y)[subset] for f, y in train_labels.items()}
+        arrays = {"delta": [], "alpha": [], "bias": [], "mean": []}
+        for family, values in world.families.items():
+            y = y_all[family]
+            for c in range(len(values)):
+                delta = np.asarray(direction_mean_diff(reps[subset][y == c], reps[subset][y != c]))
+                proto = np.asarray(prototype(key_means[subset][y == c]))
+                sims = np.asarray(similarity(key_means[subset], proto))
+                tau = fit_threshold(sims[y == c], sims[y != c])
+                member = np.asarray(similarity(keys, proto)) > tau  # [n, T]
+                fractions.append(float(member.mean()))
+                bias = np.where(member, bias_unit, 0.0).astype(np.float32)
+                zero = np.zeros_like(bias)
+                for method, alpha in [("none", 0.0), ("attention", 0.0)] + [
+                        (m, a) for m in ("direct", "combined") for a in alphas]:
+                    arrays["delta"].append(delta)
+                    arrays["alpha"].append(alpha)
+                    arrays["bias"].append(bias if method in ("attention", "combined") else zero)
+                    rows.append((family, c, method, alpha))
+                arrays["mean"].append(reps[subset][y == c].mean(0))
+        eq57 = {"delta": np.stack(arrays["delta"]), "alpha": np.asarray(arrays["alpha"], np.float32),
+                "bias": np.stack(arrays["bias"]),
+                "scale": np.full(len(arrays["alpha"]), scale, np.float32)}
+        preds = steered_predictions(model, {"params": params}, tower, x, mask, edit5, eq57, prompts)
+        ap = steered_predictions(model, {"params": params}, tower, x, mask, edit_ap,
+                                 {"mean": np.stack(arrays["mean"]).astype(np.float32)}, prompts)
+        targets = [(f, c) for f, values in world.families.items() for c in range(len(values))]
+        scores: dict = {}
+        for k, (family, c, method, alpha) in enumerate(rows):
+            pk = {f: p[k] for f, p in preds.items()}
+            s = (success_rate(pk[family], labels[family], c), collateral_accuracy(pk, labels, family))
+            for a in ([str(x_) for x_ in alphas] if method in ("none", "attention") else [str(alpha)]):
+                scores.setdefault((method, a), []).append(s)
+        for k, (family, c) in enumerate(targets):
+            pk = {f: p[k] for f, p in ap.items()}
+            s = (success_rate(pk[family], labels[family], c), collateral_accuracy(pk, labels, family))
+            for a in alphas:
+                scores.setdefault(("ap", str(a)), []).append(s)
+        for (method, a), values in scores.items():
+            out[method]["success"][a].append(float(np.mean([v[0] for v in values])))
+            out[method]["collateral"][a].append(float(np.mean([v[1] for v in values])))
+    # How many key tokens eq 1 marks as members of a target (the tokens eq 7 boosts).
+    out["member_fraction"] = float(np.mean(fractions))
+    return out
+
+
+def run(model, params, world, reps: dict, train_batch, train_labels, prompts: dict,
+        cfg: ml_collections.ConfigDict) -> dict:
+    """Table 3 for every tower (see the module docstring). ``train_batch``: this process's rows of
+    the train split (``reps["train"]`` holds every row's representations)."""
+    t0 = time.perf_counter()
+    test = world.batch(range(cfg.num_inputs), split="test")  # every process: the same inputs
+    out = {"towers": {}, "alphas": list(cfg.alphas), "seeds": list(cfg.seeds),
+           "num_inputs": cfg.num_inputs}
+    for tower in cfg.towers:
+        out["towers"][tower] = tower_table(model, params, world, tower, reps["train"][tower],
+                                           train_batch, train_labels, test, test["labels"],
+                                           prompts, cfg)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
