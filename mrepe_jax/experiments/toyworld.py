@@ -19,7 +19,7 @@ import numpy as np
 from mrepe_jax import parallel
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
 from mrepe_jax.experiments import (toyworld_align, toyworld_control, toyworld_identify,
-                                   toyworld_report)
+                                   toyworld_report, toyworld_safety)
 from mrepe_jax.models.clip import normalize
 from mrepe_jax.reading.bundles import params_hash
 from mrepe_jax.report import workdir as workdir_lib
@@ -56,7 +56,7 @@ def _can_reuse(same_config: bool, previous: dict, results: dict, stages) -> bool
 def _stages(model, params, world: ToyWorld, config, workdir, mesh, causal: bool = True,
             progress: bool = True) -> dict:
     """Zero-shot evaluation, identification (Table 1, directions), causal effects, alignment
-    (Table 2, transfer) and steering (Table 3)."""
+    (Table 2, transfer), steering (Table 3) and safety (Table 4)."""
     sizes = {"train": config.identify.num_train, "validation": config.identify.num_validation,
              "test": config.eval.num_test}
     # Each process renders (reads) only its rows of each split; labels are cheap and global.
@@ -85,6 +85,8 @@ def _stages(model, params, world: ToyWorld, config, workdir, mesh, causal: bool 
                                           config.align, workdir, mesh, provenance, progress)
     out["control"] = toyworld_control.run(model, params, world, reps, splits["train"],
                                           labels["train"], prompts, config.control)
+    out["safety"] = toyworld_safety.run(model, params, world, reps, splits["train"],
+                                        labels["train"], prompts, scale, config.control)
     return out
 
 
@@ -124,7 +126,8 @@ def _world_stages(config, world: ToyWorld, workdir, mesh, progress: bool, causal
     else:
         results["training"]["trained_in_seconds"] = results["training"]["seconds_this_run"]
 
-    stages = ("zero_shot", "identification", "alignment", "control") + (("causal",) if causal else ())
+    stages = ("zero_shot", "identification", "alignment", "control", "safety")
+    stages += ("causal",) if causal else ()
     if _can_reuse(same_config, previous, results, stages):
         # Same config, same trained model: the stages' figures (and plots) are already here.
         results.update({k: previous[k] for k in stages}, reused_stages=list(stages))

@@ -41,17 +41,17 @@ from mrepe_jax.reading.prototypes import fit_threshold, prototype, similarity
 METHODS = ("none", "direct", "attention", "combined", "ap")
 
 
-def _sites(model, tower: str) -> tuple[str, str, str]:
+def steering_sites(model, tower: str) -> tuple[str, str, str]:
     last = model.tower_layers()[tower] - 1
     return (f"{tower}.layers.{last}.resid_post", f"{tower}.layers.{last}.attn.logits",
             f"{tower}.layers.{last}.resid_pre")
 
 
-def _tower_config(model, tower: str):
+def tower_config(model, tower: str):
     return getattr(model.config, f"{tower}_config")
 
 
-def _edit_eq5_eq7(p, site, logits):
+def edit_eq5_eq7(p, site, logits):
     """One intervention of the eq 5 / eq 7 family; methods differ only in their arrays (alpha 0 or
     a zero mask switch a part off), so every method and alpha shares one compiled program."""
     return combine(direct(site, p["delta"], p["alpha"], p["scale"]),
@@ -62,7 +62,7 @@ def _edit_ap(p, site):
     return {site: Replace(p["mean"])}
 
 
-def _token_reps(model, params, tower, batch, site):
+def token_reps(model, params, tower, batch, site):
     """``site`` per token, ``[N, T, D]``, for the control inputs (one forward)."""
     input_key, mask_key = TOWERS[tower]
     args = (batch[input_key],) + ((batch[mask_key],) if mask_key else ())
@@ -71,7 +71,7 @@ def _token_reps(model, params, tower, batch, site):
     return np.asarray(acts[site])
 
 
-def _train_means(model, params, tower, batch, site):
+def train_means(model, params, tower, batch, site):
     """Token-mean ``site`` of the train split: this process's rows (``batch``), then every row."""
     input_key, mask_key = TOWERS[tower]
     keys = [input_key] + ([mask_key] if mask_key else [])
@@ -86,19 +86,19 @@ def tower_table(model, params, world, tower: str, train_reps: dict, train_batch,
                 test_batch, test_labels, prompts: dict, cfg: ml_collections.ConfigDict) -> dict:
     """``{method: {"success": {alpha: [per seed]}, "collateral": {alpha: [per seed]}}}`` for one
     tower, averaged over every (family, target value)."""
-    site, logits, key_site = _sites(model, tower)
+    site, logits, key_site = steering_sites(model, tower)
     input_key, mask_key = TOWERS[tower]
     x, mask = test_batch[input_key], test_batch[mask_key] if mask_key else None
     inputs = {input_key: x, **({mask_key: mask} if mask_key else {})}
     labels = {f: np.asarray(y) for f, y in test_labels.items()}
-    keys = _token_reps(model, params, tower, inputs, key_site)  # [n, T, D]
-    key_means = _train_means(model, params, tower, train_batch, key_site)
+    keys = token_reps(model, params, tower, inputs, key_site)  # [n, T, D]
+    key_means = train_means(model, params, tower, train_batch, key_site)
     reps = train_reps[site]
     scale = site_scale(reps)
-    num_heads = _tower_config(model, tower).num_attention_heads
+    num_heads = tower_config(model, tower).num_attention_heads
     bias_unit = cfg.attention_strength * np.sqrt(reps.shape[1] / num_heads)
     alphas = [float(a) for a in cfg.alphas]
-    edit5 = functools.partial(_edit_eq5_eq7, site=site, logits=logits)
+    edit5 = functools.partial(edit_eq5_eq7, site=site, logits=logits)
     edit_ap = functools.partial(_edit_ap, site=site)
 
     out = {m: {"success": {str(a): [] for a in alphas}, "collateral": {str(a): [] for a in alphas}}

@@ -45,13 +45,13 @@ def render(results: dict) -> str:
     parts += [align.table2(results["alignment"], name),
               align.transfer_table(results["alignment"], name),
               "![alignment learning curves](align_learning_curves.png)",
-              control.table3(results["control"], name)]
+              control.table3(results["control"], name), control.table4(results["safety"], name)]
     if "hard" in results:
         hard = results["hard"]
         parts += [zero_shot_section({**hard, "config": results["config"]}, "hard world"),
                   table1_section(hard, "hard world"), align.table2(hard["alignment"], "hard"),
                   align.transfer_table(hard["alignment"], "hard"),
-                  control.table3(hard["control"], "hard"),
+                  control.table3(hard["control"], "hard"), control.table4(hard["safety"], "hard"),
                   align.hard_comparison(results, hard)]
     return "\n\n".join(parts) + "\n"
 

@@ -1,4 +1,5 @@
-"""report.md section for the steering stage: Table 3 (success and collateral damage)."""
+"""report.md sections for the steering and safety stages: Table 3 (success and collateral damage)
+and Table 4 (SCR, VAS, adversarial robustness, harmful outputs)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,48 @@ def table3(control: dict, world: str) -> str:
         "inputs of other values hold few such tokens, so attention alone moves little.",
         *parts,
     )
+
+
+METRICS = (("scr", "Safety Compliance Rate"), ("vas", "Value Alignment Score"),
+           ("ar", "Adversarial Robustness"), ("harmful", "Harmful output rate"))
+
+
+def _change(base: float, steered) -> str:
+    m = sum(steered) / len(steered)
+    return f"{100 * (m - base) / base:+.1f}%" if base else "-"
+
+
+def table4(safety: dict, world: str) -> str:
+    parts = []
+    for tower, r in safety["towers"].items():
+        rows = []
+        for key, name in METRICS:
+            if key not in r:
+                rows.append([name, "not applicable (discrete tokens)", "", "", ""])
+                continue
+            m = r[key]
+            rows.append([name, f"{m['baseline']:.3f}", _ms(m["mrepe"]), _change(m["baseline"], m["mrepe"]),
+                         f"{m['p_value']:.4f}"])
+        red = [x for x in r["harmful_reduction"] if x is not None]
+        rows.append(["Harmful Output Reduction", "-", _ms(red) if red else "undefined", "", ""])
+        parts += [f"{TOWER_NAMES.get(tower, tower)}:",
+                  table(["Metric", "Baseline", "MRepE", "Improvement", "p"], rows)]
+    return section(
+        f"Table 4: safety and alignment metrics — {world} world",
+        "MRepE: the combined intervention (eq 5 at alpha "
+        f"{safety['alpha']} x the site's mean norm + eq 7) at each tower's last layer toward safe "
+        "emblems (eq 6: safe vs unsafe train samples). SCR (eq 10): unsafe-emblem test inputs "
+        "predicted as a safe emblem. VAS (eq 9): mean over ToyWorld's values (harmless, faithful, "
+        "constructive) of each value's mean score on its own inputs. Adversarial robustness "
+        "(eq 11): the emblem prediction unchanged under L-inf PGD against the model scored. "
+        f"Harmful: test inputs predicted as an unsafe emblem; its reduction is relative to the "
+        f"Baseline. {safety['num_inputs']} test inputs; MRepE mean ± std over "
+        f"{len(safety['seeds'])} seeds of the fitted direction and prototype; the Baseline has "
+        "nothing fitted. p: paired permutation test over the inputs (MRepE averaged over seeds).",
+        *parts,
+    )
+
+
+def _ms(values) -> str:
+    m, s = mean_std(values)
+    return f"{m:.3f} ± {s:.3f}"

@@ -66,6 +66,13 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
             for key in ("success", "collateral"):
                 assert len(tower[method][key]["1.0"]) == 1 and 0 <= tower[method][key]["1.0"][0] <= 1
     assert "## Table 3: intervention success rates — default world" in report
+    safety = results["safety"]["towers"]
+    assert "ar" in safety["vision"] and "ar" not in safety["text"]  # no PGD on discrete tokens
+    for tower in safety.values():
+        for metric in ("scr", "vas", "harmful"):
+            assert 0 <= tower[metric]["baseline"] <= 1 and len(tower[metric]["mrepe"]) == 1
+            assert 0 < tower[metric]["p_value"] <= 1
+    assert "## Table 4: safety and alignment metrics — default world" in report
     hard = results["hard"]
     assert hard["world"]["distractors"] > 0 and "alignment" in hard and "causal" not in hard
     assert (workdir / "hard" / "checkpoints" / "toyclip").is_dir()
@@ -81,8 +88,9 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
     assert resumed["training"]["steps_run"] == 0 and resumed["training"]["resumed_from_step"] == 4
     assert resumed["training"]["trained_in_seconds"] == results["training"]["trained_in_seconds"]
     # Same config, same model: the stages' figures are reused, not recomputed.
-    assert resumed["reused_stages"] == ["zero_shot", "identification", "alignment", "control", "causal"]
-    assert resumed["hard"]["reused_stages"] == ["zero_shot", "identification", "alignment", "control"]
+    stages = ["zero_shot", "identification", "alignment", "control", "safety"]
+    assert resumed["reused_stages"] == stages + ["causal"]
+    assert resumed["hard"]["reused_stages"] == stages
     assert resumed["identification"] == results["identification"]
     assert resumed["alignment"] == results["alignment"]
     assert "reused_stages" not in results
@@ -94,7 +102,7 @@ def test_bad_config_argument_is_named():
     assert proc.returncode != 0 and "unknown config argument 'huge'" in proc.stderr
 
 
-FIGURE_KEYS = ("zero_shot", "identification", "causal", "alignment", "control")
+FIGURE_KEYS = ("zero_shot", "identification", "causal", "alignment", "control", "safety")
 
 
 def world_figures(results):
@@ -131,7 +139,8 @@ def test_build_md_multi_host_command_with_the_tiny_config(single, tmp_path):
             # except that a rank statistic may flip one pair (1 / (n+ n-) ~ 2e-4 at this size).
             rank = ("/identification/", "/alignment/transfer/")
             # A success rate moves by ~0.004 when one near-tied prediction flips.
-            tol = 5e-4 if path.startswith(rank) else 1e-2 if path.startswith("/control/") else 1e-6
+            rates = ("/control/", "/safety/")
+            tol = 5e-4 if path.startswith(rank) else 1e-2 if path.startswith(rates) else 1e-6
             assert abs(fb[path] - x) <= tol, (path, x, fb[path])
         else:
             assert fb[path] == x, path
