@@ -118,6 +118,7 @@ def get_config(arg=None):
                  causal_families=("colour",))
         a.update(seeds=(0, 1), num_steer=16, steer_alphas=(0.3, 1.0))
         c.compare_hard = False  # --config.compare_hard=True adds the hard world (its own CLIP)
-        k.update(towers=("vision", "text"), num_inputs=16, alphas=(1.0,), seeds=(0,), pgd_steps=2)
+        k.update(towers=("vision",), num_inputs=16, alphas=(1.0,), seeds=(0,), pgd_steps=2)
         a.map.update(hidden=8, num_anchors=4, batch_size=16, epochs=2, memory_size=16)
+        a.ablation_anchors = ("data",)
     return c

@@ -10,7 +10,7 @@ from mrepe_jax.align.maps import AlignmentMap, init_variables, make_map, procrus
 
 
 @pytest.mark.parametrize("kind", ["mrepe", "linear", "procrustes"])
-@pytest.mark.parametrize("d_in,d_out", [(12, 5), (5, 12), (8, 8)])
+@pytest.mark.parametrize("d_in,d_out", [(12, 5), (5, 12)])
 def test_output_width_follows_the_target_site(kind, d_in, d_out):
     rng = np.random.default_rng(0)
     src, tgt = rng.normal(size=(40, d_in)), rng.normal(size=(40, d_out))

@@ -60,3 +60,20 @@ def test_bad_evaluation_inputs_are_clear_errors():
     with pytest.raises(ValueError, match=r"share one leading axis \(P\), got sizes \[3, 4\]"):
         steered_predictions(model, v, "vision", pixels, None, functools.partial(edits_fn, scale=1.0),
                             {"direction": jnp.zeros((4, 32)), "alpha": jnp.zeros(3)}, {})
+
+
+def test_the_text_tower_is_steered_with_its_padding_mask():
+    model, v, _, ids, mask = tiny_clip()
+    prompts = {"a": normalize(jnp.asarray(np.random.default_rng(1).normal(size=(3, 16)), jnp.float32))}
+    d = jnp.asarray(np.random.default_rng(2).normal(size=32), jnp.float32)
+    fn = functools.partial(text_edits_fn, scale=2.0)
+    preds = steered_predictions(model, v, "text", ids, mask, fn,
+                                {"direction": jnp.stack([d, d]), "alpha": jnp.asarray([0.0, 4.0])}, prompts)
+    for k, a in enumerate((0.0, 4.0)):
+        emb, _ = model.apply(v, "text", ids, mask, edits=direct("text.layers.1.resid_post", d, a, 2.0),
+                             method="encode")
+        np.testing.assert_array_equal(preds["a"][k], np.argmax(np.asarray(normalize(emb) @ prompts["a"].T), -1))
+
+
+def text_edits_fn(p, scale):
+    return direct("text.layers.1.resid_post", p["direction"], p["alpha"], scale)

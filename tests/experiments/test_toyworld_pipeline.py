@@ -13,10 +13,10 @@ from tests.multiprocess import finish, launch_two
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(workdir):
+def run(workdir, *flags):
     return subprocess.run(
-        [sys.executable, "-m", "launch.run", "--config=configs/toyworld.py:tiny",
-         "--config.compare_hard=True", f"--workdir={workdir}"],
+        [sys.executable, "-m", "launch.run", "--config=configs/toyworld.py:tiny", *flags,
+         f"--workdir={workdir}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -47,18 +47,16 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
     assert set(alignment["cmc"]) == set(alignment["transfer"]) == {"Text-Image", "Text-Audio", "Image-Audio"}
     for row in alignment["cmc"].values():
         assert 0.0 <= row["baseline"] <= 1.0 and len(row["mrepe"]) == 2 and 0 < row["p_value"] <= 1
-        assert {"linear", "procrustes", "anchors_data", "anchors_learned"} <= set(row)
+        assert {"linear", "procrustes", "anchors_data"} <= set(row)
     for row in alignment["transfer"].values():
         assert {"native", "mrepe", "linear", "procrustes", "no map", "random"} == set(row)
     for title in ("Table 2: cross-modal consistency (CMC, eq 8) — default world",
-                  "Table 2: cross-modal consistency (CMC, eq 8) — hard world",
-                  "Table 1: representation identification — hard world", "Default vs hard world",
                   "Transfer: a concept found in modality i, used in modality j — default world"):
         assert f"## {title}" in report
     assert "| Text-Image |" in report and "| Image-Audio |" in report
     assert (workdir / "align_learning_curves.png").stat().st_size > 1000
     control = results["control"]
-    assert set(control["towers"]) == {"vision", "text"} and control["alphas"] == [1.0]
+    assert set(control["towers"]) == {"vision"} and control["alphas"] == [1.0]
     for tower in control["towers"].values():
         assert set(tower) == {"none", "ap", "direct", "attention", "combined", "member_fraction"}
         assert 0.0 <= tower["member_fraction"] <= 1.0
@@ -67,15 +65,13 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
                 assert len(tower[method][key]["1.0"]) == 1 and 0 <= tower[method][key]["1.0"][0] <= 1
     assert "## Table 3: intervention success rates — default world" in report
     safety = results["safety"]["towers"]
-    assert "ar" in safety["vision"] and "ar" not in safety["text"]  # no PGD on discrete tokens
+    assert set(safety) == {"vision"} and "ar" in safety["vision"]
     for tower in safety.values():
         for metric in ("scr", "vas", "harmful"):
             assert 0 <= tower[metric]["baseline"] <= 1 and len(tower[metric]["mrepe"]) == 1
             assert 0 < tower[metric]["p_value"] <= 1
     assert "## Table 4: safety and alignment metrics — default world" in report
-    hard = results["hard"]
-    assert hard["world"]["distractors"] > 0 and "alignment" in hard and "causal" not in hard
-    assert (workdir / "hard" / "checkpoints" / "toyclip").is_dir()
+    assert "hard" not in results  # the tiny config leaves it out; see the slow test below
     # The saved eq 4 maps load back and know where they belong.
     from mrepe_jax.align.mapped import load_map
 
@@ -90,10 +86,48 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
     # Same config, same model: the stages' figures are reused, not recomputed.
     stages = ["zero_shot", "identification", "alignment", "control", "safety"]
     assert resumed["reused_stages"] == stages + ["causal"]
-    assert resumed["hard"]["reused_stages"] == stages
     assert resumed["identification"] == results["identification"]
     assert resumed["alignment"] == results["alignment"]
     assert "reused_stages" not in results
+
+
+HARD_TITLES = ("ToyWorld CLIP: held-out zero-shot accuracy — hard world",
+               "Table 1: representation identification — hard world",
+               "Table 2: cross-modal consistency (CMC, eq 8) — hard world",
+               "Transfer: a concept found in modality i, used in modality j — hard world",
+               "Table 3: intervention success rates — hard world",
+               "Table 4: safety and alignment metrics — hard world", "Default vs hard world")
+
+
+def test_the_report_renders_the_hard_world_beside_the_default(single):
+    from mrepe_jax.experiments import toyworld_report
+
+    results = json.loads((single[0] / "results.json").read_text())
+    hard = {k: results[k] for k in ("training", "zero_shot", "identification", "alignment", "control",
+                                    "safety")}
+    report = toyworld_report.render({**results, "hard": {**hard, "world": {"distractors": 2}}})
+    for title in HARD_TITLES:
+        assert f"## {title}" in report
+
+
+@pytest.mark.slow
+def test_pipeline_with_the_hard_world(tmp_path):
+    """Slow (~1 min): ``make test-slow``. The demo's two worlds end to end on the tiny config."""
+    proc = run(tmp_path / "w", "--config.compare_hard=True")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "w" / "results.json").read_text())
+    hard = results["hard"]
+    assert hard["world"]["distractors"] > 0 and "alignment" in hard and "causal" not in hard
+    assert (tmp_path / "w" / "hard" / "checkpoints" / "toyclip").is_dir()
+    report = (tmp_path / "w" / "report.md").read_text()
+    for title in HARD_TITLES:
+        assert f"## {title}" in report
+    again = run(tmp_path / "w", "--config.compare_hard=True")
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads((tmp_path / "w" / "results.json").read_text())
+    assert resumed["hard"]["reused_stages"] == ["zero_shot", "identification", "alignment", "control",
+                                                "safety"]
+    assert resumed["hard"]["alignment"] == hard["alignment"]
 
 
 def test_bad_config_argument_is_named():
@@ -122,9 +156,11 @@ def figures(tree, path=""):
         yield path, tree
 
 
+@pytest.mark.slow
 def test_build_md_multi_host_command_with_the_tiny_config(single, tmp_path):
     """Train the ToyWorld CLIP data-parallel, then stream activations, run exact and attribution
-    patching sweeps and the report, in two processes: the figures of one process."""
+    patching sweeps, the alignment, steering and safety stages and the report, in two processes:
+    the figures of one process. Slow (~1.5 min, two processes on two cores): ``make test-slow``."""
     for rc, out in finish(launch_two(tmp_path / "two")):
         assert rc == 0, out[-3000:]
     a = json.loads((single[0] / "results.json").read_text())
