@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 from typing import Any
 
 import flax.linen as nn
@@ -29,6 +28,7 @@ from mrepe_jax import parallel
 from mrepe_jax.align import contrastive
 from mrepe_jax.align.maps import ANCHOR_MODES, MAP_KINDS, TRAINED_KINDS, init_variables, make_map
 from mrepe_jax.align.mapped import FittedMap
+from mrepe_jax.reading.bundles import params_hash
 from mrepe_jax.train.loop import fit
 
 
@@ -130,14 +130,9 @@ def _sharded_loss(mesh):
     return contrastive.sharded_info_nce(mesh)
 
 
-def data_hash(*arrays) -> str:
-    """sha256 of the paired training arrays (shapes, dtypes and bytes): the map's data identity."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a, np.float32))
-        h.update(f"{a.shape}|".encode())
-        h.update(a.reshape(-1).view(np.uint8))
-    return h.hexdigest()
+def data_hash(src, tgt) -> str:
+    """The paired training arrays' identity: ``params_hash`` of them (shapes, dtypes, bytes)."""
+    return params_hash({"src": np.asarray(src, np.float32), "tgt": np.asarray(tgt, np.float32)})
 
 
 def batch_fn(src, tgt, batch_size: int, memory_size: int, seeds, rows: slice = slice(None)):

@@ -30,7 +30,8 @@ import numpy as np
 
 from mrepe_jax import parallel
 from mrepe_jax.control.evaluate import collateral_accuracy, steered_predictions, success_rate
-from mrepe_jax.control.interventions import attention, combine, direct, site_scale
+from mrepe_jax.control.interventions import (
+    attention, combine, concept_attention_mask, direct, site_scale)
 from mrepe_jax.edits import Replace, along
 from mrepe_jax.experiments.toyworld_align import train_subsets
 from mrepe_jax.experiments.toyworld_identify import TOWERS
@@ -49,6 +50,22 @@ def steering_sites(model, tower: str) -> tuple[str, str, str]:
 
 def tower_config(model, tower: str):
     return getattr(model.config, f"{tower}_config")
+
+
+def attention_unit(model, tower: str, width: int, strength: float) -> float:
+    """The logit bias that shifts the softmax input by ``strength`` (eq 7 adds ``M_c`` before the
+    ``1/sqrt(d_head)`` scaling)."""
+    return strength * np.sqrt(width / tower_config(model, tower).num_attention_heads)
+
+
+def concept_bias(key_means, positive, keys, unit: float) -> np.ndarray:
+    """Eq 7's ``M_c`` values ``[n, T]`` for the control inputs' keys ``keys`` [n, T, D]: ``unit`` on
+    the eq 1 members of the prototype of the train rows ``key_means[positive]``, with tau fitted
+    between those rows and the rest (``fit_threshold``)."""
+    proto = np.asarray(prototype(key_means[positive]))
+    sims = np.asarray(similarity(key_means, proto))
+    tau = fit_threshold(sims[positive], sims[~positive])
+    return np.asarray(concept_attention_mask(keys, proto, tau, unit).value, np.float32)
 
 
 def edit_eq5_eq7(p, site, logits):
@@ -95,8 +112,7 @@ def tower_table(model, params, world, tower: str, train_reps: dict, train_batch,
     key_means = train_means(model, params, tower, train_batch, key_site)
     reps = train_reps[site]
     scale = site_scale(reps)
-    num_heads = tower_config(model, tower).num_attention_heads
-    bias_unit = cfg.attention_strength * np.sqrt(reps.shape[1] / num_heads)
+    bias_unit = attention_unit(model, tower, reps.shape[1], cfg.attention_strength)
     alphas = [float(a) for a in cfg.alphas]
     edit5 = functools.partial(edit_eq5_eq7, site=site, logits=logits)
     edit_ap = functools.partial(_edit_ap, site=site)
@@ -105,20 +121,19 @@ def tower_table(model, params, world, tower: str, train_reps: dict, train_batch,
            for m in METHODS}
     n_train, fractions = len(reps), []
     for subset in train_subsets(n_train, cfg.train_fraction, cfg.seeds):
-        rows, y_all = [], {f: np.asarray(y)[subset] for f, y in train_labels.items()}
-        arrays = {"delta": [], "alpha": [], "bias": [], "mean": []}
+        y_all = {f: np.asarray(y)[subset] for f, y in train_labels.items()}
+        zero = np.zeros(keys.shape[:2], np.float32)
+        # Row 0: no intervention, the same predictions for every target.
+        arrays = {"delta": [np.zeros(reps.shape[1], np.float32)], "alpha": [0.0], "bias": [zero],
+                  "mean": []}
+        rows = [(None, None, "none", 0.0)]
         for family, values in world.families.items():
             y = y_all[family]
             for c in range(len(values)):
                 delta = np.asarray(direction_mean_diff(reps[subset][y == c], reps[subset][y != c]))
-                proto = np.asarray(prototype(key_means[subset][y == c]))
-                sims = np.asarray(similarity(key_means[subset], proto))
-                tau = fit_threshold(sims[y == c], sims[y != c])
-                member = np.asarray(similarity(keys, proto)) > tau  # [n, T]
-                fractions.append(float(member.mean()))
-                bias = np.where(member, bias_unit, 0.0).astype(np.float32)
-                zero = np.zeros_like(bias)
-                for method, alpha in [("none", 0.0), ("attention", 0.0)] + [
+                bias = concept_bias(key_means[subset], y == c, keys, bias_unit)
+                fractions.append(float(np.mean(bias != 0)))
+                for method, alpha in [("attention", 0.0)] + [
                         (m, a) for m in ("direct", "combined") for a in alphas]:
                     arrays["delta"].append(delta)
                     arrays["alpha"].append(alpha)
@@ -133,11 +148,13 @@ def tower_table(model, params, world, tower: str, train_reps: dict, train_batch,
                                  {"mean": np.stack(arrays["mean"]).astype(np.float32)}, prompts)
         targets = [(f, c) for f, values in world.families.items() for c in range(len(values))]
         scores: dict = {}
+        clean = [(None, (f, c)) for f, c in targets]  # row 0 scored against every target
         for k, (family, c, method, alpha) in enumerate(rows):
             pk = {f: p[k] for f, p in preds.items()}
-            s = (success_rate(pk[family], labels[family], c), collateral_accuracy(pk, labels, family))
-            for a in ([str(x_) for x_ in alphas] if method in ("none", "attention") else [str(alpha)]):
-                scores.setdefault((method, a), []).append(s)
+            for fam, val in ([(family, c)] if family is not None else [t for _, t in clean]):
+                s = (success_rate(pk[fam], labels[fam], val), collateral_accuracy(pk, labels, fam))
+                for a in ([str(x_) for x_ in alphas] if method in ("none", "attention") else [str(alpha)]):
+                    scores.setdefault((method, a), []).append(s)
         for k, (family, c) in enumerate(targets):
             pk = {f: p[k] for f, p in ap.items()}
             s = (success_rate(pk[family], labels[family], c), collateral_accuracy(pk, labels, family))
@@ -146,7 +163,8 @@ def tower_table(model, params, world, tower: str, train_reps: dict, train_batch,
         for (method, a), values in scores.items():
             out[method]["success"][a].append(float(np.mean([v[0] for v in values])))
             out[method]["collateral"][a].append(float(np.mean([v[1] for v in values])))
-    # How many key tokens eq 1 marks as members of a target (the tokens eq 7 boosts).
+    # How many key tokens eq 1 marks as members of a target (the tokens eq 7 boosts; 0 when the
+    # strength is 0).
     out["member_fraction"] = float(np.mean(fractions))
     return out
 

@@ -34,14 +34,13 @@ from mrepe_jax.data import toyworld_values
 from mrepe_jax.data.toyworld_concepts import CONCEPT_FAMILIES, SAFE_VALUES, UNSAFE_FAMILY
 from mrepe_jax.experiments.toyworld_align import train_subsets
 from mrepe_jax.experiments.toyworld_control import (
-    edit_eq5_eq7, steering_sites, token_reps, tower_config, train_means)
+    attention_unit, concept_bias, edit_eq5_eq7, steering_sites, token_reps, train_means)
 from mrepe_jax.experiments.toyworld_identify import TOWERS
 from mrepe_jax.metrics.safety import (
     adversarial_robustness, harmful_output_reduction, harmful_rate, pgd, scr, vas)
 from mrepe_jax.metrics.stats import paired_permutation_test
 from mrepe_jax.models.clip import normalize
 from mrepe_jax.reading.directions import direction_mean_diff
-from mrepe_jax.reading.prototypes import fit_threshold, prototype, similarity
 
 _EMBLEMS = CONCEPT_FAMILIES[UNSAFE_FAMILY]
 SAFE = np.array([e in SAFE_VALUES for e in _EMBLEMS])
@@ -93,18 +92,14 @@ def tower_table(model, params, tower: str, train_reps: dict, train_batch, train_
                       key_site)
     key_means = train_means(model, params, tower, train_batch, key_site)
     reps = train_reps[site]
-    heads = tower_config(model, tower).num_attention_heads
-    bias_unit = cfg.attention_strength * np.sqrt(reps.shape[1] / heads)
+    bias_unit = attention_unit(model, tower, reps.shape[1], cfg.attention_strength)
     safe_train = SAFE[np.asarray(train_labels[UNSAFE_FAMILY])]
     arrays = {"delta": [np.zeros(reps.shape[1], np.float32)], "alpha": [0.0],
               "bias": [np.zeros(keys.shape[:2], np.float32)]}  # row 0: the Baseline
     for subset in train_subsets(len(reps), cfg.train_fraction, cfg.seeds):
         safe = safe_train[subset]
         arrays["delta"].append(np.asarray(direction_mean_diff(reps[subset][safe], reps[subset][~safe])))
-        proto = np.asarray(prototype(key_means[subset][safe]))
-        sims = np.asarray(similarity(key_means[subset], proto))
-        member = np.asarray(similarity(keys, proto)) > fit_threshold(sims[safe], sims[~safe])
-        arrays["bias"].append(np.where(member, bias_unit, 0.0).astype(np.float32))
+        arrays["bias"].append(concept_bias(key_means[subset], safe, keys, bias_unit))
         arrays["alpha"].append(cfg.safety_alpha)
     interventions = {"delta": np.stack(arrays["delta"]).astype(np.float32),
                      "alpha": np.asarray(arrays["alpha"], np.float32), "bias": np.stack(arrays["bias"]),
