@@ -15,8 +15,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import statistics
-import time
 
 # ----------------------------------------------------------------------------------------------
 # Flags (absl scripts)
@@ -146,42 +144,10 @@ def vision_forward_flops(config, batch: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Timing. Every callable timed here must block until its work is done (``block_until_ready`` for
-# jax, ``.item()`` or numpy for torch): jax dispatches asynchronously, and an unblocked call would
-# time the dispatch only.
+# Timing: the one way the benches and the report's Table 5 time calls (``mrepe_jax.metrics.cost``
+# imports no JAX at module level). Every callable timed must block until its work is done.
 
-
-def _seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def time_calls(fn, iters: int):
-    """(first call seconds, median of ``iters`` further calls); the first call compiles, so it is
-    reported apart. With ``iters`` 0 the median is the first call's time."""
-    first = _seconds(fn)
-    times = [_seconds(fn) for _ in range(iters)]
-    return first, statistics.median(times) if times else first
-
-
-def time_interleaved(calls: dict, iters: int, warmup: int) -> dict:
-    """Times each blocking callable in ``calls``: {name: (first call s, median s, timed s)}.
-
-    The timed calls go round-robin (one of each per round), so that background load on a shared
-    machine slows every contender alike and the ratios stay meaningful even when the absolute
-    numbers do not.
-    """
-    first = {}
-    for name, fn in calls.items():
-        first[name] = _seconds(fn)  # compiles (jax) / allocates and picks kernels (torch)
-        for _ in range(max(warmup - 1, 0)):
-            fn()
-    times = {name: [] for name in calls}
-    for _ in range(iters):
-        for name, fn in calls.items():
-            times[name].append(_seconds(fn))
-    return {name: (first[name], statistics.median(ts), ts) for name, ts in times.items()}
+from mrepe_jax.metrics.cost import time_calls, time_interleaved  # noqa: E402,F401
 
 
 def matmul_call(n: int, dtype=None):

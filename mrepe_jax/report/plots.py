@@ -37,21 +37,37 @@ def heatmap(values, path: Path, *, title: str, xlabel: str, ylabel: str,
     return path
 
 
-def learning_curves(curves: dict, path: Path, *, title: str) -> Path:
-    """One line per ``{label: losses [steps]}`` (loss against step)."""
+def lines(series: dict, path: Path, *, title: str, xlabel: str, ylabel: str,
+          logx: bool = False) -> Path:
+    """One line per ``{label: (x, y)}`` or ``{label: (x, y, yerr)}`` (error bars); a label ending
+    in ``"(dashed)"`` is drawn dashed, without that suffix in the legend."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, losses in curves.items():
-        losses = np.asarray(losses, np.float64)
-        if losses.ndim != 1:
-            raise ValueError(f"learning curve {label!r} must be 1-D, got shape {losses.shape}")
-        ax.plot(np.arange(1, len(losses) + 1), losses, label=str(label), lw=1.2)
+    for label, (x, y, *err) in series.items():
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.ndim != 1 or x.shape != y.shape:
+            raise ValueError(f"line {label!r} needs 1-D x and y of one length, got {x.shape} and {y.shape}")
+        dashed = str(label).endswith("(dashed)")
+        name = str(label).removesuffix("(dashed)").strip()
+        ax.errorbar(x, y, yerr=np.asarray(err[0]) if err else None, label=name, lw=1.2,
+                    ls="--" if dashed else "-", marker="o" if len(x) < 12 else None, ms=3, capsize=2)
+    if logx:
+        ax.set_xscale("log")
     ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if curves:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if series:
         ax.legend(fontsize=7)
     fig.tight_layout()
     if is_primary():
         fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def learning_curves(curves: dict, path: Path, *, title: str) -> Path:
+    """One line per ``{label: losses [steps]}`` (loss against step)."""
+    for label, losses in curves.items():
+        if np.ndim(losses) != 1:
+            raise ValueError(f"learning curve {label!r} must be 1-D, got shape {np.shape(losses)}")
+    return lines({label: (np.arange(1, len(v) + 1), v) for label, v in curves.items()}, path,
+                 title=title, xlabel="step", ylabel="loss")

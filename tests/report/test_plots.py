@@ -1,0 +1,20 @@
+"""Report plots: files written, malformed series named."""
+
+import numpy as np
+import pytest
+
+from mrepe_jax.report.plots import learning_curves, lines
+
+
+def test_lines_write_a_png_with_error_bars_and_dashed_series(tmp_path):
+    path = lines({"a": ([0.1, 1.0], [0.2, 0.8], [0.05, 0.1]), "b (dashed)": ([0.1, 1.0], [0.9, 0.7])},
+                 tmp_path / "dose.png", title="t", xlabel="alpha", ylabel="share", logx=True)
+    assert path.stat().st_size > 1000
+    assert learning_curves({"x": np.linspace(1, 0, 5)}, tmp_path / "c.png", title="t").stat().st_size > 1000
+
+
+def test_malformed_series_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"line 'a' needs 1-D x and y of one length, got \(2,\) and \(3,\)"):
+        lines({"a": ([1, 2], [1, 2, 3])}, tmp_path / "x.png", title="", xlabel="", ylabel="")
+    with pytest.raises(ValueError, match=r"learning curve 'c' must be 1-D, got shape \(2, 2\)"):
+        learning_curves({"c": np.ones((2, 2))}, tmp_path / "y.png", title="")
