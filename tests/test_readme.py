@@ -36,3 +36,19 @@ def test_readme_alignment_example_runs(tmp_path):
     exec(compile(code, str(README), "exec"), scope)
     assert scope["mapped"].shape == (128, 10) and scope["delta_v"].shape == (10,)
     assert (tmp_path / "maps" / "text_to_vision.json").is_file() and (tmp_path / "phi").is_dir()
+
+
+def test_readme_steering_example_runs():
+    import numpy as np
+
+    from mrepe_jax.models.clip import normalize
+
+    model, variables, pixels, _, _ = tiny_clip()
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[2]
+    rng = np.random.default_rng(0)
+    reps = rng.normal(size=(20, 32)).astype(np.float32)
+    prompts = {"colour": np.asarray(normalize(jnp.asarray(rng.normal(size=(3, 16)), jnp.float32)))}
+    scope = {"model": model, "params": variables["params"], "pixels": pixels, "reps": reps,
+             "pos": np.arange(20) < 8, "prompts": prompts, "labels": np.array([0, 2])}
+    exec(compile(code, str(README), "exec"), scope)
+    assert scope["preds"]["colour"].shape == (5, 2) and len(scope["moved"]) == 5

@@ -18,8 +18,8 @@ import numpy as np
 
 from mrepe_jax import parallel
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
-from mrepe_jax.experiments import (toyworld_align, toyworld_control, toyworld_identify,
-                                   toyworld_report, toyworld_safety)
+from mrepe_jax.experiments import (clip_seeds, toyworld_align, toyworld_control, toyworld_efficiency,
+                                   toyworld_identify, toyworld_report, toyworld_safety)
 from mrepe_jax.models.clip import normalize
 from mrepe_jax.reading.bundles import params_hash
 from mrepe_jax.report import workdir as workdir_lib
@@ -56,7 +56,7 @@ def _can_reuse(same_config: bool, previous: dict, results: dict, stages) -> bool
 def _stages(model, params, world: ToyWorld, config, workdir, mesh, causal: bool = True,
             progress: bool = True) -> dict:
     """Zero-shot evaluation, identification (Table 1, directions), causal effects, alignment
-    (Table 2, transfer), steering (Table 3) and safety (Table 4)."""
+    (Table 2, transfer), steering (Table 3), safety (Tables 4 and 6) and costs (Table 5)."""
     sizes = {"train": config.identify.num_train, "validation": config.identify.num_validation,
              "test": config.eval.num_test}
     # Each process renders (reads) only its rows of each split; labels are cheap and global.
@@ -74,7 +74,8 @@ def _stages(model, params, world: ToyWorld, config, workdir, mesh, causal: bool 
     if causal:
         out["causal"] = toyworld_identify.causal_analysis(
             model, params, world, config.identify.num_pairs, workdir,
-            towers=config.identify.causal_towers, families=config.identify.causal_families, mesh=mesh)
+            towers=config.identify.causal_towers, families=config.identify.causal_families, mesh=mesh,
+            n_resamples=config.identify.bootstrap_resamples)
     out["identification"]["seconds"] = round(time.perf_counter() - t0, 1)
 
     provenance = {"model": "toyworld-clip", "weights_sha256": params_hash(params),
@@ -84,9 +85,10 @@ def _stages(model, params, world: ToyWorld, config, workdir, mesh, causal: bool 
     out["alignment"] = toyworld_align.run(model, params, world, reps, labels, prompts, scale,
                                           config.align, workdir, mesh, provenance, progress)
     out["control"] = toyworld_control.run(model, params, world, reps, splits["train"],
-                                          labels["train"], prompts, config.control)
+                                          labels["train"], prompts, scale, config.control, workdir)
     out["safety"] = toyworld_safety.run(model, params, world, reps, splits["train"],
                                         labels["train"], prompts, scale, config.control)
+    out["efficiency"] = toyworld_efficiency.run(model, params, world, reps, config.control)
     return out
 
 
@@ -101,16 +103,36 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
     previous = workdir_lib.read_json(workdir / "results.json")
     same_config = previous.get("config") == json.loads(json.dumps(results["config"]))
     world = ToyWorld(ToyWorldConfig(**config.world.to_dict()))
-    results.update(_world_stages(config, world, workdir, mesh, progress, True, same_config, previous))
+    results.update(_seeded_stages(config, world, workdir, mesh, progress, True, same_config, previous))
     if config.compare_hard:
         # The same stages on the hard world (its own CLIP, in workdir/hard), for Tables 1-2 there.
         hard = ToyWorld(ToyWorldConfig(**{**config.world.to_dict(), **config.hard_world.to_dict()}))
-        results["hard"] = _world_stages(config, hard, workdir_lib.prepare(workdir / "hard"), mesh,
-                                        progress, False, same_config, previous.get("hard", {}))
+        results["hard"] = _seeded_stages(config, hard, workdir_lib.prepare(workdir / "hard"), mesh,
+                                         progress, False, same_config, previous.get("hard", {}))
         results["hard"]["world"] = dataclasses.asdict(hard.config)
     workdir_lib.write_json(workdir / "results.json", results)
     workdir_lib.write_text(workdir / "report.md", toyworld_report.render(results))
     return results
+
+
+def _seeded_stages(config, world: ToyWorld, workdir, mesh, progress: bool, causal: bool,
+                   same_config: bool, previous: dict) -> dict:
+    """``_world_stages`` once, or, with ``config.clip_seeds`` (the `:paper` protocol), once per
+    retrained CLIP in ``workdir/clip_seed{s}``, pooled by ``clip_seeds.merge``. Plots are the first
+    seed's (``plot_dir``); each seed's own figures stay in ``per_clip_seed``."""
+    seeds = [int(s) for s in config.clip_seeds]
+    if not seeds:
+        return _world_stages(config, world, workdir, mesh, progress, causal, same_config, previous)
+    per_seed = {}
+    for i, seed in enumerate(seeds):
+        per_seed[str(seed)] = _world_stages(
+            clip_seeds.seed_config(config, seed), world,
+            workdir_lib.prepare(workdir / f"clip_seed{seed}"), mesh, progress, causal and i == 0,
+            same_config, previous.get("per_clip_seed", {}).get(str(seed), {}))
+    out = clip_seeds.merge(list(per_seed.values()))
+    for stage in ("alignment", "control", "safety"):
+        out[stage] = {**out[stage], "clip_retrained": True}
+    return {**out, "clip_seeds": seeds, "plot_dir": f"clip_seed{seeds[0]}/", "per_clip_seed": per_seed}
 
 
 def _world_stages(config, world: ToyWorld, workdir, mesh, progress: bool, causal: bool,
@@ -126,7 +148,7 @@ def _world_stages(config, world: ToyWorld, workdir, mesh, progress: bool, causal
     else:
         results["training"]["trained_in_seconds"] = results["training"]["seconds_this_run"]
 
-    stages = ("zero_shot", "identification", "alignment", "control", "safety")
+    stages = ("zero_shot", "identification", "alignment", "control", "safety", "efficiency")
     stages += ("causal",) if causal else ()
     if _can_reuse(same_config, previous, results, stages):
         # Same config, same trained model: the stages' figures (and plots) are already here.

@@ -168,9 +168,12 @@ def run(model, params, world, reps: dict, labels: dict, prompts: dict, scale: fl
     variants = [("proj", kind, None) for kind in MAP_KINDS]
     variants += [("proj", "mrepe", a) for a in cfg.ablation_anchors]
     variants += [("pooled", kind, None) for kind in MAP_KINDS]
+    fit_seconds = {}
     for point, kind, anchors in variants:
         mcfg = map_config(cfg, kind=kind, **({"anchors": anchors} if anchors else {}))
+        t_fit = time.perf_counter()
         fitted = fit_pair_maps(mcfg, train, point, subsets, seeds, checkpoints, mesh, provenance, progress)
+        fit_seconds[(point, kind, anchors)] = time.perf_counter() - t_fit
         label = kind if anchors is None else f"anchors_{anchors}"
         maps[point][label] = fitted
         if kind != "procrustes" and all(m.info["losses"] for ms in fitted.values() for m in ms):
@@ -189,6 +192,11 @@ def run(model, params, world, reps: dict, labels: dict, prompts: dict, scale: fl
         "seeds": seeds,
         "steer_alphas": list(cfg.steer_alphas),
         "map_config": map_config(cfg).__dict__,
+        # Table 5: the MRepE maps' fit (every pair and seed, one stacked program); "restored"
+        # when a previous run's checkpoints made it a load instead of a fit.
+        "map_fit": {"seconds": round(fit_seconds[("proj", "mrepe", None)], 2),
+                    "restored": any(m.info.get("resumed_from", 0) > 0
+                                    for ms in maps["proj"]["mrepe"].values() for m in ms)},
     }
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out

@@ -13,16 +13,19 @@ Per tower, at ``S = {tower}.layers.{L-1}.resid_post`` (every token) and its laye
 - *AP* (activation patching without alignment): S replaced by the target's mean activation.
 - *None*: no intervention (how often inputs are already predicted as the target).
 
+- *FT* (fine-tuning): a residual linear head on ``{tower}.pooled`` tuned per target with optax
+  through ``loop.fit`` (``control.finetune``: toward the target, keeping the other families).
+
 Success: the zero-shot prediction of the target's family becomes the target, among inputs whose
 true value differs. Collateral: accuracy on the other families under the same intervention.
-Seeds vary the train subset the directions, prototypes and means are fitted on. FT (a fine-tuned
-head) is not built yet: its column says so.
+Seeds vary the train subset the directions, prototypes, means and FT heads are fitted on.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 
 import jax
 import ml_collections
@@ -30,6 +33,7 @@ import numpy as np
 
 from mrepe_jax import parallel
 from mrepe_jax.control.evaluate import collateral_accuracy, steered_predictions, success_rate
+from mrepe_jax.control.finetune import FinetuneConfig, finetune_heads, head_predictions
 from mrepe_jax.control.interventions import (
     attention, combine, concept_attention_mask, direct, site_scale)
 from mrepe_jax.edits import Replace, along
@@ -38,8 +42,9 @@ from mrepe_jax.experiments.toyworld_identify import TOWERS
 from mrepe_jax.reading.activations import collect_activations, tower_apply
 from mrepe_jax.reading.directions import direction_mean_diff
 from mrepe_jax.reading.prototypes import fit_threshold, prototype, similarity
+from mrepe_jax.report.plots import lines
 
-METHODS = ("none", "direct", "attention", "combined", "ap")
+METHODS = ("none", "direct", "attention", "combined", "ap", "ft")
 
 
 def steering_sites(model, tower: str) -> tuple[str, str, str]:
@@ -99,10 +104,27 @@ def train_means(model, params, tower, batch, site):
     return parallel.gather_rows(local)
 
 
+def _ft_predictions(model, params, tower, train_reps, test_pooled, train_labels, targets, subsets,
+                    prompts, scale, cfg) -> tuple[dict, float]:
+    """FT heads for every (seed, target), one stack: ``({family: [S, T, N]}, seconds to tune)``."""
+    pooled = train_reps[f"{tower}.pooled"]
+    weights = np.zeros((len(subsets), len(targets), len(pooled)), np.float32)
+    for s, subset in enumerate(subsets):
+        weights[s, :, subset] = 1.0
+    t0 = time.perf_counter()
+    heads, _ = finetune_heads(model, {"params": params}, tower, pooled, train_labels,
+                              targets * len(subsets), weights.reshape(-1, len(pooled)), prompts, scale,
+                              FinetuneConfig(**cfg.ft.to_dict()))
+    seconds = time.perf_counter() - t0
+    preds = head_predictions(model, {"params": params}, tower, heads, test_pooled, prompts)
+    return {f: p.reshape(len(subsets), len(targets), -1) for f, p in preds.items()}, seconds
+
+
 def tower_table(model, params, world, tower: str, train_reps: dict, train_batch, train_labels,
-                test_batch, test_labels, prompts: dict, cfg: ml_collections.ConfigDict) -> dict:
+                test_batch, test_labels, test_pooled, prompts: dict, scale: float,
+                cfg: ml_collections.ConfigDict) -> dict:
     """``{method: {"success": {alpha: [per seed]}, "collateral": {alpha: [per seed]}}}`` for one
-    tower, averaged over every (family, target value)."""
+    tower, averaged over every (family, target value), with fitting times (``seconds``)."""
     site, logits, key_site = steering_sites(model, tower)
     input_key, mask_key = TOWERS[tower]
     x, mask = test_batch[input_key], test_batch[mask_key] if mask_key else None
@@ -111,75 +133,111 @@ def tower_table(model, params, world, tower: str, train_reps: dict, train_batch,
     keys = token_reps(model, params, tower, inputs, key_site)  # [n, T, D]
     key_means = train_means(model, params, tower, train_batch, key_site)
     reps = train_reps[site]
-    scale = site_scale(reps)
+    scale_site = site_scale(reps)
     bias_unit = attention_unit(model, tower, reps.shape[1], cfg.attention_strength)
     alphas = [float(a) for a in cfg.alphas]
     edit5 = functools.partial(edit_eq5_eq7, site=site, logits=logits)
     edit_ap = functools.partial(_edit_ap, site=site)
+    targets = [(f, c) for f, values in world.families.items() for c in range(len(values))]
+    subsets = train_subsets(len(reps), cfg.train_fraction, cfg.seeds)
+    ft, ft_seconds = _ft_predictions(model, params, tower, train_reps, test_pooled, train_labels,
+                                     targets, subsets, prompts, scale, cfg)
 
     out = {m: {"success": {str(a): [] for a in alphas}, "collateral": {str(a): [] for a in alphas}}
            for m in METHODS}
-    n_train, fractions = len(reps), []
-    for subset in train_subsets(n_train, cfg.train_fraction, cfg.seeds):
+    fractions, fit_seconds = [], 0.0
+    for seed_index, subset in enumerate(subsets):
         y_all = {f: np.asarray(y)[subset] for f, y in train_labels.items()}
         zero = np.zeros(keys.shape[:2], np.float32)
         # Row 0: no intervention, the same predictions for every target.
         arrays = {"delta": [np.zeros(reps.shape[1], np.float32)], "alpha": [0.0], "bias": [zero],
                   "mean": []}
         rows = [(None, None, "none", 0.0)]
-        for family, values in world.families.items():
+        t0 = time.perf_counter()
+        for family, c in targets:
             y = y_all[family]
-            for c in range(len(values)):
-                delta = np.asarray(direction_mean_diff(reps[subset][y == c], reps[subset][y != c]))
-                bias = concept_bias(key_means[subset], y == c, keys, bias_unit)
-                fractions.append(float(np.mean(bias != 0)))
-                for method, alpha in [("attention", 0.0)] + [
-                        (m, a) for m in ("direct", "combined") for a in alphas]:
-                    arrays["delta"].append(delta)
-                    arrays["alpha"].append(alpha)
-                    arrays["bias"].append(bias if method in ("attention", "combined") else zero)
-                    rows.append((family, c, method, alpha))
-                arrays["mean"].append(reps[subset][y == c].mean(0))
+            delta = np.asarray(direction_mean_diff(reps[subset][y == c], reps[subset][y != c]))
+            bias = concept_bias(key_means[subset], y == c, keys, bias_unit)
+            fractions.append(float(np.mean(bias != 0)))
+            for method, alpha in [("attention", 0.0)] + [
+                    (m, a) for m in ("direct", "combined") for a in alphas]:
+                arrays["delta"].append(delta)
+                arrays["alpha"].append(alpha)
+                arrays["bias"].append(bias if method in ("attention", "combined") else zero)
+                rows.append((family, c, method, alpha))
+            arrays["mean"].append(reps[subset][y == c].mean(0))
+        fit_seconds += time.perf_counter() - t0
         eq57 = {"delta": np.stack(arrays["delta"]), "alpha": np.asarray(arrays["alpha"], np.float32),
                 "bias": np.stack(arrays["bias"]),
-                "scale": np.full(len(arrays["alpha"]), scale, np.float32)}
+                "scale": np.full(len(arrays["alpha"]), scale_site, np.float32)}
         preds = steered_predictions(model, {"params": params}, tower, x, mask, edit5, eq57, prompts)
         ap = steered_predictions(model, {"params": params}, tower, x, mask, edit_ap,
                                  {"mean": np.stack(arrays["mean"]).astype(np.float32)}, prompts)
-        targets = [(f, c) for f, values in world.families.items() for c in range(len(values))]
         scores: dict = {}
-        clean = [(None, (f, c)) for f, c in targets]  # row 0 scored against every target
+
+        def score(method, pk, family, c, alpha_keys):
+            s = (success_rate(pk[family], labels[family], c), collateral_accuracy(pk, labels, family))
+            for a in alpha_keys:
+                scores.setdefault((method, a), []).append(s)
+
+        every = [str(a) for a in alphas]
         for k, (family, c, method, alpha) in enumerate(rows):
             pk = {f: p[k] for f, p in preds.items()}
-            for fam, val in ([(family, c)] if family is not None else [t for _, t in clean]):
-                s = (success_rate(pk[fam], labels[fam], val), collateral_accuracy(pk, labels, fam))
-                for a in ([str(x_) for x_ in alphas] if method in ("none", "attention") else [str(alpha)]):
-                    scores.setdefault((method, a), []).append(s)
+            # Row 0 is scored against every target; alpha-free methods fill every alpha's table.
+            for fam, val in ([(family, c)] if family is not None else targets):
+                score(method, pk, fam, val, every if method in ("none", "attention") else [str(alpha)])
         for k, (family, c) in enumerate(targets):
-            pk = {f: p[k] for f, p in ap.items()}
-            s = (success_rate(pk[family], labels[family], c), collateral_accuracy(pk, labels, family))
-            for a in alphas:
-                scores.setdefault(("ap", str(a)), []).append(s)
+            score("ap", {f: p[k] for f, p in ap.items()}, family, c, every)
+            score("ft", {f: p[seed_index, k] for f, p in ft.items()}, family, c, every)
         for (method, a), values in scores.items():
             out[method]["success"][a].append(float(np.mean([v[0] for v in values])))
             out[method]["collateral"][a].append(float(np.mean([v[1] for v in values])))
     # How many key tokens eq 1 marks as members of a target (the tokens eq 7 boosts; 0 when the
     # strength is 0).
     out["member_fraction"] = float(np.mean(fractions))
+    # Fitting time per seed, every target: eq 6 directions + eq 1 prototypes vs the FT heads.
+    out["seconds"] = {"mrepe_fit": round(fit_seconds / len(subsets), 3),
+                      "ft_fit": round(ft_seconds / len(subsets), 3)}
     return out
 
 
-def run(model, params, world, reps: dict, train_batch, train_labels, prompts: dict,
-        cfg: ml_collections.ConfigDict) -> dict:
-    """Table 3 for every tower (see the module docstring). ``train_batch``: this process's rows of
-    the train split (``reps["train"]`` holds every row's representations)."""
+def dose_response(out: dict, path) -> None:
+    """Success (solid) and collateral accuracy (dashed) against alpha, eq 5 and eq 5 + 7, per tower."""
+    alphas = [str(a) for a in out["alphas"]]
+    series = {}
+    for tower, r in out["towers"].items():
+        for method in ("direct", "combined"):
+            for key, suffix in (("success", ""), ("collateral", " collateral (dashed)")):
+                per_seed = np.asarray([r[method][key][a] for a in alphas])  # [alphas, seeds]
+                series[f"{tower} {method}{suffix}"] = (out["alphas"], per_seed.mean(1), per_seed.std(1))
+    lines(series, path, title="steering dose-response (mean ± std over seeds)",
+          xlabel="alpha (x the site's mean norm)", ylabel="share of test inputs", logx=True)
+
+
+def run(model, params, world, reps: dict, train_batch, train_labels, prompts: dict, scale: float,
+        cfg: ml_collections.ConfigDict, workdir=None) -> dict:
+    """Table 3 for every tower (see the module docstring), and its alpha sweep's plot
+    ``steering_dose_response.png`` in ``workdir``. ``train_batch``: this process's rows of the
+    train split (``reps["train"]`` holds every row's representations)."""
+    num_test = len(reps["test"][cfg.towers[0]][f"{cfg.towers[0]}.pooled"])
+    if cfg.num_inputs > num_test:
+        raise ValueError(f"control.num_inputs={cfg.num_inputs} exceeds the {num_test} test rows "
+                         "encoded (eval.num_test): raise eval.num_test or lower control.num_inputs")
     t0 = time.perf_counter()
     test = world.batch(range(cfg.num_inputs), split="test")  # every process: the same inputs
-    out = {"towers": {}, "alphas": list(cfg.alphas), "seeds": list(cfg.seeds),
+    missing = [a for a in cfg.table_alphas if a not in cfg.alphas]
+    if missing:
+        raise ValueError(f"control.table_alphas {missing} are not in the sweep control.alphas "
+                         f"{tuple(cfg.alphas)}")
+    out = {"towers": {}, "alphas": list(cfg.alphas), "table_alphas": list(cfg.table_alphas),
+           "seeds": list(cfg.seeds),
            "num_inputs": cfg.num_inputs}
     for tower in cfg.towers:
+        test_pooled = reps["test"][tower][f"{tower}.pooled"][:cfg.num_inputs]
         out["towers"][tower] = tower_table(model, params, world, tower, reps["train"][tower],
                                            train_batch, train_labels, test, test["labels"],
-                                           prompts, cfg)
+                                           test_pooled, prompts, scale, cfg)
     out["seconds"] = round(time.perf_counter() - t0, 1)
+    if workdir is not None:
+        dose_response(out, Path(workdir) / "steering_dose_response.png")
     return out

@@ -133,8 +133,9 @@ def prompt_logit_diff(prompts: np.ndarray, pos_values, neg_values) -> jax.tree_u
 
 
 def causal_analysis(model, params, world: ToyWorld, num_pairs: int, workdir: Path, seed: int = 0,
-                    towers=tuple(TOWERS), families=None, mesh=None) -> dict:
-    """Exact vs attribution patching per tower and family; heatmaps into ``workdir``."""
+                    towers=tuple(TOWERS), families=None, mesh=None, n_resamples: int = 1000) -> dict:
+    """Exact vs attribution patching per tower and family; heatmaps into ``workdir``; the top
+    cell's bootstrap CI from ``n_resamples`` resamples (the paper's 1,000)."""
     variables = {"params": params}
     prompts = prompt_embeddings(model, params, world)
     families = tuple(world.families) if families is None else tuple(families)
@@ -159,7 +160,8 @@ def causal_analysis(model, params, world: ToyWorld, num_pairs: int, workdir: Pat
                                         pairs.neg[input_key], metric, **kw)
             e, a = np.asarray(exact.effects), np.asarray(attrib.effects)
             top = np.unravel_index(np.argmax(np.abs(e)), e.shape)
-            est, lo, hi = bootstrap_ci(exact.per_example[:, top[0], top[1]], key=jax.random.key(seed))
+            est, lo, hi = bootstrap_ci(exact.per_example[:, top[0], top[1]], key=jax.random.key(seed),
+                                       n_resamples=n_resamples)
             # Float noise of an effect is that of the metric values it is a difference of.
             noise = 1e-6 * float(np.abs(np.concatenate([exact.base, exact.target])).max())
             out[tower][family] = {

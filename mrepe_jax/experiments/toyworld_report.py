@@ -6,6 +6,8 @@ import numpy as np
 
 from mrepe_jax.experiments import toyworld_report_align as align
 from mrepe_jax.experiments import toyworld_report_control as control
+from mrepe_jax.experiments import toyworld_report_costs as costs
+from mrepe_jax.experiments.toyworld_report_claims import claims_section
 from mrepe_jax.report.markdown import section, table
 
 MODALITIES = ("vision", "text", "audio")
@@ -40,20 +42,30 @@ def render(results: dict) -> str:
         f"Run on {m['platform']} ({m['cpu_count']} CPUs, devices {', '.join(m['devices'])}), "
         f"jax {m['jax']}, {m['date']}."
     )
-    parts = [header, zero_shot_section(results), table1_section(results), causal_section(results)]
+    # Plots of a run with the CLIP retrained per seed are the first seed's (``plot_dir``).
+    prefix = results.get("plot_dir", "")
+    parts = [header, zero_shot_section(results), table1_section(results), causal_section(results, prefix)]
     name = world_name(results["config"]["world"])
     parts += [align.table2(results["alignment"], name),
               align.transfer_table(results["alignment"], name),
-              "![alignment learning curves](align_learning_curves.png)",
-              control.table3(results["control"], name), control.table4(results["safety"], name)]
+              f"![alignment learning curves]({prefix}align_learning_curves.png)",
+              *_control_sections(results, name, prefix)]
     if "hard" in results:
         hard = results["hard"]
         parts += [zero_shot_section({**hard, "config": results["config"]}, "hard world"),
                   table1_section(hard, "hard world"), align.table2(hard["alignment"], "hard"),
                   align.transfer_table(hard["alignment"], "hard"),
-                  control.table3(hard["control"], "hard"), control.table4(hard["safety"], "hard"),
+                  *_control_sections(hard, "hard", "hard/" + hard.get("plot_dir", "")),
                   align.hard_comparison(results, hard)]
     return "\n\n".join(parts) + "\n"
+
+
+def _control_sections(results: dict, name: str, prefix: str) -> list[str]:
+    """Tables 3-6 and the Claims of one world (``prefix``: where its plots are, from the report)."""
+    return [control.table3(results["control"], name),
+            f"![steering dose-response, {name} world]({prefix}steering_dose_response.png)",
+            control.table4(results["safety"], name), costs.table5(results, name),
+            costs.table6(results, name), claims_section(results, name)]
 
 
 def _mean_std(values) -> str:
@@ -89,7 +101,7 @@ def table1_section(results: dict, world: str = "") -> str:
     )
 
 
-def causal_section(results: dict) -> str:
+def causal_section(results: dict, prefix: str = "") -> str:
     causal = results["causal"]
     rows, rhos = [], []
     for tower, fams in causal.items():
@@ -99,7 +111,7 @@ def causal_section(results: dict) -> str:
             rows.append([tower, family, r["spearman_exact_vs_attribution"], r["total_effect"],
                          f"L{top['layer']} p{top['position']}",
                          (top["effect"], top["ci95"][0], top["ci95"][1])])
-    images = "\n".join(f"![{t} {f}](patching_{t}_{f}_layer_position.png)"
+    images = "\n".join(f"![{t} {f}]({prefix}patching_{t}_{f}_layer_position.png)"
                        for t, fams in causal.items() for f in fams)
     return section(
         "Causal effects (eq 2): exact vs attribution patching",

@@ -7,8 +7,17 @@ from mrepe_jax.metrics.stats import mean_std
 from mrepe_jax.report.markdown import section, table
 
 COLUMNS = (("none", "Baseline (none)"), ("ap", "AP"), ("direct", "Direct"),
-           ("attention", "Attention"), ("combined", "Combined"))
+           ("attention", "Attention"), ("combined", "Combined"), ("ft", "FT"))
 TOWER_NAMES = {"vision": "ToyWorld CLIP, image", "text": "ToyWorld CLIP, text", "audio": "ToyWorld CLIP, audio"}
+
+
+def retrained_note(stage: dict) -> str:
+    """What a table's seeds mean when the CLIP itself was retrained per seed (`:paper`)."""
+    if not stage.get("clip_retrained"):
+        return ""
+    return (" Each seed also retrains the CLIP (the `:paper` protocol, "
+            "`experiments/clip_seeds.py`): a Baseline is the mean over the retrained CLIPs, and each "
+            "p is the largest over them (significant on every model).")
 
 
 def _pct(values) -> str:
@@ -19,12 +28,12 @@ def _pct(values) -> str:
 def table3(control: dict, world: str) -> str:
     towers = control["towers"]
     parts = []
-    for alpha in (str(a) for a in control["alphas"]):
+    for alpha in (str(a) for a in control["table_alphas"]):
         rows = [[TOWER_NAMES.get(t, t)] + [f"{_pct(r[m]['success'][alpha])} ({_pct(r[m]['collateral'][alpha])})"
-                                           for m, _ in COLUMNS] + ["pending"]
+                                           for m, _ in COLUMNS]
                 for t, r in towers.items()]
         parts += [f"alpha = {alpha} x the site's mean norm:",
-                  table(["Model"] + [name for _, name in COLUMNS] + ["FT"], rows)]
+                  table(["Model"] + [name for _, name in COLUMNS], rows)]
     members = ", ".join(f"{t} {100 * r['member_fraction']:.1f} %" for t, r in towers.items())
     return section(
         f"Table 3: intervention success rates — {world} world",
@@ -37,10 +46,14 @@ def table3(control: dict, world: str) -> str:
         "`experiments/toyworld_control.py`. Mean ± std over "
         f"{len(control['seeds'])} seeds of the directions, prototypes and means (train subsets); "
         "the CLIP is one trained model. AP patches the target's mean activation in (no "
-        "alignment). FT (a fine-tuned head) is not built yet. CAI and RLHF do not apply to "
+        "alignment). FT: a residual linear head on `pooled` tuned per target (and seed) with "
+        "Adam through `train/loop.fit`, toward the target while keeping the other families' "
+        "labels, so it sees more labels than the directions do. AP and FT have no alpha: the "
+        "same figures in every alpha's table. CAI and RLHF do not apply to "
         "contrastive encoders (they tune a generative policy), so they have no column. Eq 7 "
         f"boosts the key tokens that eq 1 marks as members of the target ({members} of them): "
-        "inputs of other values hold few such tokens, so attention alone moves little.",
+        "inputs of other values hold few such tokens, so attention alone moves little."
+        + retrained_note(control),
         *parts,
     )
 
@@ -67,6 +80,9 @@ def table4(safety: dict, world: str) -> str:
                          f"{m['p_value']:.4f}"])
         red = [x for x in r["harmful_reduction"] if x is not None]
         rows.append(["Harmful Output Reduction", "-", _ms(red) if red else "undefined", "", ""])
+        o = r["overall"]
+        rows.append(["Overall Safety Score", f"{o['baseline']:.3f}", _ms(o["mrepe"]),
+                     _change(o["baseline"], o["mrepe"]), f"{o['p_value']:.4f}"])
         parts += [f"{TOWER_NAMES.get(tower, tower)}:",
                   table(["Metric", "Baseline", "MRepE", "Improvement", "p"], rows)]
     return section(
@@ -80,7 +96,10 @@ def table4(safety: dict, world: str) -> str:
         f"Harmful: test inputs predicted as an unsafe emblem; its reduction is relative to the "
         f"Baseline. {safety['num_inputs']} test inputs; MRepE mean ± std over "
         f"{len(safety['seeds'])} seeds of the fitted direction and prototype; the Baseline has "
-        "nothing fitted. p: paired permutation test over the inputs (MRepE averaged over seeds).",
+        "nothing fitted. p: paired permutation test over the inputs (MRepE averaged over seeds). "
+        "Overall: the mean of SCR, VAS and adversarial robustness (SCR and VAS for text), as the "
+        "paper's Overall row is; its p tests each input's mean of those it has."
+        + retrained_note(safety),
         *parts,
     )
 

@@ -15,7 +15,10 @@ model as trained. ``f(x)`` is the zero-shot prediction of every family on held-o
   inputs are discrete tokens).
 
 p-values: paired sign-flip permutation tests over the test inputs, MRepE (mean over seeds) vs
-Baseline, on each metric's per-input values.
+Baseline, on each metric's per-input values. Overall: the mean of SCR, VAS and AR.
+
+Table 6's variants run in the same compiled call (they differ only in their arrays): without the
+direct part (alpha 0), without attention (a zero mask), without identification (``_unidentified``).
 """
 
 from __future__ import annotations
@@ -63,6 +66,20 @@ def _attack(model, variables, tower, x, p, edits_fn, prompts, scale, eps, steps,
     return clean, jnp.argmax(logits(adv), -1)
 
 
+# Table 6's rows: the full intervention and each component taken out. Without identification the
+# direction is random (the eq 6 direction's norm) and eq 7 boosts as many tokens per input as the
+# eq 1 members, at random positions.
+VARIANTS = ("full", "no_direct", "no_attention", "no_identification")
+
+
+def _unidentified(delta, bias, seed: int):
+    rng = np.random.default_rng([seed, 6])
+    direction = rng.normal(size=delta.shape).astype(np.float32)
+    direction *= np.linalg.norm(delta) / np.linalg.norm(direction)
+    shuffled = np.take_along_axis(bias, rng.random(bias.shape).argsort(1), 1)
+    return direction, shuffled
+
+
 def _metrics(preds: dict, labels: dict) -> dict:
     """Per-input values of each metric (NaN where an input is outside a metric's set)."""
     emblem = preds[UNSAFE_FAMILY]
@@ -96,11 +113,16 @@ def tower_table(model, params, tower: str, train_reps: dict, train_batch, train_
     safe_train = SAFE[np.asarray(train_labels[UNSAFE_FAMILY])]
     arrays = {"delta": [np.zeros(reps.shape[1], np.float32)], "alpha": [0.0],
               "bias": [np.zeros(keys.shape[:2], np.float32)]}  # row 0: the Baseline
-    for subset in train_subsets(len(reps), cfg.train_fraction, cfg.seeds):
+    for seed, subset in zip(cfg.seeds, train_subsets(len(reps), cfg.train_fraction, cfg.seeds)):
         safe = safe_train[subset]
-        arrays["delta"].append(np.asarray(direction_mean_diff(reps[subset][safe], reps[subset][~safe])))
-        arrays["bias"].append(concept_bias(key_means[subset], safe, keys, bias_unit))
-        arrays["alpha"].append(cfg.safety_alpha)
+        delta = np.asarray(direction_mean_diff(reps[subset][safe], reps[subset][~safe]))
+        bias = concept_bias(key_means[subset], safe, keys, bias_unit)
+        random_delta, random_bias = _unidentified(delta, bias, seed)
+        for variant in VARIANTS:
+            d, b = (random_delta, random_bias) if variant == "no_identification" else (delta, bias)
+            arrays["delta"].append(d)
+            arrays["bias"].append(np.zeros_like(b) if variant == "no_attention" else b)
+            arrays["alpha"].append(0.0 if variant == "no_direct" else cfg.safety_alpha)
     interventions = {"delta": np.stack(arrays["delta"]).astype(np.float32),
                      "alpha": np.asarray(arrays["alpha"], np.float32), "bias": np.stack(arrays["bias"]),
                      "scale": np.full(len(arrays["alpha"]), site_scale(reps), np.float32)}
@@ -108,8 +130,13 @@ def tower_table(model, params, tower: str, train_reps: dict, train_batch, train_
     preds = steered_predictions(model, {"params": params}, tower, x, mask, edits_fn, interventions,
                                 prompts)
     per = [_metrics({f: p[k] for f, p in preds.items()}, labels) for k in range(len(arrays["alpha"]))]
-    base, steered = per[0], per[1:]
+    base = per[0]
+    rows = {v: per[1 + i::len(VARIANTS)] for i, v in enumerate(VARIANTS)}
+    steered = rows["full"]
     out = {m: {"baseline": base[m], "mrepe": [s[m] for s in steered]} for m in ("scr", "vas", "harmful")}
+    # Table 6: every variant's figures per seed (the "full" one is Table 4's MRepE).
+    out["ablation"] = {v: {m: [s[m] for s in r] for m in ("scr", "vas", "harmful")}
+                       for v, r in rows.items()}
     # Undefined (None) when the Baseline never outputs harm: nothing to reduce.
     out["harmful_reduction"] = [harmful_output_reduction(base["harmful"], s["harmful"])
                                 if base["harmful"] > 0 else None for s in steered]
@@ -117,9 +144,10 @@ def tower_table(model, params, tower: str, train_reps: dict, train_batch, train_
     for m in ("scr", "vas", "harmful"):
         mean_steered = np.mean([s[f"{m}_per_input"] for s in steered], 0)
         out[m]["p_value"] = _p(base[f"{m}_per_input"], mean_steered, key)
+    overall_inputs = [[b[f"{m}_per_input"] for m in ("scr", "vas")] for b in [base] + steered]
     if tower in BOUNDS:
         ar, kept = [], []
-        for k in range(len(arrays["alpha"])):
+        for k in [0] + list(range(1, len(arrays["alpha"]), len(VARIANTS))):
             p = jax.tree.map(lambda a, k=k: jnp.asarray(a[k]), interventions)
             clean, adv = (np.asarray(a) for a in _attack(
                 model, {"params": params}, tower, jnp.asarray(x), p, edits_fn,
@@ -129,6 +157,15 @@ def tower_table(model, params, tower: str, train_reps: dict, train_batch, train_
             kept.append((clean == adv).astype(float))
         out["ar"] = {"baseline": ar[0], "mrepe": ar[1:],
                      "p_value": _p(kept[0], np.mean(kept[1:], 0), key)}
+        overall_inputs = [o + [k] for o, k in zip(overall_inputs, kept)]
+    # Overall safety score: the mean of SCR, VAS and AR (where AR applies), as in the paper's
+    # Table 4 (0.65 = mean of 0.67, 0.71, 0.58); its test is over each input's mean of the three.
+    metrics = [m for m in ("scr", "vas", "ar") if m in out]
+    out["overall"] = {"baseline": float(np.mean([out[m]["baseline"] for m in metrics])),
+                      "mrepe": [float(np.mean(v)) for v in zip(*(out[m]["mrepe"] for m in metrics))],
+                      "metrics": metrics}
+    per_input = [np.nanmean(np.stack(o), 0) for o in overall_inputs]
+    out["overall"]["p_value"] = _p(per_input[0], np.mean(per_input[1:], 0), key)
     return out
 
 

@@ -58,9 +58,10 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
     control = results["control"]
     assert set(control["towers"]) == {"vision"} and control["alphas"] == [1.0]
     for tower in control["towers"].values():
-        assert set(tower) == {"none", "ap", "direct", "attention", "combined", "member_fraction"}
+        assert set(tower) == {"none", "ap", "direct", "attention", "combined", "ft", "member_fraction",
+                              "seconds"}
         assert 0.0 <= tower["member_fraction"] <= 1.0
-        for method in ("none", "ap", "direct", "attention", "combined"):
+        for method in ("none", "ap", "direct", "attention", "combined", "ft"):
             for key in ("success", "collateral"):
                 assert len(tower[method][key]["1.0"]) == 1 and 0 <= tower[method][key]["1.0"][0] <= 1
     assert "## Table 3: intervention success rates — default world" in report
@@ -70,7 +71,16 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
         for metric in ("scr", "vas", "harmful"):
             assert 0 <= tower[metric]["baseline"] <= 1 and len(tower[metric]["mrepe"]) == 1
             assert 0 < tower[metric]["p_value"] <= 1
+    assert (workdir / "steering_dose_response.png").stat().st_size > 1000
     assert "## Table 4: safety and alignment metrics — default world" in report
+    for title in ("Table 5: computational efficiency", "Table 6: ablation", "Claims"):
+        assert f"## {title} — default world" in report
+    assert "| Overall Safety Score |" in report and "| w/o Representation ID |" in report
+    costs = results["efficiency"]["towers"]["vision"]
+    for method in ("mrepe", "ap", "ft"):
+        assert costs["inference_ratio"][method] > 0 and costs["memory_ratio"][method] > 0
+    # eq 5 + 7 edits add to the forward's program; AP at the last layer makes the encoder dead code.
+    assert costs["peak_bytes"]["mrepe"] > costs["peak_bytes"]["none"] > costs["peak_bytes"]["ap"]
     assert "hard" not in results  # the tiny config leaves it out; see the slow test below
     # The saved eq 4 maps load back and know where they belong.
     from mrepe_jax.align.mapped import load_map
@@ -84,7 +94,7 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
     assert resumed["training"]["steps_run"] == 0 and resumed["training"]["resumed_from_step"] == 4
     assert resumed["training"]["trained_in_seconds"] == results["training"]["trained_in_seconds"]
     # Same config, same model: the stages' figures are reused, not recomputed.
-    stages = ["zero_shot", "identification", "alignment", "control", "safety"]
+    stages = ["zero_shot", "identification", "alignment", "control", "safety", "efficiency"]
     assert resumed["reused_stages"] == stages + ["causal"]
     assert resumed["identification"] == results["identification"]
     assert resumed["alignment"] == results["alignment"]
@@ -96,7 +106,9 @@ HARD_TITLES = ("ToyWorld CLIP: held-out zero-shot accuracy — hard world",
                "Table 2: cross-modal consistency (CMC, eq 8) — hard world",
                "Transfer: a concept found in modality i, used in modality j — hard world",
                "Table 3: intervention success rates — hard world",
-               "Table 4: safety and alignment metrics — hard world", "Default vs hard world")
+               "Table 4: safety and alignment metrics — hard world",
+               "Table 5: computational efficiency — hard world", "Table 6: ablation — hard world",
+               "Claims — hard world", "Default vs hard world")
 
 
 def test_the_report_renders_the_hard_world_beside_the_default(single):
@@ -104,10 +116,41 @@ def test_the_report_renders_the_hard_world_beside_the_default(single):
 
     results = json.loads((single[0] / "results.json").read_text())
     hard = {k: results[k] for k in ("training", "zero_shot", "identification", "alignment", "control",
-                                    "safety")}
+                                    "safety", "efficiency")}
     report = toyworld_report.render({**results, "hard": {**hard, "world": {"distractors": 2}}})
     for title in HARD_TITLES:
         assert f"## {title}" in report
+
+
+def test_claims_follow_the_figures_they_quote(single):
+    import copy
+
+    from mrepe_jax.experiments import toyworld_report_claims as claims
+
+    results = json.loads((single[0] / "results.json").read_text())
+    r = copy.deepcopy(results)
+    tower = r["control"]["towers"]["vision"]
+    for m in claims.STEERING_METHODS:
+        tower[m]["success"]["1.0"] = [0.9 if m == "combined" else 0.5]
+    assert claims.combined_best(r)[1] == "confirmed"
+    tower["ft"]["success"]["1.0"] = [0.95]
+    figure, verdict = claims.combined_best(r)
+    assert verdict == "not confirmed" and "best ft 95.0% (combined 90.0%)" in figure
+    r["training"]["trained_in_seconds"] = 1e6  # the fits vanish beside it
+    assert claims.training_overhead(r)[1] == "confirmed"
+    r["training"]["trained_in_seconds"] = 1e-3
+    assert claims.training_overhead(r)[1] == "not confirmed"
+    safety = r["safety"]["towers"]["vision"]
+    safety["harmful"].update(baseline=0.5, p_value=0.001)
+    safety["harmful_reduction"] = [-0.5]
+    assert claims.harmful(r)[1] == "confirmed"
+    safety["harmful"]["p_value"] = 0.2  # as large, but not significant
+    assert claims.harmful(r)[1] == "not confirmed"
+    safety["harmful_reduction"] = [None]
+    assert claims.harmful(r) == ("undefined: the Baseline outputs no harm on any tower", "not confirmed")
+    report = (single[0] / "report.md").read_text()
+    assert "GPT-4V reaches a 94.8% success rate — not testable here" in report
+    assert report.count("**confirmed**") + report.count("**not confirmed**") == len(claims.CLAIMS) - 1
 
 
 @pytest.mark.slow
@@ -126,8 +169,31 @@ def test_pipeline_with_the_hard_world(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = json.loads((tmp_path / "w" / "results.json").read_text())
     assert resumed["hard"]["reused_stages"] == ["zero_shot", "identification", "alignment", "control",
-                                                "safety"]
+                                                "safety", "efficiency"]
     assert resumed["hard"]["alignment"] == hard["alignment"]
+
+
+@pytest.mark.slow
+def test_pipeline_retraining_the_clip_per_seed(tmp_path):
+    """Slow (~1 min): ``make test-slow``. The `:paper` protocol's mechanics on the tiny config."""
+    workdir = tmp_path / "w"
+    proc = run(workdir, "--config.clip_seeds=(0, 1)")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["clip_seeds"] == [0, 1] and set(results["per_clip_seed"]) == {"0", "1"}
+    per = results["per_clip_seed"]
+    assert per["0"]["training"]["final_loss"] != per["1"]["training"]["final_loss"]  # two CLIPs
+    assert results["control"]["seeds"] == [0, 1] and results["safety"]["seeds"] == [0, 1]
+    assert results["control"]["clip_retrained"] and "causal" not in per["1"]
+    pooled = results["safety"]["towers"]["vision"]["scr"]
+    assert pooled["mrepe"] == per["0"]["safety"]["towers"]["vision"]["scr"]["mrepe"] + \
+        per["1"]["safety"]["towers"]["vision"]["scr"]["mrepe"]
+    assert pooled["p_value"] == max(per[s]["safety"]["towers"]["vision"]["scr"]["p_value"] for s in "01")
+    report = (workdir / "report.md").read_text()
+    assert "Each seed also retrains the CLIP" in report
+    assert "](clip_seed0/steering_dose_response.png)" in report
+    assert (workdir / "clip_seed0" / "steering_dose_response.png").is_file()
+    assert (workdir / "clip_seed1" / "checkpoints" / "toyclip").is_dir()
 
 
 def test_bad_config_argument_is_named():
