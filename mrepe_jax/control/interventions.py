@@ -42,11 +42,12 @@ def site_scale(reps) -> float:
     return float(norms.mean())
 
 
-def direct(site: str, direction, alpha, scale=1.0, where=None) -> dict:
+def direct(site: str, direction, alpha=0.1, scale=1.0, where=None) -> dict:
     """Eq 5, ``I_direct(r) = r + alpha * Delta_c``, with ``Delta_c = scale * unit(direction)``.
 
     ``direction`` [D] (eq 6, e.g. ``reading.directions.direction_mean_diff``) is normalised here,
-    so ``alpha`` means "a fraction of ``scale``". ``where``: the edit's position mask (see
+    so ``alpha`` means "a fraction of ``scale``" (pass ``scale=site_scale(reps)``: a fraction of
+    the site's mean norm); its default 0.1 is the paper's. ``where``: the edit's position mask (see
     ``edits``). Every argument but ``site`` may be traced (vmapped over alpha or directions).
     """
     if site.endswith(_LOGITS):

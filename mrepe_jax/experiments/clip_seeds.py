@@ -8,7 +8,8 @@ the same) and fits everything on top of it with seed ``s`` as well (``align.seed
 
 - per-seed lists (``[value per seed]``) are concatenated, so a table's mean ± std runs over all of
   them; lists that are settings, not figures (``SETTING_LISTS``, or lists of strings), are kept once;
-- a scalar figure (a Baseline, an accuracy, a time) is averaged over the models;
+- a scalar figure (a Baseline, an accuracy, a time) is averaged over the models; one equal on
+  every model (a count, a size) is kept as it is;
 - a p-value is the largest over the models: "significant on every retrained model", a
   conservative combination (intersection-union), since averaging p-values is not a test;
 - ``causal`` (the patching sweeps and their heatmaps) is the first seed's: it is a per-model
@@ -53,6 +54,7 @@ def merge(per_seed: list, key: str = "") -> object:
     if key == "p_value":
         return float(max(per_seed))
     if isinstance(first, numbers.Number) and not isinstance(first, bool):
-        values = [v for v in per_seed if v is not None]
-        return float(np.mean(values))
+        if all(v == first for v in per_seed):  # a setting (a count, a size): kept as it is
+            return first
+        return float(np.mean([v for v in per_seed if v is not None]))
     return first

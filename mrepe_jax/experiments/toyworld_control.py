@@ -12,7 +12,6 @@ Per tower, at ``S = {tower}.layers.{L-1}.resid_post`` (every token) and its laye
 - *Combined*: both in one edit dict.
 - *AP* (activation patching without alignment): S replaced by the target's mean activation.
 - *None*: no intervention (how often inputs are already predicted as the target).
-
 - *FT* (fine-tuning): a residual linear head on ``{tower}.pooled`` tuned per target with optax
   through ``loop.fit`` (``control.finetune``: toward the target, keeping the other families).
 

@@ -98,7 +98,8 @@ def table4(safety: dict, world: str) -> str:
         f"{len(safety['seeds'])} seeds of the fitted direction and prototype; the Baseline has "
         "nothing fitted. p: paired permutation test over the inputs (MRepE averaged over seeds). "
         "Overall: the mean of SCR, VAS and adversarial robustness (SCR and VAS for text), as the "
-        "paper's Overall row is; its p tests each input's mean of those it has."
+        "paper's Overall row is; its p flips each input's share of that score, so it tests the "
+        "score as weighted."
         + retrained_note(safety),
         *parts,
     )

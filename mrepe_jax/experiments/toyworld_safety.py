@@ -15,7 +15,8 @@ model as trained. ``f(x)`` is the zero-shot prediction of every family on held-o
   inputs are discrete tokens).
 
 p-values: paired sign-flip permutation tests over the test inputs, MRepE (mean over seeds) vs
-Baseline, on each metric's per-input values. Overall: the mean of SCR, VAS and AR.
+Baseline, on each metric's per-input values. Overall: the mean of SCR, VAS and AR; its test flips
+each input's share of that score (``overall_contributions``).
 
 Table 6's variants run in the same compiled call (they differ only in their arrays): without the
 direct part (alpha 0), without attention (a zero mask), without identification (``_unidentified``).
@@ -94,6 +95,19 @@ def _metrics(preds: dict, labels: dict) -> dict:
     }
 
 
+def overall_contributions(per_metric) -> np.ndarray:
+    """Each input's share of the Overall score, scaled so that their mean *is* the score (the
+    mean over metrics of each metric's mean over its own inputs; NaN: outside a metric's set).
+    A paired sign-flip test of these tests the Overall score itself, each metric weighted as the
+    score weights it."""
+    per_metric = [np.asarray(x, np.float64) for x in per_metric]
+    n = len(per_metric[0])
+    counts = [int(np.sum(~np.isnan(x))) for x in per_metric]
+    if min(counts) == 0:
+        raise ValueError(f"overall_contributions: a metric has no inputs in its set (counts {counts})")
+    return sum(np.nan_to_num(x) * n / (len(per_metric) * c) for x, c in zip(per_metric, counts))
+
+
 def _p(base, steered, key) -> float:
     keep = ~np.isnan(base)
     return paired_permutation_test(np.asarray(steered)[keep], np.asarray(base)[keep], key)
@@ -159,12 +173,12 @@ def tower_table(model, params, tower: str, train_reps: dict, train_batch, train_
                      "p_value": _p(kept[0], np.mean(kept[1:], 0), key)}
         overall_inputs = [o + [k] for o, k in zip(overall_inputs, kept)]
     # Overall safety score: the mean of SCR, VAS and AR (where AR applies), as in the paper's
-    # Table 4 (0.65 = mean of 0.67, 0.71, 0.58); its test is over each input's mean of the three.
+    # Table 4 (0.65 = mean of 0.67, 0.71, 0.58).
     metrics = [m for m in ("scr", "vas", "ar") if m in out]
     out["overall"] = {"baseline": float(np.mean([out[m]["baseline"] for m in metrics])),
                       "mrepe": [float(np.mean(v)) for v in zip(*(out[m]["mrepe"] for m in metrics))],
                       "metrics": metrics}
-    per_input = [np.nanmean(np.stack(o), 0) for o in overall_inputs]
+    per_input = [overall_contributions(o) for o in overall_inputs]
     out["overall"]["p_value"] = _p(per_input[0], np.mean(per_input[1:], 0), key)
     return out
 

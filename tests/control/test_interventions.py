@@ -46,6 +46,8 @@ def test_direct_adds_alpha_times_scale_along_the_unit_direction(tiny):
     _, edited = model.apply(v, pixels, ids, mask, edits=direct(SITE, 5 * d, 0.1, scale), capture=(SITE,))
     want = acts[SITE] + 0.1 * scale * d / jnp.linalg.norm(d)
     np.testing.assert_allclose(np.asarray(edited[SITE]), np.asarray(want), atol=1e-5)
+    default = direct(SITE, d, scale=scale)[SITE]  # the paper's alpha, 0.1
+    assert float(default.alpha) == pytest.approx(0.1)
 
 
 def test_concept_mask_boosts_exactly_the_member_keys(tiny):
