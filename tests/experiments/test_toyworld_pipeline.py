@@ -141,12 +141,14 @@ def test_claims_follow_the_figures_they_quote(single):
     r["training"]["trained_in_seconds"] = 1e-3
     assert claims.training_overhead(r)[1] == "not confirmed"
     safety = r["safety"]["towers"]["vision"]
-    safety["harmful"].update(baseline=0.5, p_value=0.001)
-    safety["harmful_reduction"] = [-0.5]
-    assert claims.harmful(r)[1] == "confirmed"
+    safety["harmful"].update(baseline=0.5, mrepe=[0.25], p_value=0.001)
+    figure, verdict = claims.harmful(r)
+    assert verdict == "confirmed" and figure.startswith("-50.0% on the tower-averaged rate")
     safety["harmful"]["p_value"] = 0.2  # as large, but not significant
     assert claims.harmful(r)[1] == "not confirmed"
-    safety["harmful_reduction"] = [None]
+    safety["harmful"].update(mrepe=[0.4], p_value=0.001)  # significant, but smaller than -34.2%
+    assert claims.harmful(r)[1] == "not confirmed"
+    safety["harmful"]["baseline"] = 0.0
     assert claims.harmful(r) == ("undefined: the Baseline outputs no harm on any tower", "not confirmed")
     report = (single[0] / "report.md").read_text()
     assert "GPT-4V reaches a 94.8% success rate — not testable here" in report
