@@ -77,6 +77,16 @@ def packed_attention(qkv, num_heads: int, mask=None, fused: bool = False):
     return _attend(q, k, v, mask).transpose(0, 2, 1, 3).reshape(b, t, d)
 
 
+def self_attention(site, qkv, num_heads: int, mask, execution: Execution):
+    """Self-attention from a packed ``[B, T, 3D]`` q/k/v projection (q, k, v the consecutive
+    ``D``-wide thirds), heads merged ``[B, T, D]``: through every ``attn.*`` site when the layer's
+    attention is edited or captured (``site.touches("attn")``), else ``packed_attention``."""
+    if site.touches("attn"):
+        q, k, v = (split_heads(t, num_heads) for t in jnp.split(qkv, 3, axis=-1))
+        return dot_product_attention(site, "attn", q, k, v, mask).reshape(qkv.shape[:-1] + (-1,))
+    return packed_attention(qkv, num_heads, mask, use_fused(execution))
+
+
 def causal_mask(num_tokens: int):
     """``[1, 1, T, T]``, True on and below the diagonal."""
     return jnp.tril(jnp.ones((num_tokens, num_tokens), dtype=bool))[None, None]

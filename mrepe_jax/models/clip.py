@@ -22,6 +22,28 @@ from mrepe_jax.models.execution import Execution
 from mrepe_jax.sites import Sites, SitedModel, tower_site_names
 
 
+def check_pixels(pixel_values, config: CLIPVisionConfig, model: str = "model") -> None:
+    """NHWC pixels of the ViT's image size and channel count, or an error naming both."""
+    _, h, w, ch = pixel_values.shape
+    if (h, w) != config.image_hw or ch != config.num_channels:
+        raise ValueError(
+            f"pixel_values of shape {pixel_values.shape} (NHWC) do not match the {model}'s "
+            f"image size {config.image_hw} with {config.num_channels} channels"
+        )
+
+
+def patch_matmul(pixel_values, kernel, config: CLIPVisionConfig, dtype):
+    """A stride-p convolution with an HWIO ``kernel`` [p, p, C, D] as one 2-D patch matmul,
+    ``[B, H, W, C] -> [B, patches, D]``: the same arithmetic, one GEMM, and a kernel gradient that
+    needs no transposed copy on XLA:CPU (see clip_layers.Dense)."""
+    b, _, _, ch = pixel_values.shape
+    p, (gh, gw) = config.patch_size, config.grid
+    patches = pixel_values.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(b * gh * gw, p * p * ch).astype(dtype)
+    x = patches @ kernel.reshape(p * p * ch, config.hidden_size).astype(dtype)
+    return x.reshape(b, gh * gw, config.hidden_size)
+
+
 class CLIPVisionEmbeddings(nn.Module):
     config: CLIPVisionConfig
     dtype: jnp.dtype = jnp.float32
@@ -29,22 +51,13 @@ class CLIPVisionEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, pixel_values):
         c = self.config
-        b, h, w, ch = pixel_values.shape
-        if (h, w) != c.image_hw or ch != c.num_channels:
-            raise ValueError(
-                f"pixel_values of shape {pixel_values.shape} (NHWC) do not match the model's "
-                f"image size {c.image_hw} with {c.num_channels} channels"
-            )
-        p, (gh, gw) = c.patch_size, c.grid
+        check_pixels(pixel_values, c)
+        b = pixel_values.shape[0]
+        p = c.patch_size
         kernel = self.param(
             "patch_embedding", nn.initializers.lecun_normal(), (p, p, c.num_channels, c.hidden_size)
         )
-        # A stride-p convolution written as one 2-D patch matmul: the same arithmetic, one GEMM, and
-        # a kernel gradient that needs no transposed copy on XLA:CPU (see clip_layers.Dense).
-        patches = pixel_values.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5)
-        patches = patches.reshape(b * gh * gw, p * p * ch).astype(self.dtype)
-        x = patches @ kernel.reshape(p * p * ch, c.hidden_size).astype(self.dtype)
-        x = x.reshape(b, gh * gw, c.hidden_size)
+        x = patch_matmul(pixel_values, kernel, c, self.dtype)
         cls = self.param("class_embedding", nn.initializers.normal(0.02), (c.hidden_size,))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.hidden_size)), x], 1)
         pos = nn.Embed(c.num_positions, c.hidden_size, dtype=self.dtype, name="position_embedding")

@@ -7,14 +7,14 @@
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mrepe_jax.models import layer_stack
-from mrepe_jax.models.attention import (dot_product_attention, packed_attention, split_heads,
-                                        use_fused)
+from mrepe_jax.models.attention import self_attention
 from mrepe_jax.models.clip_config import EncoderConfig
 from mrepe_jax.models.execution import Execution
 from mrepe_jax.sites import COLLECTION, LayerSites, Sites
@@ -129,11 +129,7 @@ class CLIPAttention(nn.Module):
         kernels, biases = zip(*(DenseParams(d, self.dtype, name=n)(d) for n in QKV))
         qkv = x.astype(self.dtype).reshape(-1, d) @ jnp.concatenate(kernels, 1) + jnp.concatenate(biases)
         qkv = qkv.reshape(x.shape[:-1] + (3 * d,))
-        if site.touches("attn"):
-            q, k, v = (split_heads(t, c.num_attention_heads) for t in jnp.split(qkv, 3, axis=-1))
-            z = dot_product_attention(site, "attn", q, k, v, mask).reshape(x.shape[:-1] + (-1,))
-        else:
-            z = packed_attention(qkv, c.num_attention_heads, mask, use_fused(self.execution))
+        z = self_attention(site, qkv, c.num_attention_heads, mask, self.execution)
         return Dense(d, dtype=self.dtype, name="out_proj")(z)
 
 
@@ -157,13 +153,15 @@ class CLIPEncoderLayer(nn.Module):
     tower: str
     dtype: jnp.dtype = jnp.float32
     execution: Execution = Execution()
+    # Families whose pre-LN block differs only in its attention (BLIP-2's EVA ViT) override this.
+    attention_cls: ClassVar[type] = CLIPAttention
 
     @nn.compact
     def __call__(self, h, sites: Sites, mask, index):
         site = LayerSites(sites, self, self.tower, index, self.config.num_hidden_layers)
         eps = self.config.layer_norm_eps
         h = site("resid_pre", h)
-        a = CLIPAttention(self.config, self.dtype, self.execution, name="self_attn")(
+        a = self.attention_cls(self.config, self.dtype, self.execution, name="self_attn")(
             layer_norm(eps, "layer_norm1", self.dtype)(h), site, mask
         )
         a = site("attn_out", a)
@@ -180,10 +178,11 @@ class CLIPLayerCollection(nn.Module):
     tower: str
     dtype: jnp.dtype = jnp.float32
     execution: Execution = Execution()
+    layer_cls: type = CLIPEncoderLayer
 
     def setup(self):
         self.layers = [
-            CLIPEncoderLayer(self.config, self.tower, self.dtype, self.execution, name=str(i))
+            self.layer_cls(self.config, self.tower, self.dtype, self.execution, name=str(i))
             for i in range(self.config.num_hidden_layers)
         ]
 
@@ -202,6 +201,7 @@ class CLIPEncoder(nn.Module):
     tower: str
     dtype: jnp.dtype = jnp.float32
     execution: Execution = Execution()
+    layer_cls: ClassVar[type] = CLIPEncoderLayer  # the block; BLIP-2's vision encoder overrides it
 
     def setup(self):
         if self.execution.scan_layers:
@@ -210,11 +210,12 @@ class CLIPEncoder(nn.Module):
             self.stacked = self.param(
                 layer_stack.LAYERS, layer_stack.init_stacked(self._layer(), c.num_hidden_layers, *example))
         else:
-            self.layers = CLIPLayerCollection(self.config, self.tower, self.dtype, self.execution)
+            self.layers = CLIPLayerCollection(self.config, self.tower, self.dtype, self.execution,
+                                              self.layer_cls)
 
     def _layer(self) -> CLIPEncoderLayer:
         # Unbound (parent=None): a template that run_stack applies to each layer's parameters.
-        return CLIPEncoderLayer(self.config, self.tower, self.dtype, self.execution, parent=None)
+        return self.layer_cls(self.config, self.tower, self.dtype, self.execution, parent=None)
 
     def __call__(self, h, sites: Sites, mask=None, start=0, stop=None):
         """Layers ``[start, stop)``; ``start``/``stop`` may be traced with ``scan_layers``."""
