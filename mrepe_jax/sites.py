@@ -36,7 +36,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from mrepe_jax import edits as edits_lib
@@ -120,7 +122,9 @@ def validate_edits(edits: Mapping[str, Any] | None, known: Sequence[str]) -> dic
     for name, edit in edits.items():
         wildcard = _WILDCARD.match(name)
         if wildcard:
-            if layer_site(wildcard["tower"], 0, wildcard["point"]) not in known_set:
+            # Not every layer need have the point (the Q-Former's xattn.* exist every Nth layer).
+            layers = _layers_with(known, wildcard["tower"], wildcard["point"])
+            if not layers:
                 raise _unknown("edits", name, known)
         elif name not in known_set:
             raise _unknown("edits", name, known)
@@ -129,6 +133,7 @@ def validate_edits(edits: Mapping[str, Any] | None, known: Sequence[str]) -> dic
                 if not isinstance(e, edits_lib.AtLayer):
                     raise TypeError(f"edits at the layer wildcard {name!r} must be AtLayer(layer, "
                                     f"edit), got a {type(e).__name__}")
+                _check_layer(e.layer, layers, name)
                 e = e.edit
             elif isinstance(e, edits_lib.AtLayer):
                 raise TypeError(f"AtLayer belongs under a layer wildcard key such as "
@@ -145,6 +150,24 @@ def validate_edits(edits: Mapping[str, Any] | None, known: Sequence[str]) -> dic
                 )
             edits_lib.check_values(e, name)
     return edits
+
+
+def _layers_with(known: Sequence[str], tower: str, point: str) -> tuple[int, ...]:
+    """The layers of ``tower`` that have the site ``point``."""
+    return tuple(int(m["layer"]) for k in known
+                 if (m := _LAYER.match(k)) and m["tower"] == tower and m["point"] == point)
+
+
+def _check_layer(layer, layers: tuple[int, ...], name: str) -> None:
+    """An ``AtLayer`` whose layer is known before tracing must name a layer that has the site;
+    otherwise its edit would silently apply nowhere. A traced layer (a sweep) is not checked."""
+    if isinstance(layer, jax.core.Tracer):
+        return
+    values = np.asarray(layer).ravel()
+    missing = sorted({int(v) for v in values} - set(layers))
+    if missing:
+        raise ValueError(f"AtLayer at {name!r} names layer(s) {missing}, which have no such site; "
+                         f"it exists on layers {list(layers)}")
 
 
 @struct.dataclass

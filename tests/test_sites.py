@@ -36,3 +36,24 @@ def test_unknown_site_lists_near_matches():
         model.apply(v, pixels, ids, mask, capture=("vision.layers.9.*",))
     with pytest.raises(ValueError, match="unknown tower"):
         sites.tower_site_names("video", 1)
+
+
+def test_a_layer_wildcard_edit_must_name_a_layer_that_has_the_site():
+    import jax
+    import jax.numpy as jnp
+
+    from mrepe_jax.edits import Add, AtLayer
+    from mrepe_jax.models.qformer import Blip2QFormerConfig, qformer_site_names
+
+    known = qformer_site_names(Blip2QFormerConfig(hidden_size=8, num_hidden_layers=3, num_attention_heads=2,
+                                                  intermediate_size=16, cross_attention_frequency=2,
+                                                  encoder_hidden_size=8))
+    key = "qformer.layers.*.xattn.q"
+    sites.validate_edits({key: AtLayer(2, Add(jnp.ones(4)))}, known)  # layers 0 and 2 cross-attend
+    with pytest.raises(ValueError, match=r"names layer\(s\) \[1\], which have no such site; it exists "
+                                         r"on layers \[0, 2\]"):
+        sites.validate_edits({key: AtLayer(1, Add(jnp.ones(4)))}, known)
+    with pytest.raises(ValueError, match="unknown site 'qformer.layers.\\*.xattn.nope'"):
+        sites.validate_edits({"qformer.layers.*.xattn.nope": AtLayer(0, Add(jnp.ones(4)))}, known)
+    # A traced layer (a sweep over layers) cannot be checked before tracing, and is not.
+    jax.jit(lambda i: sites.validate_edits({key: AtLayer(i, Add(jnp.ones(4)))}, known) and 0)(1)
