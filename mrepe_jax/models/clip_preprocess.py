@@ -11,6 +11,8 @@ step for step, so a converted checkpoint sees the pixels it was trained on:
 5. normalise ``(x - mean) / std`` in float32.
 
 The result is NHWC float32, which is what ``CLIPModel`` takes (HF's ``pixel_values`` are NCHW).
+Other families whose processors run the same steps (BLIP's: an exact ``{height, width}`` resize and
+no crop) subclass ``ImagePreprocessConfig`` with their own defaults (see ``blip2_preprocess``).
 
 Text: ``load_tokenizer`` builds the checkpoint's own tokenizer with ``local_files_only=True``
 (never a download), and ``tokenize`` returns padded ``int32`` numpy ``input_ids`` and
@@ -22,13 +24,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+# transformers 5's ``ProcessorMixin.save_pretrained`` writes no preprocessor_config.json: the image
+# processor's settings sit under the "image_processor" key of processor_config.json instead.
+PROCESSOR_CONFIG = "processor_config.json"
 # What a directory must hold for ``load_tokenizer``: a ``tokenizers`` serialization, or CLIP's BPE
 # pair (``vocab.json`` + ``merges.txt``).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
@@ -43,7 +48,16 @@ class ImagePreprocessConfig:
 
     ``size`` is the target shortest edge (an int), or an exact ``(height, width)`` resize (configs
     whose ``size`` is ``{"height", "width"}``). ``resample`` is a PIL filter id (3 = bicubic).
+
+    Subclasses for other processor families override the field defaults (what HF uses for keys a
+    config leaves out) and the two class variables below.
     """
+
+    # How a bare int ``size`` in a config reads: HF's ``get_size_dict(size, default_to_square)``
+    # makes it a shortest edge for CLIP and a square ``(size, size)`` for BLIP.
+    DEFAULT_TO_SQUARE: ClassVar[bool] = False
+    # The ``image_processor_type`` that ``to_hf_dict`` writes.
+    HF_PROCESSOR_TYPE: ClassVar[str] = "CLIPImageProcessor"
 
     size: int | tuple[int, int] = 224
     crop_size: tuple[int, int] = (224, 224)
@@ -81,9 +95,9 @@ class ImagePreprocessConfig:
         kwargs: dict[str, Any] = {}
         try:
             if "size" in d:
-                kwargs["size"] = _parse_size(d["size"])
-            if "crop_size" in d:
-                crop = _parse_size(d["crop_size"])
+                kwargs["size"] = _parse_size(d["size"], cls.DEFAULT_TO_SQUARE)
+            if d.get("crop_size") is not None:
+                crop = _parse_size(d["crop_size"], True)
                 kwargs["crop_size"] = (crop, crop) if isinstance(crop, int) else crop
             for key in ("image_mean", "image_std", "rescale_factor", "resample", "do_resize",
                         "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb"):
@@ -95,18 +109,21 @@ class ImagePreprocessConfig:
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> ImagePreprocessConfig:
-        """Reads ``<path>/preprocessor_config.json`` (HF format)."""
-        file = os.path.join(os.fspath(path), PREPROCESSOR_CONFIG)
-        if not os.path.isfile(file):
-            raise FileNotFoundError(
-                f"no {PREPROCESSOR_CONFIG} in {os.fspath(path)!r} (looked for {file!r})"
-            )
-        try:
-            with open(file) as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{file}: not valid JSON: {e}") from None
-        return cls.from_hf_dict(d, source=file)
+        """Reads ``<path>/preprocessor_config.json`` (HF format), or else the ``image_processor``
+        entry of ``<path>/processor_config.json`` (what transformers 5 saves)."""
+        path = os.fspath(path)
+        file = os.path.join(path, PREPROCESSOR_CONFIG)
+        if os.path.isfile(file):
+            return cls.from_hf_dict(read_json(file), source=file)
+        processor_file = os.path.join(path, PROCESSOR_CONFIG)
+        if os.path.isfile(processor_file):
+            nested = read_json(processor_file).get("image_processor")
+            if nested is not None:
+                return cls.from_hf_dict(nested, source=f"{processor_file}['image_processor']")
+        raise FileNotFoundError(
+            f"no {PREPROCESSOR_CONFIG} in {path!r} (looked for {file!r}, and for an "
+            f"'image_processor' entry in {PROCESSOR_CONFIG}, where transformers 5 saves it)"
+        )
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The inverse of ``from_hf_dict``, in the layout transformers writes."""
@@ -116,7 +133,7 @@ class ImagePreprocessConfig:
             else {"height": self.size[0], "width": self.size[1]}
         )
         return {
-            "image_processor_type": "CLIPImageProcessor",
+            "image_processor_type": self.HF_PROCESSOR_TYPE,
             "size": size,
             "crop_size": {"height": self.crop_size[0], "width": self.crop_size[1]},
             "image_mean": list(self.image_mean),
@@ -139,12 +156,24 @@ class ImagePreprocessConfig:
         return file
 
 
-def _parse_size(size) -> int | tuple[int, int]:
-    """HF size: an int, ``{"shortest_edge": n}`` or ``{"height": h, "width": w}``."""
+def read_json(file: str) -> Any:
+    """A JSON file's content; a malformed file is a ``ValueError`` naming it."""
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON: {e}") from None
+
+
+def _parse_size(size, default_to_square: bool = False) -> int | tuple[int, int]:
+    """HF size: an int, ``{"shortest_edge": n}`` or ``{"height": h, "width": w}``.
+
+    A bare int is a shortest edge, or ``(size, size)`` when ``default_to_square`` (as HF's
+    ``get_size_dict``)."""
     if isinstance(size, bool):
         raise ValueError(f"size {size!r} is not an int or a size dict")
     if isinstance(size, int):
-        return size
+        return (size, size) if default_to_square else size
     if isinstance(size, dict):
         if size.get("shortest_edge") is not None:
             if size.get("longest_edge") is not None:
@@ -264,13 +293,14 @@ def preprocess_images(images, cfg: ImagePreprocessConfig | None = None) -> np.nd
     return np.stack(out)
 
 
-def load_tokenizer(path: str | os.PathLike):
+def load_tokenizer(path: str | os.PathLike, fallback: Callable[[str], Any] | None = None):
     """The checkpoint's own tokenizer from directory ``path``, never downloading anything.
 
     Uses ``AutoTokenizer`` (so ``tokenizer_config.json``'s class wins) and falls back to
-    ``CLIPTokenizer`` for directories that hold only ``vocab.json`` + ``merges.txt``.
+    ``fallback(path)`` for directories that hold only ``vocab.json`` + ``merges.txt`` (which
+    ``AutoTokenizer`` cannot place); the default fallback is ``CLIPTokenizer``.
     """
-    from transformers import AutoTokenizer, CLIPTokenizer
+    from transformers import AutoTokenizer
 
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -284,16 +314,24 @@ def load_tokenizer(path: str | os.PathLike):
             f"no tokenizer files in {path!r}: looked for tokenizer.json, or vocab.json + merges.txt "
             f"(directory holds {present})"
         )
+    fallback = _clip_tokenizer if fallback is None else fallback
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as auto_error:
         try:
-            return CLIPTokenizer.from_pretrained(path, local_files_only=True)
-        except Exception as clip_error:
+            return fallback(path)
+        except Exception as fallback_error:
+            name = getattr(fallback, "__name__", repr(fallback))
             raise ValueError(
                 f"could not build a tokenizer from {path!r}: AutoTokenizer said {auto_error!r}; "
-                f"CLIPTokenizer said {clip_error!r}"
-            ) from clip_error
+                f"the fallback {name} said {fallback_error!r}"
+            ) from fallback_error
+
+
+def _clip_tokenizer(path: str):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def tokenize(
