@@ -16,6 +16,7 @@ KEYS = (
 )
 
 
+@pytest.mark.slow  # a subprocess run of a bench script (~10-20 s): `make test-slow`
 @pytest.mark.skipif(importlib.util.find_spec("nnsight") is None, reason="nnsight not installed")
 def test_bench_patching_tiny():
     res, stdout = run_tiny("patching")

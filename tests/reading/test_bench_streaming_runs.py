@@ -1,8 +1,11 @@
 """bench/streaming.py --tiny runs end to end and reports its JSON line."""
 
+import pytest
+
 from tests.benches import run_tiny
 
 
+@pytest.mark.slow  # a subprocess run of a bench script (~10-20 s): `make test-slow`
 def test_bench_streaming_tiny():
     res, _ = run_tiny("streaming")
     assert res["bench"] == "streaming"

@@ -1,8 +1,11 @@
 """``bench/train_step.py --tiny`` runs end to end and ends with its one-line JSON record."""
 
+import pytest
+
 from tests.benches import run_tiny
 
 
+@pytest.mark.slow  # a subprocess run of a bench script (~10-20 s): `make test-slow`
 def test_bench_train_step_tiny_runs():
     record, _ = run_tiny("train_step", timeout=300)
     assert record["bench"] == "train_step" and record["config"] == "tiny" and record["batch"] == 16
