@@ -257,6 +257,7 @@ def test_greedy_generate_matches_hf(name):
         f"degenerate decode, the comparison would prove little: {ours}"
 
 
+@pytest.mark.slow  # the stop-at-eos path is opt.generate's, checked against HF in test_opt_parity
 def test_generate_stops_at_eos_like_hf():
     """An eos that one row emits mid-way: that row is padded from then on, the others go on, and
     decoding ends when all rows are done, as in HF."""
