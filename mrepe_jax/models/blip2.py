@@ -196,7 +196,65 @@ def merge_image_features(input_ids, inputs_embeds, image_features, image_token_i
     return jnp.where(is_image[:, None], gathered, inputs_embeds.reshape(-1, d)).reshape(b, t, d)
 
 
-class Blip2ForConditionalGeneration(SitedModel):
+class QueriedLanguageModel(SitedModel):
+    """BLIP-2 from the image embeddings on: ``query_tokens`` -> Q-Former (cross-attending to the
+    embeddings) -> ``language_projection`` -> written at the prompt's image tokens -> OPT.
+    ``Blip2ForConditionalGeneration`` puts its vision tower in front; the ToyWorld captioner
+    (``train.captioner``) reads a frozen CLIP's. ``config`` needs ``qformer_config``,
+    ``text_config``, ``num_query_tokens`` and ``image_token_index``. Subclasses define
+    ``image_features(source, sites)`` (a dict with ``"image_features"`` [B_img, Nq, D_lm]) and
+    ``site_names()``."""
+
+    config: Any
+    dtype: jnp.dtype = jnp.float32
+    execution: Execution = Execution()
+
+    def setup(self):
+        c = self.config
+        self.query_tokens = self.param("query_tokens", nn.initializers.normal(0.02),
+                                       (1, c.num_query_tokens, c.qformer_config.hidden_size))
+        self.qformer = Blip2QFormerModel(c.qformer_config, self.dtype, self.execution)
+        self.language_projection = Dense(c.text_config.hidden_size, dtype=self.dtype)
+        self.language_model = OPTForCausalLM(c.text_config, self.dtype)
+
+    def tower_layers(self) -> dict[str, int]:
+        c = self.config
+        return {"qformer": c.qformer_config.num_hidden_layers, "lm": c.text_config.num_hidden_layers}
+
+    def query_features(self, image_embeds, sites: Sites = Sites()):
+        """Q-Former over the broadcast query tokens (every image token attended to) ->
+        ``language_projection``: ``{"image_features", "qformer_outputs"}``."""
+        queries = self.query_tokens.astype(self.dtype)
+        queries = jnp.broadcast_to(queries, (image_embeds.shape[0],) + queries.shape[1:])
+        qformer = self.qformer(queries, image_embeds, None, sites=sites)
+        return {"image_features": self.language_projection(qformer["last_hidden_state"]),
+                "qformer_outputs": qformer}
+
+    def embed_prompt(self, source, input_ids, sites: Sites = Sites()):
+        """``(inputs_embeds [B, T, D_lm], image outputs)``: the prompt's token embeddings with the
+        projected queries written at the image tokens (what the language model receives);
+        ``source`` is what ``image_features`` reads (pixels, or image embeddings)."""
+        c = self.config
+        inputs_lib.check_ids(input_ids, c.text_config.vocab_size, "lm")
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids of shape {tuple(input_ids.shape)} must be [batch, tokens]")
+        check_image_tokens(input_ids, c, source.shape[0])
+        image = self.image_features(source, sites)
+        embed_tokens = self.language_model.model.decoder.embed_tokens
+        embeds = embed_tokens(inputs_lib.safe_ids(input_ids, c.text_config.vocab_size))
+        embeds = merge_image_features(input_ids, embeds, image["image_features"], c.image_token_index)
+        return embeds, image
+
+    def __call__(self, source, input_ids, attention_mask=None, sites: Sites = Sites()):
+        embeds, image = self.embed_prompt(source, input_ids, sites)
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        inputs_lib.check_mask(attention_mask, input_ids, "lm")
+        lm = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, sites=sites)
+        return dict(image, logits=lm["logits"], language_model_outputs=lm)
+
+
+class Blip2ForConditionalGeneration(QueriedLanguageModel):
     """transformers' ``Blip2ForConditionalGeneration`` (OPT). ``apply(variables, pixels_nhwc,
     input_ids, attention_mask=None, edits=, capture=)`` returns ``(outputs, acts)`` with outputs
     ``{"logits" [B, T, V], "image_features" [B_img, Nq, D_lm], "vision_outputs",
@@ -207,58 +265,22 @@ class Blip2ForConditionalGeneration(SitedModel):
     """
 
     config: Blip2Config
-    dtype: jnp.dtype = jnp.float32
-    execution: Execution = Execution()
 
     def setup(self):
-        c = self.config
-        self.vision_model = Blip2VisionModel(c.vision_config, "vision", self.dtype, self.execution)
-        self.query_tokens = self.param("query_tokens", nn.initializers.normal(0.02),
-                                       (1, c.num_query_tokens, c.qformer_config.hidden_size))
-        self.qformer = Blip2QFormerModel(c.qformer_config, self.dtype, self.execution)
-        self.language_projection = Dense(c.text_config.hidden_size, dtype=self.dtype)
-        self.language_model = OPTForCausalLM(c.text_config, self.dtype)
+        super().setup()
+        self.vision_model = Blip2VisionModel(self.config.vision_config, "vision", self.dtype,
+                                             self.execution)
 
     def tower_layers(self) -> dict[str, int]:
-        c = self.config
-        return {"vision": c.vision_config.num_hidden_layers,
-                "qformer": c.qformer_config.num_hidden_layers, "lm": c.text_config.num_hidden_layers}
+        return {"vision": self.config.vision_config.num_hidden_layers, **super().tower_layers()}
 
     def site_names(self) -> tuple[str, ...]:
         return blip2_site_names(self.config)
 
     def image_features(self, pixel_values, sites: Sites = Sites()):
-        """HF's ``get_image_features``: vision tower -> Q-Former over the broadcast query tokens
-        (every image token attended to) -> ``language_projection``."""
+        """HF's ``get_image_features``: vision tower -> ``query_features``."""
         vision = self.vision_model(pixel_values, sites=sites)
-        image_embeds = vision["last_hidden_state"]
-        queries = self.query_tokens.astype(self.dtype)
-        queries = jnp.broadcast_to(queries, (image_embeds.shape[0],) + queries.shape[1:])
-        qformer = self.qformer(queries, image_embeds, None, sites=sites)
-        features = self.language_projection(qformer["last_hidden_state"])
-        return {"image_features": features, "vision_outputs": vision, "qformer_outputs": qformer}
-
-    def embed_prompt(self, pixel_values, input_ids, sites: Sites = Sites()):
-        """``(inputs_embeds [B, T, D_lm], image outputs)``: the prompt's token embeddings with the
-        projected queries written at the image tokens (what the language model receives)."""
-        c = self.config
-        inputs_lib.check_ids(input_ids, c.text_config.vocab_size, "lm")
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids of shape {tuple(input_ids.shape)} must be [batch, tokens]")
-        check_image_tokens(input_ids, c, pixel_values.shape[0])
-        image = self.image_features(pixel_values, sites)
-        embed_tokens = self.language_model.model.decoder.embed_tokens
-        embeds = embed_tokens(inputs_lib.safe_ids(input_ids, c.text_config.vocab_size))
-        embeds = merge_image_features(input_ids, embeds, image["image_features"], c.image_token_index)
-        return embeds, image
-
-    def __call__(self, pixel_values, input_ids, attention_mask=None, sites: Sites = Sites()):
-        embeds, image = self.embed_prompt(pixel_values, input_ids, sites)
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        inputs_lib.check_mask(attention_mask, input_ids, "lm")
-        lm = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, sites=sites)
-        return dict(image, logits=lm["logits"], language_model_outputs=lm)
+        return {**self.query_features(vision["last_hidden_state"], sites), "vision_outputs": vision}
 
 
 def split_edits(edits: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -312,12 +334,20 @@ def generate(model: Blip2ForConditionalGeneration, params, pixel_values, input_i
                                              "return_logits"))
 def _generate(model, params, pixel_values, input_ids, attention_mask, edits, *, max_new_tokens,
               eos_token_id, pad_token_id, return_logits):
-    image_edits, lm_edits = split_edits(edits)
-    (embeds, _), _ = model.apply({"params": params}, pixel_values, input_ids, edits=image_edits,
+    return decode(model, params, pixel_values, input_ids, attention_mask, edits,
+                  max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                  return_logits=return_logits)
+
+
+def decode(model: QueriedLanguageModel, params, source, input_ids, attention_mask, edits=None,
+           **generate_kw):
+    """The traceable body of greedy decoding for any ``QueriedLanguageModel``: the prompt's
+    embeddings (image features computed once, with the non-``lm`` edits), then ``opt.generate``
+    with the ``lm`` edits. Call it inside a jit: ``opt.generate``'s own jit is then traced inline
+    and the whole decode is one program."""
+    image_edits, lm_edits = split_edits(edits or {})
+    (embeds, _), _ = model.apply({"params": params}, source, input_ids, edits=image_edits,
                                  method="embed_prompt")
     lm = OPTForCausalLM(model.config.text_config, model.dtype)
-    # opt.generate's own jit is traced inline here: the whole decode is this one program.
     return opt.generate(lm, params["language_model"], inputs_embeds=embeds,
-                        attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, edits=lm_edits,
-                        return_logits=return_logits)
+                        attention_mask=attention_mask, edits=lm_edits, **generate_kw)

@@ -31,13 +31,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from mrepe_jax.models import hf_files
 from mrepe_jax.models.blip2 import Blip2Config, Blip2ForConditionalGeneration, to_hf_dict
 from mrepe_jax.models.blip2_parts_convert import (QFORMER_PREFIX, QUERY_TOKENS_RULE, VISION_PREFIX,
                                                   qformer_ignored, qformer_rules, vision_rules)
-from mrepe_jax.models.convert import Rule, to_flax, to_hf, transpose
+from mrepe_jax.models.convert import Rule, param_shapes, to_flax, to_hf, to_numpy, transpose
 from mrepe_jax.models.execution import Execution
 from mrepe_jax.models.layer_stack import stack_layer_params, unstack_layer_params
 from mrepe_jax.models.opt_convert import check_tied_lm_head, lm_head_ignored, opt_rules
@@ -67,12 +66,10 @@ def dummy_inputs(config: Blip2Config):
     return jnp.zeros((1, h, w, config.vision_config.num_channels)), ids
 
 
-def param_shapes(model: Blip2ForConditionalGeneration) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Flax path -> shape of every parameter of ``model`` (no arrays allocated)."""
+def blip2_param_shapes(model: Blip2ForConditionalGeneration) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Flax path -> shape of every parameter of ``model`` (per-layer layout: unscanned)."""
     pixels, ids = dummy_inputs(model.config)
-    shapes = jax.eval_shape(lambda: model.clone(execution=Execution()).init(
-        jax.random.key(0), pixels, jnp.asarray(ids)))
-    return {k: v.shape for k, v in traverse_util.flatten_dict(shapes["params"]).items()}
+    return param_shapes(model.clone(execution=Execution()), pixels, jnp.asarray(ids))
 
 
 def convert_state_dict(state_dict: Mapping, config: Blip2Config, source: str = "checkpoint") -> dict:
@@ -80,20 +77,14 @@ def convert_state_dict(state_dict: Mapping, config: Blip2Config, source: str = "
     be lazy (``hf_files.SafetensorsCheckpoint``): ``to_flax`` reads each tensor once, in order."""
     if f"{LM_PREFIX}lm_head.weight" in state_dict:
         check_tied_lm_head(state_dict, LM_PREFIX)
-    shapes = param_shapes(Blip2ForConditionalGeneration(config))
+    shapes = blip2_param_shapes(Blip2ForConditionalGeneration(config))
     return to_flax(state_dict, BLIP2_RULES, shapes, ignored(config), source)
-
-
-def _to_numpy(v):
-    if hasattr(v, "detach"):  # a torch tensor from an in-memory model (tests, notebooks)
-        return v.detach().cpu().float().numpy()
-    return np.asarray(v)
 
 
 def from_torch_model(hf_model) -> tuple[Blip2ForConditionalGeneration, dict]:
     """(model, params) from an in-memory ``transformers.Blip2ForConditionalGeneration``."""
     config = Blip2Config.from_hf_dict(hf_model.config.to_dict())
-    sd = {k: _to_numpy(v) for k, v in hf_model.state_dict().items()}
+    sd = {k: to_numpy(v) for k, v in hf_model.state_dict().items()}
     params = convert_state_dict(sd, config, "transformers Blip2ForConditionalGeneration")
     return Blip2ForConditionalGeneration(config), params
 

@@ -24,25 +24,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from mrepe_jax.models.blip2_vision import Blip2VisionConfig, Blip2VisionModel
-from mrepe_jax.models.convert import Rule, to_flax, transpose
+from mrepe_jax.models.convert import (Rule, hwio_to_oihw, oihw_to_hwio, param_shapes, to_flax,
+                                      to_numpy, transpose)
 from mrepe_jax.models.qformer import Blip2QFormerConfig, Blip2QFormerModel
 
 VISION_PREFIX = "vision_model."
 QFORMER_PREFIX = "qformer."
-
-
-def _oihw_to_hwio(x):
-    return np.array(x.transpose(2, 3, 1, 0), order="C")
-
-
-def _hwio_to_oihw(x):
-    return np.array(x.transpose(3, 2, 0, 1), order="C")
 
 
 def vision_rules(prefix: str = "") -> tuple[Rule, ...]:
@@ -52,7 +43,7 @@ def vision_rules(prefix: str = "") -> tuple[Rule, ...]:
     linear = rf"{layer}\.(?:self_attn\.(?:qkv|projection)|mlp\.fc[12])"
     norm = rf"{layer}\.layer_norm[12]|post_layernorm"
     return (
-        Rule(rf"({p}embeddings\.patch_embedding)\.weight", "kernel", _oihw_to_hwio, _hwio_to_oihw,
+        Rule(rf"({p}embeddings\.patch_embedding)\.weight", "kernel", oihw_to_hwio, hwio_to_oihw,
              hf_leaf="weight"),
         Rule(rf"({p}embeddings)\.class_embedding", "class_embedding"),
         Rule(rf"({p}embeddings)\.position_embedding", "position_embedding"),
@@ -93,18 +84,13 @@ def qformer_ignored(config: Blip2QFormerConfig, prefix: str = "") -> tuple[str, 
     return (rf"{re.escape(prefix)}{text_mlp}\.(?:weight|bias)",)
 
 
-def _shapes(model, *example) -> dict[tuple[str, ...], tuple[int, ...]]:
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *example))
-    return {k: v.shape for k, v in traverse_util.flatten_dict(shapes["params"]).items()}
-
-
 def vision_param_shapes(config: Blip2VisionConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     h, w = config.image_hw
-    return _shapes(Blip2VisionModel(config), jnp.zeros((1, h, w, config.num_channels)))
+    return param_shapes(Blip2VisionModel(config), jnp.zeros((1, h, w, config.num_channels)))
 
 
 def qformer_param_shapes(config: Blip2QFormerConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-    return _shapes(Blip2QFormerModel(config), jnp.zeros((1, 1, config.hidden_size)),
+    return param_shapes(Blip2QFormerModel(config), jnp.zeros((1, 1, config.hidden_size)),
                    jnp.zeros((1, 1, config.encoder_hidden_size)))
 
 
@@ -115,7 +101,7 @@ def _prefixed(shapes: Mapping, prefix: str) -> dict:
 
 
 def _part(state_dict: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
-    return {k: _to_numpy(v) for k, v in state_dict.items() if k.startswith(prefix)}
+    return {k: to_numpy(v) for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def _unprefix(params: dict, prefix: str) -> dict:
@@ -153,12 +139,6 @@ def parts_from_hf_dict(d: Mapping[str, Any]) -> tuple[Blip2VisionConfig, Blip2QF
     qformer = Blip2QFormerConfig.from_hf_dict(
         dict(d["qformer_config"], encoder_hidden_size=vision.hidden_size))
     return vision, qformer, int(d.get("num_query_tokens", 32))
-
-
-def _to_numpy(v):
-    if hasattr(v, "detach"):  # a torch tensor from an in-memory model (tests, notebooks)
-        return v.detach().cpu().float().numpy()
-    return np.asarray(v)
 
 
 def from_torch_vision(hf_model) -> tuple[Blip2VisionModel, dict]:

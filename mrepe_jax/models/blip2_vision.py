@@ -52,7 +52,7 @@ from mrepe_jax.models import inputs as inputs_lib
 from mrepe_jax.models.attention import self_attention
 from mrepe_jax.models.clip import check_pixels, patch_matmul
 from mrepe_jax.models.clip_config import CLIPVisionConfig
-from mrepe_jax.models.clip_layers import ACT_FNS, CLIPEncoder, CLIPEncoderLayer, Dense, layer_norm
+from mrepe_jax.models.clip_layers import CLIPEncoder, CLIPEncoderLayer, Dense, layer_norm
 from mrepe_jax.models.execution import Execution
 from mrepe_jax.sites import LayerSites, Sites, SitedModel, tower_site_names
 
@@ -77,12 +77,7 @@ class Blip2VisionConfig(CLIPVisionConfig):
     qkv_bias: bool = True
 
     def __post_init__(self):
-        if self.hidden_act not in ACT_FNS:
-            raise ValueError(f"Blip2VisionConfig.hidden_act {self.hidden_act!r} is not one of "
-                             f"{sorted(ACT_FNS)}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"Blip2VisionConfig.hidden_size {self.hidden_size} is not divisible by "
-                             f"Blip2VisionConfig.num_attention_heads {self.num_attention_heads}")
+        super().__post_init__()
         if self.num_channels != 3:
             raise ValueError(f"Blip2VisionConfig.num_channels must be 3 (HF's patch convolution "
                              f"takes RGB), got {self.num_channels}")

@@ -22,11 +22,12 @@ class EncoderConfig:
     hidden_act: str = "quick_gelu"
 
     def __post_init__(self):
+        name = type(self).__name__
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
+            raise ValueError(f"{name}.hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{name}.hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                 f"{self.num_attention_heads}"
             )
 

@@ -8,23 +8,14 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
 from mrepe_jax.models import hf_files
 from mrepe_jax.models.clip import CLIPModel
 from mrepe_jax.models.clip_config import CLIPConfig, from_hf_dict, to_hf_dict
-from mrepe_jax.models.convert import Rule, to_flax, to_hf, transpose
+from mrepe_jax.models.convert import (Rule, hwio_to_oihw, oihw_to_hwio, param_shapes, to_flax,
+                                      to_hf, to_numpy, transpose)
 from mrepe_jax.models.execution import Execution
 from mrepe_jax.models.layer_stack import stack_layer_params, unstack_layer_params
-
-
-def _oihw_to_hwio(x):
-    return np.array(x.transpose(2, 3, 1, 0), order="C")
-
-
-def _hwio_to_oihw(x):
-    return np.array(x.transpose(3, 2, 0, 1), order="C")
 
 
 LINEARS = r"q_proj|k_proj|v_proj|out_proj|fc1|fc2"
@@ -38,7 +29,7 @@ CLIP_RULES = (
     Rule(rf"(.*(?:{LAYER_NORMS}))\.weight", "scale", hf_leaf="weight"),
     Rule(r"(.*(?:token_embedding|position_embedding))\.weight", "embedding", hf_leaf="weight"),
     Rule(r"(.*embeddings)\.patch_embedding\.weight", "patch_embedding",
-         _oihw_to_hwio, _hwio_to_oihw, hf_leaf="patch_embedding.weight"),
+         oihw_to_hwio, hwio_to_oihw, hf_leaf="patch_embedding.weight"),
     Rule(r"(.*embeddings)\.class_embedding", "class_embedding"),
     Rule(r"()logit_scale", "logit_scale"),
 )
@@ -52,21 +43,14 @@ def dummy_inputs(config: CLIPConfig):
     return jnp.zeros((1, h, w, v.num_channels)), jnp.zeros((1, min(4, t.max_position_embeddings)), jnp.int32)
 
 
-def param_shapes(model: CLIPModel) -> dict[tuple[str, ...], tuple[int, ...]]:
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model.config)))
-    return {k: v.shape for k, v in traverse_util.flatten_dict(shapes["params"]).items()}
+def clip_param_shapes(model: CLIPModel) -> dict[tuple[str, ...], tuple[int, ...]]:
+    return param_shapes(model, *dummy_inputs(model.config))
 
 
 def convert_state_dict(state_dict, config: CLIPConfig, source: str = "checkpoint") -> dict:
     """HF ``CLIPModel`` state dict (numpy or torch tensors) -> Flax params for ``CLIPModel(config)``."""
-    state_dict = {k: _to_numpy(v) for k, v in state_dict.items()}
-    return to_flax(state_dict, CLIP_RULES, param_shapes(CLIPModel(config)), CLIP_IGNORED, source)
-
-
-def _to_numpy(v):
-    if hasattr(v, "detach"):  # a torch tensor from an in-memory model (tests, notebooks)
-        return v.detach().cpu().float().numpy()
-    return np.asarray(v)
+    state_dict = {k: to_numpy(v) for k, v in state_dict.items()}
+    return to_flax(state_dict, CLIP_RULES, clip_param_shapes(CLIPModel(config)), CLIP_IGNORED, source)
 
 
 def from_torch_model(hf_model) -> tuple[CLIPModel, dict]:

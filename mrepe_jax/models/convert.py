@@ -26,6 +26,31 @@ def transpose(x: np.ndarray) -> np.ndarray:
     return np.array(x.T, order="C")
 
 
+def oihw_to_hwio(x: np.ndarray) -> np.ndarray:
+    """A torch ``Conv2d`` weight ``[out, in, h, w]`` as a Flax kernel ``[h, w, in, out]``."""
+    return np.array(x.transpose(2, 3, 1, 0), order="C")
+
+
+def hwio_to_oihw(x: np.ndarray) -> np.ndarray:
+    return np.array(x.transpose(3, 2, 0, 1), order="C")
+
+
+def to_numpy(v) -> np.ndarray:
+    """A checkpoint tensor as numpy: torch tensors of in-memory models (tests, notebooks) included."""
+    if hasattr(v, "detach"):
+        return v.detach().cpu().float().numpy()
+    return np.asarray(v)
+
+
+def param_shapes(model, *example) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Flax path -> shape of every parameter ``model.init(key, *example)`` creates (abstractly:
+    ``jax.eval_shape``, no arrays allocated)."""
+    import jax
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *example))
+    return {k: v.shape for k, v in traverse_util.flatten_dict(shapes["params"]).items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     hf_pattern: str  # regex over the whole HF key; group 1 is the module path

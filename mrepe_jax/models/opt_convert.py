@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from mrepe_jax.models.convert import ConversionError, Rule, to_flax, transpose
+from mrepe_jax.models.convert import ConversionError, Rule, param_shapes, to_flax, to_numpy, transpose
 from mrepe_jax.models.opt import OPTConfig, OPTForCausalLM
 
 LINEARS = r"self_attn\.(?:q_proj|k_proj|v_proj|out_proj)|fc1|fc2"
@@ -68,16 +66,9 @@ def check_tied_lm_head(state_dict, prefix: str = "") -> None:
             f"weight {embed.shape}: an untied lm_head is not supported (the model ties it)")
 
 
-def param_shapes(model: OPTForCausalLM) -> dict[tuple[str, ...], tuple[int, ...]]:
+def opt_param_shapes(model: OPTForCausalLM) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flax path -> shape of every parameter of ``model`` (no arrays allocated)."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
-    return {k: v.shape for k, v in traverse_util.flatten_dict(shapes["params"]).items()}
-
-
-def _to_numpy(v):
-    if hasattr(v, "detach"):  # a torch tensor from an in-memory model
-        return v.detach().cpu().float().numpy()
-    return np.asarray(v)
+    return param_shapes(model, jnp.zeros((1, 1), jnp.int32))
 
 
 def convert_state_dict(state_dict, config: OPTConfig, prefix: str = "",
@@ -87,9 +78,9 @@ def convert_state_dict(state_dict, config: OPTConfig, prefix: str = "",
     With ``prefix`` (e.g. ``"language_model."``) only the keys under it are read, so a whole
     BLIP-2 state dict may be passed; every one of them must be used.
     """
-    sd = {k[len(prefix):]: _to_numpy(v) for k, v in state_dict.items() if k.startswith(prefix)}
+    sd = {k[len(prefix):]: to_numpy(v) for k, v in state_dict.items() if k.startswith(prefix)}
     check_tied_lm_head(sd)
-    shapes = param_shapes(OPTForCausalLM(config))
+    shapes = opt_param_shapes(OPTForCausalLM(config))
     return to_flax(sd, opt_rules(), shapes, lm_head_ignored(), source)
 
 

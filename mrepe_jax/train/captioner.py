@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -43,22 +42,17 @@ from mrepe_jax.data.toyworld import ToyWorld
 from mrepe_jax.data.toyworld_concepts import CONCEPT_FAMILIES, FAMILIES, SYNONYMS
 from mrepe_jax.data.toyworld_text import split_words
 from mrepe_jax.models import opt
-from mrepe_jax.models.blip2 import (
-    check_image_tokens,
-    default_prompt,
-    merge_image_features,
-)
-from mrepe_jax.models.clip_layers import Dense
-from mrepe_jax.models.opt import OPTConfig, OPTForCausalLM
+from mrepe_jax.models import blip2
+from mrepe_jax.models.blip2 import QueriedLanguageModel, default_prompt
+from mrepe_jax.models.opt import OPTConfig
 from mrepe_jax.models.qformer import (
     Blip2QFormerConfig,
-    Blip2QFormerModel,
     check_composable,
     qformer_site_names,
 )
 from mrepe_jax.models.trimodal import TriModalCLIP
 from mrepe_jax.reading.bundles import params_hash
-from mrepe_jax.sites import SitedModel, Sites
+from mrepe_jax.sites import Sites
 from mrepe_jax.train import toyclip
 from mrepe_jax.train.loop import fit
 
@@ -115,52 +109,20 @@ def model_config(world: ToyWorld, clip_model: TriModalCLIP, cfg) -> CaptionerCon
     return CaptionerConfig(qformer, lm, cfg.num_query_tokens, tok.vocab_size, vision.hidden_size)
 
 
-class ToyCaptioner(SitedModel):
-    """``Blip2ForConditionalGeneration`` from the vision tower's output on: ``apply(variables,
+class ToyCaptioner(QueriedLanguageModel):
+    """BLIP-2 (``blip2.QueriedLanguageModel``) over a frozen CLIP's vision states: ``apply(variables,
     image_embeds [B, T_img, D_v], input_ids [B, T], attention_mask=None)`` returns ``({"logits",
     "image_features", "qformer_outputs", "language_model_outputs"}, acts)``; ``input_ids`` hold
     ``num_query_tokens`` image tokens per image (BLIP-2's layout, ``blip2.default_prompt``)."""
 
     config: CaptionerConfig
-    dtype: jnp.dtype = jnp.float32
-
-    def setup(self):
-        c = self.config
-        self.query_tokens = self.param("query_tokens", nn.initializers.normal(0.02),
-                                       (1, c.num_query_tokens, c.qformer_config.hidden_size))
-        self.qformer = Blip2QFormerModel(c.qformer_config, self.dtype)
-        self.language_projection = Dense(c.text_config.hidden_size, dtype=self.dtype)
-        self.language_model = OPTForCausalLM(c.text_config, self.dtype)
-
-    def tower_layers(self) -> dict[str, int]:
-        c = self.config
-        return {"qformer": c.qformer_config.num_hidden_layers, "lm": c.text_config.num_hidden_layers}
 
     def site_names(self) -> tuple[str, ...]:
         c = self.config
         return qformer_site_names(c.qformer_config) + opt.site_names(c.text_config.num_hidden_layers)
 
     def image_features(self, image_embeds, sites: Sites = Sites()):
-        """BLIP-2's ``get_image_features`` after the vision tower: Q-Former -> projection."""
-        queries = jnp.broadcast_to(self.query_tokens.astype(self.dtype),
-                                   (image_embeds.shape[0],) + self.query_tokens.shape[1:])
-        qformer = self.qformer(queries, image_embeds, None, sites=sites)
-        return {"image_features": self.language_projection(qformer["last_hidden_state"]),
-                "qformer_outputs": qformer}
-
-    def embed_prompt(self, image_embeds, input_ids, sites: Sites = Sites()):
-        """``(inputs_embeds, image outputs)``: token embeddings with the projected queries written
-        at the image tokens (``blip2.merge_image_features``)."""
-        c = self.config
-        check_image_tokens(input_ids, c, image_embeds.shape[0])
-        image = self.image_features(image_embeds, sites)
-        embeds = self.language_model.model.decoder.embed_tokens(input_ids)
-        return merge_image_features(input_ids, embeds, image["image_features"], c.image_token_index), image
-
-    def __call__(self, image_embeds, input_ids, attention_mask=None, sites: Sites = Sites()):
-        embeds, image = self.embed_prompt(image_embeds, input_ids, sites)
-        lm = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, sites=sites)
-        return dict(image, logits=lm["logits"], language_model_outputs=lm)
+        return self.query_features(image_embeds, sites)
 
 
 # ---- the frozen CLIP's image states ----
@@ -304,11 +266,9 @@ def train(world: ToyWorld, clip_model: TriModalCLIP, clip_params, cfg, checkpoin
 def _generate(clip_model, model, clip_params, params, pixels, *, max_new_tokens):
     image_embeds = clip_model.apply({"params": clip_params}, pixels, method=_last_hidden)[0]
     ids = jnp.asarray(default_prompt(model.config, pixels.shape[0]))
-    (embeds, _), _ = model.apply({"params": params}, image_embeds, ids, method="embed_prompt")
-    lm = OPTForCausalLM(model.config.text_config, model.dtype)
-    # opt.generate's own jit is traced inline: vision, Q-Former and the decode are one program.
-    return opt.generate(lm, params["language_model"], inputs_embeds=embeds,
-                        attention_mask=jnp.ones(ids.shape, jnp.int32), max_new_tokens=max_new_tokens)
+    # Vision, Q-Former and the decode are one program.
+    return blip2.decode(model, params, image_embeds, ids, jnp.ones(ids.shape, jnp.int32),
+                  max_new_tokens=max_new_tokens)
 
 
 def generate_captions(model: ToyCaptioner, params, clip_model: TriModalCLIP, clip_params, pixels,

@@ -346,7 +346,7 @@ def test_blip2_language_model_keys_convert():
     params = opt_convert.convert_state_dict(sd, opt.OPTConfig.from_hf_dict(opt_cfg.to_dict()),
                                             prefix="language_model.")
     shapes = {("language_model",) + k: v
-              for k, v in opt_convert.param_shapes(opt.OPTForCausalLM(opt.OPTConfig.from_hf_dict(
+              for k, v in opt_convert.opt_param_shapes(opt.OPTForCausalLM(opt.OPTConfig.from_hf_dict(
                   opt_cfg.to_dict()))).items()}
     lm_sd = {k: v for k, v in sd.items() if k in lm_keys}
     whole = to_flax(lm_sd, opt_convert.OPT_RULES, shapes, opt_convert.lm_head_ignored("language_model."))
