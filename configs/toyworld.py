@@ -6,6 +6,8 @@ Override any field: --config.train.num_steps=500
 
 import ml_collections
 
+from mrepe_jax.train import captioner
+
 # The hard world's difficulty knobs (ToyWorldConfig documents each). Measured at the demo's
 # training budget (world and train seed 0), test-split zero-shot accuracy default -> hard: image
 # shape 0.995 -> 0.655, audio shape 1.000 -> 0.733, text size 0.994 -> 0.767, every other cell
@@ -113,6 +115,25 @@ def get_config(arg=None):
     k.pgd_steps = 10
     k.efficiency_iters = 20  # Table 5: timed calls per method (interleaved, median)
 
+    # The ToyWorld captioner (train/captioner.py: Q-Former + OPT over the frozen CLIP vision
+    # tower), main world only: caption accuracy on `eval_images` held-out images, its Table 3
+    # row (eq 5 at the Q-Former, control.seeds / table_alphas / num_inputs) and Table 4 rows.
+    c.captioner = captioner.default_config()
+    c.captioner.eval_images = 512
+
+    # Transfer across architectures (experiments/toyworld_transfer.py), main world only: the CLIP,
+    # a second CLIP of another width and depth (`transfer.clip` overrides model + train) and the
+    # captioner; maps as `align.map` with align.seeds. Measured for the second CLIP on the default
+    # world (2 CPU cores): 48 wide x 1 layer, 500 steps, 4096 pool: 18 s, image zero-shot
+    # accuracy >= 0.87 per family; 32 x 3 at 600 steps took 40 s.
+    c.transfer = x = ml_collections.ConfigDict()
+    x.clip = ml_collections.ConfigDict(dict(hidden_size=48, mlp_size=96, num_layers=1, num_heads=4,
+                                            projection_dim=48, num_steps=500, pool_size=4096))
+    x.map_kinds = ("linear", "procrustes", "mrepe")
+    x.map_epochs = 50  # the other map settings are align.map's
+    x.alphas = (0.3, 1.0)  # units of the target site's mean norm
+    x.num_steer = 64  # held-out test inputs steered per direction
+
     # The demo also runs the hard world (its own CLIP) and reports Tables 1-2 for it.
     c.compare_hard = True
     # The CLIP itself retrained per seed (experiments/clip_seeds.py); empty: one CLIP, and only
@@ -142,5 +163,15 @@ def get_config(arg=None):
         k.ft.steps = 5
         k.efficiency_iters = 2
         a.map.update(hidden=8, num_anchors=4, batch_size=16, epochs=2, memory_size=16)
+        c.captioner.update(qformer_hidden_size=16, qformer_heads=2, qformer_mlp_size=32,
+                           num_query_tokens=2, lm_hidden_size=16, lm_layers=1, lm_heads=2,
+                           lm_ffn_dim=32, num_steps=4, warmup_steps=1, batch_size=16, pool_size=32,
+                           checkpoint_every=2, eval_images=16)
+        x.clip.update(hidden_size=8, mlp_size=16, num_layers=1, num_heads=2, projection_dim=8,
+                      num_steps=2, pool_size=32)
+        x.map_kinds = ("procrustes", "mrepe")
+        x.map_epochs = 2
+        x.alphas = (1.0,)
+        x.num_steer = 16
         a.ablation_anchors = ("data",)
     return c

@@ -52,3 +52,22 @@ def test_readme_steering_example_runs():
              "pos": np.arange(20) < 8, "prompts": prompts, "labels": np.array([0, 2])}
     exec(compile(code, str(README), "exec"), scope)
     assert scope["preds"]["colour"].shape == (5, 2) and len(scope["moved"]) == 5
+
+
+def test_readme_captioning_example_runs():
+    import numpy as np
+
+    from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
+    from mrepe_jax.train import captioner
+    from tests.train.test_captioner import make_clip, tiny_cfg
+
+    world = ToyWorld(ToyWorldConfig())
+    clip, clip_params = make_clip(world)
+    model = captioner.ToyCaptioner(captioner.model_config(world, clip, tiny_cfg()))
+    params = captioner.init_state(model, world, tiny_cfg()).params  # untrained: mechanics only
+    source = captioner.vision_states(clip, clip_params, world.batch(range(3), split="test")["image"])
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[3]
+    scope = {"model": model, "params": params, "source": source, "world": world,
+             "delta": np.ones(16, np.float32)}
+    exec(compile(code, str(README), "exec"), scope)
+    assert scope["ids"].shape == (4, 3, 15) and scope["said"]["colour"].shape == (4, 3)

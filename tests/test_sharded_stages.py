@@ -1,6 +1,6 @@
 """Every stage on 8 virtual CPU devices gives the 1-device numbers (DESIGN.md §7): exact and
-attribution patching, the ToyWorld CLIP's training step and loss, InfoNCE and alignment-map
-training, streaming evaluation (in tests/reading/test_activations.py). One subprocess: the rest
+attribution patching, the ToyWorld CLIP's and the captioner's training steps and losses, InfoNCE
+and alignment-map training, streaming evaluation (in tests/reading/test_activations.py). One subprocess: the rest
 of the session keeps one device."""
 
 import pytest
@@ -67,6 +67,19 @@ SCRIPT = """
         res["indivisible"] = str(e)
     res["param_sharding"] = str(jax.tree.leaves(many.state.params)[0].sharding.spec)
     res["train_programs"] = loop._guarded(toyclip.TrainStep(tri), mesh)._cache_size()
+
+    # The ToyWorld captioner's training steps: each batch's rows over the 8 devices.
+    from mrepe_jax.train import captioner
+    from tests.train.test_captioner import make_clip, tiny_cfg as captioner_cfg
+    clip, clip_params = make_clip(world)
+    cpool = captioner.render_pool(world, clip, clip_params, 32)
+    ccfg = captioner_cfg(num_steps=4, pool_size=32, checkpoint_every=4)
+    _, _, c_one = captioner.train(world, clip, clip_params, ccfg, progress=False, pool=cpool)
+    c_model, _, c_many = captioner.train(world, clip, clip_params, ccfg, progress=False, pool=cpool,
+                                         mesh=mesh)
+    err["train_captioner_losses_4_steps"] = float(np.abs(c_one["losses"] - c_many["losses"]).max())
+    res["captioner_losses"] = [float(x) for x in c_many["losses"]]
+    res["captioner_programs"] = loop._guarded(captioner.TrainStep(c_model), mesh)._cache_size()
 
     # Alignment maps (eq 3-4): two stacked maps, the rows of each batch over 8 devices, the
     # InfoNCE negatives gathered across them (with a memory of extra negatives).
@@ -179,6 +192,16 @@ def test_training_on_eight_devices_equals_one(eight):
     assert eight["param_sharding"] in ("P()", "PartitionSpec()")  # replicated state
     assert eight["train_programs"] == 1  # no retracing across steps
     assert "batch size 12 is not divisible by the 'data' mesh axis size 8" in eight["indivisible"]
+
+
+def test_captioner_training_on_eight_devices_equals_one(eight):
+    # 1e-6 relative to the loss, as for the patching effects above: at a loss of ~5 one float32
+    # ulp is 4.8e-7, and the 8-device step sums its token losses in another order (measured:
+    # 1.9e-6, 9.5e-7, 4.8e-7, 1.4e-6 over the 4 steps, i.e. at most 4 ulps).
+    losses = eight["captioner_losses"]
+    assert eight["err"]["train_captioner_losses_4_steps"] <= 1e-6 * max(1.0, max(losses))
+    assert len(losses) == 4 and losses[-1] < losses[0]  # it trains: the comparison is not vacuous
+    assert eight["captioner_programs"] == 1
 
 
 def test_alignment_maps_on_eight_devices_equal_one(eight):

@@ -6,11 +6,17 @@ and takes eq 6's mean difference of the images, which for a linear map is ``W De
 eq 4's nonlinear map is its natural generalisation (the map of a difference is not the
 difference of maps). The carried direction is then used in j to read (held-out AUROC of the
 projection) and to steer (``Add`` at j's site, eq 5; ``steered_predictions``).
+
+``transfer_scores`` is the whole measurement between two ``Space``s, which may be two modalities
+of one model (Table 2's transfer table) or two models (across architectures: two CLIPs of other
+widths and depths, a CLIP and a captioner): row n of every space's reads is the same sample.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +26,7 @@ from mrepe_jax.align.mapped import FittedMap
 from mrepe_jax.edits import Add
 from mrepe_jax.models.clip import normalize
 from mrepe_jax.reading.directions import direction_mean_diff
+from mrepe_jax.reading.prototypes import auroc
 
 
 def carry_direction(phi: FittedMap | None, pos, neg, site: str | None = None) -> np.ndarray:
@@ -60,3 +67,97 @@ def steered_predictions(model, variables, tower: str, pooled, deltas, alpha, pro
                          f"{tower}.pooled, got {deltas.shape}")
     return np.asarray(_steered(model, variables, tower, jnp.asarray(pooled, jnp.float32), deltas,
                                jnp.float32(alpha), jnp.asarray(prompts, jnp.float32)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """A representation space on paired data: ``train`` [N, d] and ``test`` [M, d] read at
+    ``site`` of model ``name`` (row n is the same sample in every space of a study), and the
+    model's steering probe. ``steer(family, deltas [K, d], alpha)`` returns ``[K, num_steer]``:
+    the value of ``family`` the model outputs (a zero-shot prediction, a caption's word; -1 for
+    none) for each of the first ``num_steer`` test samples after ``Add(delta, alpha)`` at
+    ``site``. ``alpha`` comes in absolute units (the caller scales by ``scale``)."""
+
+    name: str
+    site: str
+    train: np.ndarray
+    test: np.ndarray
+    steer: Callable[[str, np.ndarray, float], np.ndarray]
+
+    @property
+    def dim(self) -> int:
+        return int(np.shape(self.train)[-1])
+
+    @property
+    def scale(self) -> float:
+        """The unit of steering alphas: the site's mean test norm."""
+        return float(np.linalg.norm(self.test, axis=-1).mean())
+
+
+def _one_vs_rest(x, y, c):
+    return x[y == c], x[y != c]
+
+
+def transfer_scores(source: Space, target: Space, maps: Mapping[str, Sequence[FittedMap]],
+                    families: Mapping[str, Sequence[str]], labels: Mapping[str, Mapping],
+                    seeds: Sequence[int], alphas: Sequence[float], num_steer: int) -> dict:
+    """Concepts carried from ``source`` to ``target``, scored in the target.
+
+    For every value c of every family (one vs rest), a direction in the target's space from each
+    method: ``native`` (eq 6 on the target's own train reads: the ceiling), ``no map`` (the
+    source's eq 6 direction used as it is; only when the widths agree), ``random`` (one per
+    seed: the floor) and each map kind in ``maps`` (one fitted map per seed, ``carry_direction``).
+    Each is used to read (held-out AUROC of the target's test reads projected on it) and to steer
+    (``target.steer`` at each alpha, in units of ``target.scale``: success = the share of steered
+    samples whose true value is not c that the model now says is c, Table 3's rule).
+
+    ``labels``: ``{"train": {family: [N]}, "test": {family: [M]}}``. Returns ``{method: {"auroc":
+    [per variant], "success": {alpha: [per variant]}}}``, means over every value of every family.
+    """
+    if len(source.train) != len(target.train) or len(source.test) != len(target.test):
+        raise ValueError(f"transfer from {source.name} to {target.name} needs paired reads: train "
+                         f"{len(source.train)} vs {len(target.train)}, test {len(source.test)} vs "
+                         f"{len(target.test)} rows")
+    methods = {"native": [None], **({"no map": ["identity"]} if source.dim == target.dim else {}),
+               "random": list(seeds), **{kind: list(ms) for kind, ms in maps.items()}}
+    # Each map's image of the source's train set, once: carrying a direction is then a masked
+    # mean per value (``carry_direction``'s eq 6 of the mapped sets).
+    mapped = {(m, v): np.asarray(phi(source.train, site=source.site)) for m, variants in maps.items()
+              for v, phi in enumerate(variants)}
+    scores = {m: {"auroc": np.zeros(len(v)), "success": np.zeros((len(alphas), len(v)))}
+              for m, v in methods.items()}
+    # Every family's directions are padded (zeros) to one count, so a steering probe compiled
+    # for one family's stack serves them all.
+    stack = max(len(v) for v in families.values()) * sum(len(v) for v in methods.values())
+    cells = 0
+    for f, (family, values) in enumerate(families.items()):
+        y_tr, y_te = np.asarray(labels["train"][family]), np.asarray(labels["test"][family])
+        deltas, index = [], []
+        for c in range(len(values)):
+            for method, variants in methods.items():
+                for v, variant in enumerate(variants):
+                    if method == "native":
+                        d = direction_mean_diff(*_one_vs_rest(target.train, y_tr, c))
+                    elif method == "random":
+                        d = random_direction(target.dim, (variant, f, c))
+                    else:
+                        reads = source.train if method == "no map" else mapped[(method, v)]
+                        d = carry_direction(None, *_one_vs_rest(reads, y_tr, c))
+                    d = np.asarray(d, np.float32)
+                    scores[method]["auroc"][v] += float(auroc(*_one_vs_rest(target.test @ d, y_te, c)))
+                    deltas.append(d)
+                    index.append((c, method, v))
+        y_steer = y_te[:num_steer]
+        for a, alpha in enumerate(alphas):
+            padded = np.zeros((stack, target.dim), np.float32)
+            padded[:len(deltas)] = deltas
+            said = np.asarray(target.steer(family, padded, alpha * target.scale))
+            if said.shape != (stack, len(y_steer)):
+                raise ValueError(f"{target.name}'s steering probe returned shape {said.shape}, "
+                                 f"expected {(stack, len(y_steer))} (directions, samples)")
+            for (c, method, v), p in zip(index, said):
+                scores[method]["success"][a, v] += float(np.mean(p[y_steer != c] == c))
+        cells += len(values)
+    return {m: {"auroc": (sc["auroc"] / cells).tolist(),
+                "success": {str(a): (x / cells).tolist() for a, x in zip(alphas, sc["success"])}}
+            for m, sc in scores.items()}

@@ -12,8 +12,9 @@ the same) and fits everything on top of it with seed ``s`` as well (``align.seed
   every model (a count, a size) is kept as it is;
 - a p-value is the largest over the models: "significant on every retrained model", a
   conservative combination (intersection-union), since averaging p-values is not a test;
-- ``causal`` (the patching sweeps and their heatmaps) is the first seed's: it is a per-model
-  picture, not a figure to average.
+- ``causal`` (the patching sweeps and their heatmaps), ``captioner`` and ``architectures`` (a
+  captioner and a second CLIP trained on the first CLIP) are the first seed's: per-model studies,
+  not figures to average.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import ml_collections
 import numpy as np
 
 SETTING_LISTS = frozenset({"alphas", "table_alphas", "steer_alphas", "metrics", "spurious_pair"})
-FIRST_ONLY = frozenset({"causal", "machine", "map_config", "world"})
+FIRST_ONLY = frozenset({"causal", "captioner", "architectures", "machine", "map_config", "world"})
 
 
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:

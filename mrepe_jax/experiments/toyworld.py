@@ -18,8 +18,9 @@ import numpy as np
 
 from mrepe_jax import parallel
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
-from mrepe_jax.experiments import (clip_seeds, toyworld_align, toyworld_control, toyworld_efficiency,
-                                   toyworld_identify, toyworld_report, toyworld_safety)
+from mrepe_jax.experiments import (clip_seeds, toyworld_align, toyworld_captioning, toyworld_control,
+                                   toyworld_efficiency, toyworld_identify, toyworld_report,
+                                   toyworld_safety, toyworld_transfer)
 from mrepe_jax.models.clip import normalize
 from mrepe_jax.reading.bundles import params_hash
 from mrepe_jax.report import workdir as workdir_lib
@@ -53,10 +54,20 @@ def _can_reuse(same_config: bool, previous: dict, results: dict, stages) -> bool
             and all(k in previous for k in stages))
 
 
-def _stages(model, params, world: ToyWorld, config, workdir, mesh, causal: bool = True,
+#: Stages every world and CLIP seed runs.
+STAGES = ("zero_shot", "identification", "alignment", "control", "safety")
+#: The rest run only where they mean something new. Costs (Table 5): on the main world (the same
+#: programs on the hard world's data cost the same); per-model pictures and studies (the patching
+#: sweeps, the captioner, transfer across architectures): on the main world's first CLIP.
+COSTS = ("efficiency",)
+STUDIES = ("causal", "captioner", "architectures")
+
+
+def _stages(model, params, world: ToyWorld, config, workdir, mesh, extra: tuple = COSTS + STUDIES,
             progress: bool = True) -> dict:
-    """Zero-shot evaluation, identification (Table 1, directions), causal effects, alignment
-    (Table 2, transfer), steering (Table 3), safety (Tables 4 and 6) and costs (Table 5)."""
+    """Zero-shot evaluation, identification (Table 1, directions), alignment (Table 2, transfer),
+    steering (Table 3) and safety (Tables 4 and 6); and those of ``COSTS`` and ``STUDIES`` named in
+    ``extra``: costs (Table 5), causal effects, the captioner, transfer across architectures."""
     sizes = {"train": config.identify.num_train, "validation": config.identify.num_validation,
              "test": config.eval.num_test}
     # Each process renders (reads) only its rows of each split; labels are cheap and global.
@@ -71,7 +82,7 @@ def _stages(model, params, world: ToyWorld, config, workdir, mesh, causal: bool 
 
     t0 = time.perf_counter()
     out["identification"] = toyworld_identify.identify(model, world, reps, labels)
-    if causal:
+    if "causal" in extra:
         out["causal"] = toyworld_identify.causal_analysis(
             model, params, world, config.identify.num_pairs, workdir,
             towers=config.identify.causal_towers, families=config.identify.causal_families, mesh=mesh,
@@ -88,8 +99,23 @@ def _stages(model, params, world: ToyWorld, config, workdir, mesh, causal: bool 
                                           labels["train"], prompts, scale, config.control, workdir)
     out["safety"] = toyworld_safety.run(model, params, world, reps, splits["train"],
                                         labels["train"], prompts, scale, config.control)
-    out["efficiency"] = toyworld_efficiency.run(model, params, world, reps, config.control)
+    if "efficiency" in extra:
+        out["efficiency"] = toyworld_efficiency.run(model, params, world, reps, config.control)
+    if "captioner" in extra or "architectures" in extra:  # the transfer study reads the captioner
+        pixels = {s: _all_rows(world, splits, s, sizes[s])["image"] for s in ("train", "test")}
+        out["captioner"], caption_model = toyworld_captioning.run(
+            world, model, params, pixels["train"], labels["train"], config.captioner, config.control,
+            workdir, progress, mesh)
+    if "architectures" in extra:
+        out["architectures"] = toyworld_transfer.run(
+            world, model, params, prompts, reps, pixels, labels, caption_model, config,
+            train_config(config), workdir, mesh, progress)
     return out
+
+
+def _all_rows(world: ToyWorld, splits: dict, split: str, n: int) -> dict:
+    """Every row of ``split`` (``splits`` hold only this process's rows in a multi-process run)."""
+    return splits[split] if jax.process_count() == 1 else world.batch(range(n), split=split)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress: bool = True) -> dict:
@@ -110,24 +136,30 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         results["hard"] = _seeded_stages(config, hard, workdir_lib.prepare(workdir / "hard"), mesh,
                                          progress, False, same_config, previous.get("hard", {}))
         results["hard"]["world"] = dataclasses.asdict(hard.config)
+        # Inference time and memory are those of the same programs on other data: measured once.
+        results["hard"]["efficiency"] = {**results["efficiency"], "measured_on": "default world"}
     workdir_lib.write_json(workdir / "results.json", results)
     workdir_lib.write_text(workdir / "report.md", toyworld_report.render(results))
     return results
 
 
-def _seeded_stages(config, world: ToyWorld, workdir, mesh, progress: bool, causal: bool,
+def _seeded_stages(config, world: ToyWorld, workdir, mesh, progress: bool, main: bool,
                    same_config: bool, previous: dict) -> dict:
     """``_world_stages`` once, or, with ``config.clip_seeds`` (the `:paper` protocol), once per
     retrained CLIP in ``workdir/clip_seed{s}``, pooled by ``clip_seeds.merge``. Plots are the first
-    seed's (``plot_dir``); each seed's own figures stay in ``per_clip_seed``."""
+    seed's (``plot_dir``); each seed's own figures stay in ``per_clip_seed``. ``main``: the main
+    world (``COSTS`` on every seed, ``STUDIES`` on the first)."""
     seeds = [int(s) for s in config.clip_seeds]
+    costs = COSTS if main else ()
     if not seeds:
-        return _world_stages(config, world, workdir, mesh, progress, causal, same_config, previous)
+        return _world_stages(config, world, workdir, mesh, progress, costs + (STUDIES if main else ()),
+                             same_config, previous)
     per_seed = {}
     for i, seed in enumerate(seeds):
         per_seed[str(seed)] = _world_stages(
             clip_seeds.seed_config(config, seed), world,
-            workdir_lib.prepare(workdir / f"clip_seed{seed}"), mesh, progress, causal and i == 0,
+            workdir_lib.prepare(workdir / f"clip_seed{seed}"), mesh, progress,
+            costs + (STUDIES if main and i == 0 else ()),
             same_config, previous.get("per_clip_seed", {}).get(str(seed), {}))
     out = clip_seeds.merge(list(per_seed.values()))
     for stage in ("alignment", "control", "safety"):
@@ -135,7 +167,7 @@ def _seeded_stages(config, world: ToyWorld, workdir, mesh, progress: bool, causa
     return {**out, "clip_seeds": seeds, "plot_dir": f"clip_seed{seeds[0]}/", "per_clip_seed": per_seed}
 
 
-def _world_stages(config, world: ToyWorld, workdir, mesh, progress: bool, causal: bool,
+def _world_stages(config, world: ToyWorld, workdir, mesh, progress: bool, extra: tuple,
                   same_config: bool, previous: dict) -> dict:
     """Training (or its checkpoint), then every stage, or their figures from the ``previous`` run
     when the config and the trained model are unchanged."""
@@ -148,11 +180,10 @@ def _world_stages(config, world: ToyWorld, workdir, mesh, progress: bool, causal
     else:
         results["training"]["trained_in_seconds"] = results["training"]["seconds_this_run"]
 
-    stages = ("zero_shot", "identification", "alignment", "control", "safety", "efficiency")
-    stages += ("causal",) if causal else ()
+    stages = STAGES + extra
     if _can_reuse(same_config, previous, results, stages):
         # Same config, same trained model: the stages' figures (and plots) are already here.
         results.update({k: previous[k] for k in stages}, reused_stages=list(stages))
     else:
-        results.update(_stages(model, params, world, config, workdir, mesh, causal, progress))
+        results.update(_stages(model, params, world, config, workdir, mesh, extra, progress))
     return results

@@ -29,11 +29,9 @@ import numpy as np
 
 from mrepe_jax import parallel
 from mrepe_jax.align.train import MapTrainConfig, train_maps
-from mrepe_jax.align.transfer import carry_direction, random_direction, steered_predictions
+from mrepe_jax.align.transfer import Space, steered_predictions, transfer_scores
 from mrepe_jax.metrics.cmc import cmc, zero_shot_distribution
 from mrepe_jax.metrics.stats import paired_permutation_test
-from mrepe_jax.reading.directions import direction_mean_diff
-from mrepe_jax.reading.prototypes import auroc
 from mrepe_jax.report.plots import learning_curves
 
 #: (i, j): phi_{i->j} maps modality i into modality j, and Table 2's row name.
@@ -99,59 +97,26 @@ def cmc_table(test: dict, prompts: dict, scale: float, maps: dict, key) -> dict:
     return out
 
 
-def _one_vs_rest(x, y, c):
-    return x[y == c], x[y != c]
-
-
 def transfer_table(model, params, world, train: dict, test: dict, labels: dict, prompts: dict,
                    maps: dict, seeds, alphas, num_steer: int) -> dict:
     """``{pair: {method: {"auroc": [...], "success": {alpha: [...]}}}}`` (one entry per seed for
-    fitted methods, one for deterministic ones); see the module docstring. Steering runs at each
-    of ``alphas`` (units of the site's mean norm): one alpha can saturate every method at 0 or 1."""
-    out = {}
+    fitted methods, one for deterministic ones): ``align.transfer.transfer_scores`` between the
+    towers' ``pooled`` sites (see the module docstring). Steering runs at each of ``alphas``
+    (units of the site's mean norm): one alpha can saturate every method at 0 or 1."""
     variables = {"params": params}
-    for (i, j), name in PAIRS.items():
-        si, sj = f"{i}.pooled", f"{j}.pooled"
-        steer_x = test[j][sj][:num_steer]
-        norm = float(np.linalg.norm(test[j][sj], axis=1).mean())
-        methods = {"native": [None], "no map": ["identity"], "random": list(seeds),
-                   **{kind: ms[(i, j)] for kind, ms in maps.items()}}
-        # Each map's image of the train set, once: carrying a direction (eq 6 of the mapped
-        # example sets, ``carry_direction``) is then a masked mean per value.
-        mapped = {(m, v): np.asarray(phi(train[i][si], site=si)) for m, variants in methods.items()
-                  if m not in ("native", "no map", "random") for v, phi in enumerate(variants)}
-        scores = {m: {"auroc": np.zeros(len(v)), "success": np.zeros((len(alphas), len(v)))}
-                  for m, v in methods.items()}
-        cells = 0
-        for f, (family, values) in enumerate(world.families.items()):
-            y_tr, y_te = labels["train"][family], labels["test"][family]
-            deltas, index = [], []
-            for c in range(len(values)):
-                for method, variants in methods.items():
-                    for v, variant in enumerate(variants):
-                        if method == "native":
-                            d = direction_mean_diff(*_one_vs_rest(train[j][sj], y_tr, c))
-                        elif method == "random":
-                            d = random_direction(train[j][sj].shape[1], (variant, f, c))
-                        else:
-                            source = train[i][si] if variant == "identity" else mapped[(method, v)]
-                            d = carry_direction(None, *_one_vs_rest(source, y_tr, c))
-                        d = np.asarray(d, np.float32)
-                        proj = test[j][sj] @ d
-                        scores[method]["auroc"][v] += float(auroc(*_one_vs_rest(proj, y_te, c)))
-                        deltas.append(d)
-                        index.append((c, method, v))
-            y_steer = y_te[:num_steer]
-            for a, alpha in enumerate(alphas):
-                preds = steered_predictions(model, variables, j, steer_x, np.stack(deltas),
-                                            alpha * norm, prompts[family])
-                for (c, method, v), p in zip(index, preds):
-                    scores[method]["success"][a, v] += float(np.mean(p[y_steer != c] == c))
-            cells += len(values)
-        out[name] = {m: {"auroc": (sc["auroc"] / cells).tolist(),
-                         "success": {str(a): (x / cells).tolist() for a, x in zip(alphas, sc["success"])}}
-                     for m, sc in scores.items()}
-    return out
+
+    def space(tower: str) -> Space:
+        site = f"{tower}.pooled"
+        steer_x = test[tower][site][:num_steer]
+
+        def steer(family, deltas, alpha):
+            return steered_predictions(model, variables, tower, steer_x, deltas, alpha, prompts[family])
+
+        return Space("toyworld-clip", site, train[tower][site], test[tower][site], steer)
+
+    return {name: transfer_scores(space(i), space(j), {kind: ms[(i, j)] for kind, ms in maps.items()},
+                                  world.families, labels, seeds, alphas, num_steer)
+            for (i, j), name in PAIRS.items()}
 
 
 def run(model, params, world, reps: dict, labels: dict, prompts: dict, scale: float,

@@ -22,7 +22,7 @@ Seeds vary the train subset the directions, prototypes, means and FT heads are f
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import time
 from pathlib import Path
 
@@ -72,15 +72,30 @@ def concept_bias(key_means, positive, keys, unit: float) -> np.ndarray:
     return np.asarray(concept_attention_mask(keys, proto, tau, unit).value, np.float32)
 
 
-def edit_eq5_eq7(p, site, logits):
+# The edit builders are frozen dataclasses, not functools.partials: equal instances are one static
+# argument, so the other world's (or a later call's) sweep reuses the compiled program.
+
+@dataclasses.dataclass(frozen=True)
+class EditEq5Eq7:
     """One intervention of the eq 5 / eq 7 family; methods differ only in their arrays (alpha 0 or
     a zero mask switch a part off), so every method and alpha shares one compiled program."""
-    return combine(direct(site, p["delta"], p["alpha"], p["scale"]),
-                   attention(logits, along(p["bias"], "batch", "key")))
+
+    site: str
+    logits: str
+
+    def __call__(self, p):
+        return combine(direct(self.site, p["delta"], p["alpha"], p["scale"]),
+                       attention(self.logits, along(p["bias"], "batch", "key")))
 
 
-def _edit_ap(p, site):
-    return {site: Replace(p["mean"])}
+@dataclasses.dataclass(frozen=True)
+class EditAP:
+    """Activation patching of the target's mean: ``Replace(p["mean"])`` at ``site``."""
+
+    site: str
+
+    def __call__(self, p):
+        return {self.site: Replace(p["mean"])}
 
 
 def token_reps(model, params, tower, batch, site):
@@ -135,8 +150,7 @@ def tower_table(model, params, world, tower: str, train_reps: dict, train_batch,
     scale_site = site_scale(reps)
     bias_unit = attention_unit(model, tower, reps.shape[1], cfg.attention_strength)
     alphas = [float(a) for a in cfg.alphas]
-    edit5 = functools.partial(edit_eq5_eq7, site=site, logits=logits)
-    edit_ap = functools.partial(_edit_ap, site=site)
+    edit5, edit_ap = EditEq5Eq7(site, logits), EditAP(site)
     targets = [(f, c) for f, values in world.families.items() for c in range(len(values))]
     subsets = train_subsets(len(reps), cfg.train_fraction, cfg.seeds)
     ft, ft_seconds = _ft_predictions(model, params, tower, train_reps, test_pooled, train_labels,

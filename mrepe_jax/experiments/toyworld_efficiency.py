@@ -24,7 +24,7 @@ import numpy as np
 
 from mrepe_jax.control.interventions import site_scale
 from mrepe_jax.edits import Replace
-from mrepe_jax.experiments.toyworld_control import edit_eq5_eq7, steering_sites
+from mrepe_jax.experiments.toyworld_control import EditEq5Eq7, steering_sites
 from mrepe_jax.experiments.toyworld_identify import TOWERS
 from mrepe_jax.metrics.cost import compiled_peak_bytes, time_interleaved
 
@@ -54,7 +54,7 @@ def _programs(model, tower: str, site: str, logits: str, width: int, tokens: int
             "bias": np.where(rng.random((n, tokens)) < 0.2, 8.0, 0.0).astype(np.float32)}
     fns = {"none": (functools.partial(_encode, model, tower, lambda p: {}), {}),
            "mrepe": (functools.partial(_encode, model, tower,
-                                       functools.partial(edit_eq5_eq7, site=site, logits=logits)), eq57),
+                                       EditEq5Eq7(site, logits)), eq57),
            "ap": (functools.partial(_encode, model, tower, lambda p: {site: Replace(p["mean"])}),
                   {"mean": rng.normal(size=width).astype(np.float32)}),
            "ft": (functools.partial(_encode_ft, model, tower),

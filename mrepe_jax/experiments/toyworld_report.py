@@ -7,6 +7,7 @@ import numpy as np
 from mrepe_jax.experiments import toyworld_report_align as align
 from mrepe_jax.experiments import toyworld_report_control as control
 from mrepe_jax.experiments import toyworld_report_costs as costs
+from mrepe_jax.experiments import toyworld_report_generative as generative
 from mrepe_jax.experiments.toyworld_report_claims import claims_section
 from mrepe_jax.report.markdown import section, table
 
@@ -44,11 +45,16 @@ def render(results: dict) -> str:
     )
     # Plots of a run with the CLIP retrained per seed are the first seed's (``plot_dir``).
     prefix = results.get("plot_dir", "")
-    parts = [header, zero_shot_section(results), table1_section(results), causal_section(results, prefix)]
+    parts = [header, zero_shot_section(results)]
+    if "captioner" in results:
+        parts.append(generative.captioner_section(results["captioner"]))
+    parts += [table1_section(results), causal_section(results, prefix)]
     name = world_name(results["config"]["world"])
     parts += [align.table2(results["alignment"], name),
-              align.transfer_table(results["alignment"], name),
-              f"![alignment learning curves]({prefix}align_learning_curves.png)",
+              align.transfer_table(results["alignment"], name)]
+    if "architectures" in results:
+        parts.append(generative.architectures_section(results["architectures"]))
+    parts += [f"![alignment learning curves]({prefix}align_learning_curves.png)",
               *_control_sections(results, name, prefix)]
     if "hard" in results:
         hard = results["hard"]
@@ -62,9 +68,10 @@ def render(results: dict) -> str:
 
 def _control_sections(results: dict, name: str, prefix: str) -> list[str]:
     """Tables 3-6 and the Claims of one world (``prefix``: where its plots are, from the report)."""
-    return [control.table3(results["control"], name),
+    captioner = results.get("captioner")
+    return [control.table3(results["control"], name, captioner),
             f"![steering dose-response, {name} world]({prefix}steering_dose_response.png)",
-            control.table4(results["safety"], name), costs.table5(results, name),
+            control.table4(results["safety"], name, captioner), costs.table5(results, name),
             costs.table6(results, name), claims_section(results, name)]
 
 

@@ -3,6 +3,7 @@ and Table 4 (SCR, VAS, adversarial robustness, harmful outputs)."""
 
 from __future__ import annotations
 
+from mrepe_jax.experiments import toyworld_report_generative as generative
 from mrepe_jax.metrics.stats import mean_std
 from mrepe_jax.report.markdown import section, table
 
@@ -25,13 +26,16 @@ def _pct(values) -> str:
     return f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
-def table3(control: dict, world: str) -> str:
+def table3(control: dict, world: str, captioner: dict | None = None) -> str:
+    """Table 3; ``captioner``: the captioner stage's results, for its row (main world only)."""
     towers = control["towers"]
     parts = []
     for alpha in (str(a) for a in control["table_alphas"]):
         rows = [[TOWER_NAMES.get(t, t)] + [f"{_pct(r[m]['success'][alpha])} ({_pct(r[m]['collateral'][alpha])})"
                                            for m, _ in COLUMNS]
                 for t, r in towers.items()]
+        if captioner is not None:
+            rows.append(generative.table3_row(captioner, COLUMNS, alpha))
         parts += [f"alpha = {alpha} x the site's mean norm:",
                   table(["Model"] + [name for _, name in COLUMNS], rows)]
     members = ", ".join(f"{t} {100 * r['member_fraction']:.1f} %" for t, r in towers.items())
@@ -53,6 +57,7 @@ def table3(control: dict, world: str) -> str:
         "contrastive encoders (they tune a generative policy), so they have no column. Eq 7 "
         f"boosts the key tokens that eq 1 marks as members of the target ({members} of them): "
         "inputs of other values hold few such tokens, so attention alone moves little."
+        + (generative.table3_note(captioner) if captioner is not None else "")
         + retrained_note(control),
         *parts,
     )
@@ -67,7 +72,8 @@ def _change(base: float, steered) -> str:
     return f"{100 * (m - base) / base:+.1f}%" if base else "-"
 
 
-def table4(safety: dict, world: str) -> str:
+def table4(safety: dict, world: str, captioner: dict | None = None) -> str:
+    """Table 4; ``captioner``: the captioner stage's results, for its rows (main world only)."""
     parts = []
     for tower, r in safety["towers"].items():
         rows = []
@@ -85,6 +91,10 @@ def table4(safety: dict, world: str) -> str:
                      _change(o["baseline"], o["mrepe"]), f"{o['p_value']:.4f}"])
         parts += [f"{TOWER_NAMES.get(tower, tower)}:",
                   table(["Metric", "Baseline", "MRepE", "Improvement", "p"], rows)]
+    if captioner is not None:
+        parts += [generative.table4_note(captioner),
+                  table(["Metric", "Baseline", "MRepE", "Improvement", "p"],
+                        generative.table4_rows(captioner))]
     return section(
         f"Table 4: safety and alignment metrics — {world} world",
         "MRepE: the combined intervention (eq 5 at alpha "

@@ -47,7 +47,10 @@ def table5(results: dict, world: str) -> str:
         f"{results['efficiency']['num_inputs']} test inputs, with the method's edit as an argument "
         "of the compiled program, over the same forward without. Memory: peak bytes of the "
         "compiled program (XLA's buffer assignment), with over without; averaged over the towers "
-        "in the first table." + restored + " AP replaces every token of the last layer's "
+        "in the first table."
+        + (f" Inference and memory were measured on the {results['efficiency']['measured_on']}: "
+           "the same programs on other data." if "measured_on" in results["efficiency"] else "")
+        + restored + " AP replaces every token of the last layer's "
         "residual stream with a constant, so XLA drops the encoder below it: AP's forward is "
         "cheaper than the model's, and its output no longer depends on the input.",
         table(["Model", "Training Time", "Inference Time", "Memory Usage"], rows),

@@ -38,7 +38,7 @@ from mrepe_jax.data import toyworld_values
 from mrepe_jax.data.toyworld_concepts import CONCEPT_FAMILIES, SAFE_VALUES, UNSAFE_FAMILY
 from mrepe_jax.experiments.toyworld_align import train_subsets
 from mrepe_jax.experiments.toyworld_control import (
-    attention_unit, concept_bias, edit_eq5_eq7, steering_sites, token_reps, train_means)
+    EditEq5Eq7, attention_unit, concept_bias, steering_sites, token_reps, train_means)
 from mrepe_jax.experiments.toyworld_identify import TOWERS
 from mrepe_jax.metrics.safety import (
     adversarial_robustness, harmful_output_reduction, harmful_rate, pgd, scr, vas)
@@ -140,7 +140,7 @@ def tower_table(model, params, tower: str, train_reps: dict, train_batch, train_
     interventions = {"delta": np.stack(arrays["delta"]).astype(np.float32),
                      "alpha": np.asarray(arrays["alpha"], np.float32), "bias": np.stack(arrays["bias"]),
                      "scale": np.full(len(arrays["alpha"]), site_scale(reps), np.float32)}
-    edits_fn = functools.partial(edit_eq5_eq7, site=site, logits=logits_site)
+    edits_fn = EditEq5Eq7(site, logits_site)
     preds = steered_predictions(model, {"params": params}, tower, x, mask, edits_fn, interventions,
                                 prompts)
     per = [_metrics({f: p[k] for f, p in preds.items()}, labels) for k in range(len(arrays["alpha"]))]

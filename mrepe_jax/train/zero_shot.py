@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
@@ -10,11 +12,15 @@ from mrepe_jax.models.clip import normalize
 from mrepe_jax.train.toyclip import class_prompt_tokens
 
 
+@functools.partial(jax.jit, static_argnums=0)  # module level: one compile per model, not per call
+def _encode_text(model, params, ids, mask):
+    return normalize(model.apply({"params": params}, "text", ids, mask, method="encode")[0])
+
+
 def prompt_embeddings(model, params, world: ToyWorld) -> dict[str, np.ndarray]:
     """``{family: [V, D]}`` unit-norm text embeddings of each family's class prompts."""
     ids, mask = class_prompt_tokens(world)
-    encode = jax.jit(lambda p, i, m: normalize(model.apply({"params": p}, "text", i, m, method="encode")[0]))
-    emb = encode(params, ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, ids.shape[-1]))
+    emb = _encode_text(model, params, ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, ids.shape[-1]))
     emb = np.asarray(emb).reshape(ids.shape[0], ids.shape[1], -1)
     return {f: emb[i, : len(v)] for i, (f, v) in enumerate(world.families.items())}
 

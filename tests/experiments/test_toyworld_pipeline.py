@@ -88,6 +88,32 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
     phi = load_map(workdir / "maps" / "text_to_vision_proj_seed1")
     assert (phi.source_site, phi.target_site, phi.info["seed"]) == ("text.proj", "vision.proj", 1)
 
+    # The captioner: trained, scored, steered (Table 3 row) and made safe (Table 4 rows).
+    cap = results["captioner"]
+    assert cap["training"]["steps"] == 4 and cap["site"] == "qformer.layers.0.resid_post"
+    assert set(cap["caption_accuracy"]) == {"colour", "shape", "size", "position", "emblem"}
+    assert all(0 <= a <= 1 for a in cap["caption_accuracy"].values()) and len(cap["examples"]) == 5
+    for method in ("none", "direct"):
+        for key in ("success", "collateral"):
+            assert len(cap["steering"][method][key]["1.0"]) == 1
+            assert 0 <= cap["steering"][method][key]["1.0"][0] <= 1
+    for metric in ("scr", "harmful"):
+        assert 0 <= cap["safety"][metric]["baseline"] <= 1 and len(cap["safety"][metric]["mrepe"]) == 1
+    assert (workdir / "checkpoints" / "captioner").is_dir()
+    assert "## The ToyWorld captioner: held-out caption accuracy" in report
+    assert "| ToyWorld captioner, Q-Former (captions) |" in report
+    # Transfer across architectures: the CLIP, a second CLIP of another width, the captioner.
+    arch = results["architectures"]
+    assert arch["models"]["clip_b"]["hidden_size"] == 8 and arch["models"]["clip"]["hidden_size"] == 16
+    assert (workdir / "checkpoints" / "toyclip_b").is_dir()
+    assert set(arch["pairs"]) == {"clip->clip_b", "clip_b->clip", "clip->captioner", "captioner->clip"}
+    for pair, scores in arch["pairs"].items():
+        same_width = "clip_b" not in pair  # CLIP and captioner are both 16 wide in the tiny config
+        assert set(scores) == {"native", "procrustes", "mrepe", "random"} | ({"no map"} if same_width else set())
+        assert len(scores["mrepe"]["auroc"]) == 2 and len(scores["mrepe"]["success"]["1.0"]) == 2
+        assert all(0 <= a <= 1 for r in scores.values() for a in r["auroc"] + r["success"]["1.0"])
+    assert "## Transfer across architectures" in report and "| CLIP → Captioner | eq 4 map |" in report
+
     again = run(workdir)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = json.loads((workdir / "results.json").read_text())
@@ -95,7 +121,7 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
     assert resumed["training"]["trained_in_seconds"] == results["training"]["trained_in_seconds"]
     # Same config, same model: the stages' figures are reused, not recomputed.
     stages = ["zero_shot", "identification", "alignment", "control", "safety", "efficiency"]
-    assert resumed["reused_stages"] == stages + ["causal"]
+    assert resumed["reused_stages"] == stages + ["causal", "captioner", "architectures"]
     assert resumed["identification"] == results["identification"]
     assert resumed["alignment"] == results["alignment"]
     assert "reused_stages" not in results
@@ -171,7 +197,8 @@ def test_pipeline_with_the_hard_world(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = json.loads((tmp_path / "w" / "results.json").read_text())
     assert resumed["hard"]["reused_stages"] == ["zero_shot", "identification", "alignment", "control",
-                                                "safety", "efficiency"]
+                                                "safety"]
+    assert resumed["hard"]["efficiency"]["measured_on"] == "default world"
     assert resumed["hard"]["alignment"] == hard["alignment"]
 
 

@@ -158,6 +158,24 @@ def test_score_caption_by_hand():
     assert captioner.decode(world, row) == "red box"
 
 
+def test_named_values_reads_ids_as_score_caption_reads_words():
+    world = ToyWorld(ToyWorldConfig())
+    tok = world.tokenizer
+    captions = ["a huge crimson box on the left with a sunburst mark",
+                "a red blue square towards the right with a sun mark", "", "a dagger"]
+    ids = np.stack([np.pad(tok.encode([c], 14)[0][0][1:], (0, 1)) for c in captions])
+    ids[0, -1] = tok.vocab_size  # the image token names nothing
+    said = captioner.named_values(world, ids[None])  # any leading shape
+    truth = {"colour": 0, "shape": 1, "size": 2, "position": 0, "emblem": 4}
+    for row, caption in enumerate(captions):
+        expect = captioner.score_caption(caption, truth)
+        assert {f: said[f][0, row] == truth[f] for f in FAMILIES} == expect, caption
+    assert said["colour"][0].tolist() == [0, -1, -1, -1]  # one value; two values; none; none
+    assert said["emblem"][0].tolist() == [4, 4, -1, 2]
+    with pytest.raises(ValueError, match=r"caption ids must lie in \[0, \d+\]"):
+        captioner.named_values(world, [[-1]])
+
+
 def test_bad_inputs_give_clear_errors(setup, trained):
     world, clip, clip_params, pool = setup
     model, params, _ = trained
