@@ -7,8 +7,9 @@ import pytest
 
 from mrepe_jax.control.captions import _steered, steered_captions
 from mrepe_jax.edits import Add
+from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
 from mrepe_jax.train import captioner
-from tests.train.trained_captioner import trained_captioner
+from tests.train.test_captioner import make_clip, tiny_cfg
 
 
 def qformer_add(p):
@@ -21,7 +22,13 @@ def lm_add(p):
 
 @pytest.fixture(scope="module")
 def setup():
-    world, clip, clip_params, model, params = trained_captioner()
+    # Untrained: these are the mechanics (what the edits do to captions is
+    # tests/experiments/test_toyworld_captioning.py's, on a trained captioner).
+    world = ToyWorld(ToyWorldConfig())
+    clip, clip_params = make_clip(world, width=32)
+    cfg = tiny_cfg(qformer_hidden_size=32, lm_hidden_size=32, num_query_tokens=4)
+    model = captioner.ToyCaptioner(captioner.model_config(world, clip, cfg))
+    params = captioner.init_state(model, world, cfg).params
     pixels = world.batch(range(6), split="test")["image"]
     embeds = captioner.vision_states(clip, clip_params, pixels)
     return world, clip, clip_params, model, params, pixels, embeds

@@ -254,8 +254,9 @@ def figures(tree, path=""):
 @pytest.mark.slow
 def test_build_md_multi_host_command_with_the_tiny_config(single, tmp_path):
     """Train the ToyWorld CLIP data-parallel, then stream activations, run exact and attribution
-    patching sweeps, the alignment, steering and safety stages and the report, in two processes:
-    the figures of one process. Slow (~1.5 min, two processes on two cores): ``make test-slow``."""
+    patching sweeps, the alignment, steering and safety stages, the captioner and the transfer
+    across architectures and the report, in two processes: the figures of one process. Slow
+    (~2.5 min, two processes on two cores): ``make test-slow``."""
     for rc, out in finish(launch_two(tmp_path / "two")):
         assert rc == 0, out[-3000:]
     a = json.loads((single[0] / "results.json").read_text())
@@ -276,5 +277,11 @@ def test_build_md_multi_host_command_with_the_tiny_config(single, tmp_path):
         else:
             assert fb[path] == x, path
     assert a["training"]["final_loss"] == pytest.approx(b["training"]["final_loss"], abs=1e-6)
+    # The captioner and the second CLIP train data-parallel too (checkpoints written collectively);
+    # greedy captions of a 4-step captioner sit on near-ties, so only its loss is compared.
+    assert b["captioner"]["training"]["steps"] == 4 and b["architectures"]["models"]["clip_b"]["steps"] == 2
+    assert b["captioner"]["training"]["final_loss"] == pytest.approx(
+        a["captioner"]["training"]["final_loss"], abs=1e-5)
+    assert set(b["architectures"]["pairs"]) == set(a["architectures"]["pairs"])
 
 

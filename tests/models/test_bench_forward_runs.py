@@ -1,5 +1,7 @@
 """``bench/forward.py --tiny`` runs end to end and ends with its one-line JSON record."""
 
+import pytest
+
 from tests.benches import run_tiny
 
 KEYS = {
@@ -8,6 +10,7 @@ KEYS = {
 }
 
 
+@pytest.mark.slow  # a subprocess run of a bench script (~11 s): `make test-slow`
 def test_bench_forward_tiny_runs():
     record, _ = run_tiny("forward", timeout=120)
     assert KEYS <= set(record), KEYS - set(record)
