@@ -154,7 +154,7 @@ def get_config(arg=None):
         m.update(hidden_size=16, mlp_size=32, num_layers=1, num_heads=2, projection_dim=16)
         t.update(pool_size=64, batch_size=16, num_steps=4, warmup_steps=1, checkpoint_every=2)
         e.num_test = 64
-        i.update(num_train=96, num_validation=64, num_pairs=2, causal_towers=("vision", "text"),
+        i.update(num_train=96, num_validation=64, num_pairs=2, causal_towers=("vision",),
                  causal_families=("colour",))
         a.update(seeds=(0, 1), num_steer=16, steer_alphas=(0.3, 1.0))
         c.compare_hard = False  # --config.compare_hard=True adds the hard world (its own CLIP)

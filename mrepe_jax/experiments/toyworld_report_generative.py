@@ -3,6 +3,7 @@ the transferability table across architectures."""
 
 from __future__ import annotations
 
+from mrepe_jax.experiments.toyworld_transfer import PAIRS
 from mrepe_jax.metrics.stats import mean_std
 from mrepe_jax.report.markdown import section, table
 
@@ -10,6 +11,12 @@ CAPTIONER = "ToyWorld captioner, Q-Former (captions)"
 MODEL_NAMES = {"clip": "CLIP", "clip_b": "CLIP-B", "captioner": "Captioner"}
 METHODS = (("native", "native (ceiling)"), ("linear", "linear map"), ("procrustes", "Procrustes"),
            ("mrepe", "eq 4 map"), ("no map", "no map"), ("random", "random (floor)"))
+
+
+def _ordered(pairs: dict) -> list:
+    """The table's pairs in the study's order (results.json stores them sorted by name)."""
+    order = [f"{s}->{t}" for s, t in PAIRS]
+    return sorted(pairs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
 
 
 def _ms(values, pct: bool = False) -> str:
@@ -79,7 +86,7 @@ def architectures_section(arch: dict) -> str:
     models = arch["models"]
     b = models["clip_b"]
     rows = []
-    for pair, scores in arch["pairs"].items():
+    for pair, scores in _ordered(arch["pairs"]):
         src, tgt = pair.split("->")
         for method, name in METHODS:
             if method not in scores:
@@ -88,6 +95,7 @@ def architectures_section(arch: dict) -> str:
             rows.append([f"{MODEL_NAMES[src]} → {MODEL_NAMES[tgt]}", name, _ms(r["auroc"])]
                         + [_ms(r["success"][a], True) for a in alphas])
     zs = ", ".join(f"{f} {v:.3f}" for f, v in b["zero_shot_vision"].items())
+    verdicts = _eq4_vs_procrustes(arch["pairs"], alphas[0])
     return section(
         "Transfer across architectures",
         "A concept value's eq 6 direction found in one model, carried into another through a map "
@@ -108,4 +116,20 @@ def architectures_section(arch: dict) -> str:
         "two spaces share no basis.",
         table(["source → target", "direction", "AUROC"] + [f"success % at alpha {a}" for a in alphas],
               rows),
+        *([verdicts] if verdicts else []),
     )
+
+
+def _eq4_vs_procrustes(pairs: dict, alpha: str) -> str:
+    """Per pair, whether the eq 4 map carries steering better than closed-form Procrustes at the
+    smallest alpha (where neither saturates): a tie when the means are within both seed stds."""
+    parts = []
+    for pair, scores in _ordered(pairs):
+        if not {"mrepe", "procrustes"} <= set(scores):
+            continue
+        (m4, s4), (mp, sp) = (mean_std(scores[k]["success"][alpha]) for k in ("mrepe", "procrustes"))
+        word = "ties with" if abs(m4 - mp) <= s4 + sp else "beats" if m4 > mp else "trails"
+        src, tgt = (MODEL_NAMES[m] for m in pair.split("->"))
+        parts.append(f"{src} → {tgt}: {word} ({100 * m4:.1f} vs {100 * mp:.1f} %)")
+    return (f"At alpha {alpha}, the eq 4 map against Procrustes: " + "; ".join(parts) + "."
+            if parts else "")

@@ -29,7 +29,7 @@ def single(tmp_path_factory):
     return workdir, proc
 
 
-def test_pipeline_writes_results_and_report_and_resumes(single):
+def test_pipeline_writes_results_and_report(single):
     workdir, proc = single
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
@@ -113,7 +113,17 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
         assert len(scores["mrepe"]["auroc"]) == 2 and len(scores["mrepe"]["success"]["1.0"]) == 2
         assert all(0 <= a <= 1 for r in scores.values() for a in r["auroc"] + r["success"]["1.0"])
     assert "## Transfer across architectures" in report and "| CLIP → Captioner | eq 4 map |" in report
+    assert "At alpha 1.0, the eq 4 map against Procrustes: CLIP → CLIP-B: " in report
 
+    assert "reused_stages" not in results
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_and_reuses_the_figures(single):
+    """Slow (~20 s on top of the shared run): ``make test-slow``. The hard-world test below
+    resumes too; this is the default world's every stage."""
+    workdir, _ = single
+    results = json.loads((workdir / "results.json").read_text())
     again = run(workdir)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = json.loads((workdir / "results.json").read_text())
@@ -124,7 +134,7 @@ def test_pipeline_writes_results_and_report_and_resumes(single):
     assert resumed["reused_stages"] == stages + ["causal", "captioner", "architectures"]
     assert resumed["identification"] == results["identification"]
     assert resumed["alignment"] == results["alignment"]
-    assert "reused_stages" not in results
+    assert resumed["architectures"] == results["architectures"]
 
 
 HARD_TITLES = ("ToyWorld CLIP: held-out zero-shot accuracy — hard world",

@@ -28,6 +28,7 @@ def flat(params):
     return traverse_util.flatten_dict(jax.device_get(params))
 
 
+@pytest.mark.slow  # ~16 s; loop.fit's resume is also checked by test_loop, the captioner and the maps
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, world_and_pool):
     world, pool = world_and_pool
     cfg = tiny_cfg()
