@@ -2,6 +2,7 @@
 many layers and concept families it sweeps (issue 8: compile once)."""
 
 import jax
+import pytest
 
 from configs import toyworld as toyworld_config
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
@@ -11,6 +12,7 @@ from mrepe_jax.reading import causal
 from mrepe_jax.train import toyclip
 
 
+@pytest.mark.slow  # compiles the stage's sweeps from scratch (~15 s): `make test-slow`
 def test_causal_stage_compiles_one_sweep_program_per_tower_and_point(tmp_path):
     config = toyworld_config.get_config("tiny")
     cfg = train_config(config)

@@ -118,6 +118,7 @@ def deep_clip(layers=12):
                       projection_dim=8)
 
 
+@pytest.mark.slow  # a 12-layer model and three per-layer programs (~16 s): `make test-slow`
 def test_a_twelve_layer_sweep_compiles_one_program_and_matches_per_layer_programs():
     from mrepe_jax.reading import causal
 

@@ -198,6 +198,7 @@ SHARDED_SCRIPT = """
 """
 
 
+@pytest.mark.slow  # an 8-device subprocess (~12 s): `make test-slow`
 def test_sharded_statistics_equal_single_device():
     res = run_with_devices(SHARDED_SCRIPT)
     assert res["devices"] == 8
