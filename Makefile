@@ -22,7 +22,7 @@ demo: $(VENV)/.base
 	$(PY) -m launch.run --config=configs/toyworld.py --workdir=runs/demo
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(VENV)/.test
 	$(PY) -m pytest -q -m slow

@@ -6,7 +6,6 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 def pytest_collection_modifyitems(items):
     """Files marked ``heavy`` (a minute or more: a subprocess pipeline, an 8-device run) run first.
-    ``make test`` hands whole files to 2 xdist workers in collection order (``--no-loadscope-reorder``:
-    xdist's default order, most tests first, started these few-test files last, alone at the end
-    while the other worker idled): longest jobs first."""
+    ``make test`` hands whole files to 2 xdist workers in collection order; a heavy file collected
+    last would run alone at the end while the other worker idles (longest jobs first)."""
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: order kept
