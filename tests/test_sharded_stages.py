@@ -7,8 +7,6 @@ import pytest
 
 from tests.test_parallel import run_with_devices
 
-pytestmark = pytest.mark.heavy  # scheduled first (tests/conftest.py)
-
 SCRIPT = """
     import json
     import jax, jax.numpy as jnp, numpy as np

@@ -10,8 +10,6 @@ import pytest
 
 from tests.multiprocess import finish, launch_two
 
-pytestmark = pytest.mark.heavy  # scheduled first (tests/conftest.py)
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
