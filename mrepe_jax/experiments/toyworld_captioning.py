@@ -38,15 +38,15 @@ import numpy as np
 from mrepe_jax.control.captions import steered_captions
 from mrepe_jax.control.evaluate import collateral_accuracy, success_rate
 from mrepe_jax.control.interventions import site_scale
-from mrepe_jax.data.toyworld_concepts import CONCEPT_FAMILIES, SAFE_VALUES, UNSAFE_FAMILY
+from mrepe_jax.data.toyworld_concepts import UNSAFE_FAMILY
 from mrepe_jax.edits import Add
 from mrepe_jax.experiments.toyworld_align import train_subsets
+from mrepe_jax.experiments.toyworld_safety import SAFE
 from mrepe_jax.metrics.safety import harmful_output_reduction
 from mrepe_jax.metrics.stats import paired_permutation_test
 from mrepe_jax.reading.directions import direction_mean_diff
 from mrepe_jax.train import captioner
 
-SAFE = np.array([e in SAFE_VALUES for e in CONCEPT_FAMILIES[UNSAFE_FAMILY]])
 
 
 def site(model: captioner.ToyCaptioner) -> str:

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mrepe_jax.models.blip2_vision import Blip2VisionConfig, Blip2VisionModel
-from mrepe_jax.models.convert import (Rule, hwio_to_oihw, oihw_to_hwio, param_shapes, to_flax,
-                                      to_numpy, transpose)
+from mrepe_jax.models.convert import (Rule, hwio_to_oihw, linear_and_norm_rules, oihw_to_hwio,
+                                      param_shapes, to_flax, to_numpy)
 from mrepe_jax.models.qformer import Blip2QFormerConfig, Blip2QFormerModel
 
 VISION_PREFIX = "vision_model."
@@ -42,17 +42,15 @@ def vision_rules(prefix: str = "") -> tuple[Rule, ...]:
     layer = r"encoder\.layers\.\d+"
     linear = rf"{layer}\.(?:self_attn\.(?:qkv|projection)|mlp\.fc[12])"
     norm = rf"{layer}\.layer_norm[12]|post_layernorm"
+    # qkv.weight is [3D, D] with rows [q | k | v]; transposed, its columns keep that order; qkv.bias
+    # is ONE [3D] vector (its q, k and v thirds), kept as it is like every bias.
     return (
         Rule(rf"({p}embeddings\.patch_embedding)\.weight", "kernel", oihw_to_hwio, hwio_to_oihw,
              hf_leaf="weight"),
         Rule(rf"({p}embeddings)\.class_embedding", "class_embedding"),
         Rule(rf"({p}embeddings)\.position_embedding", "position_embedding"),
-        # qkv.weight is [3D, D] with rows [q | k | v]; transposed, its columns keep that order.
-        Rule(rf"({p}{linear})\.weight", "kernel", transpose, transpose, hf_leaf="weight"),
-        Rule(rf"({p}(?:{norm}))\.weight", "scale", hf_leaf="weight"),
-        # Every bias as is; qkv.bias is ONE [3D] vector (its q, k and v thirds).
-        Rule(rf"({p}(?:embeddings\.patch_embedding|{linear}|{norm}))\.bias", "bias"),
-    )
+        Rule(rf"({p}embeddings\.patch_embedding)\.bias", "bias"),
+    ) + linear_and_norm_rules(rf"{p}{linear}", rf"{p}(?:{norm})")  # qkv: see the note above
 
 
 def qformer_rules(prefix: str = "") -> tuple[Rule, ...]:
@@ -62,12 +60,7 @@ def qformer_rules(prefix: str = "") -> tuple[Rule, ...]:
     dense = (rf"{layer}\.(?:(?:attention|crossattention)\.(?:attention\.(?:query|key|value)|output\.dense)"
              rf"|intermediate_query\.dense|output_query\.dense)")
     norm = rf"{layer}\.(?:attention\.output|crossattention\.output|output_query)\.LayerNorm|layernorm"
-    return (
-        Rule(rf"({p}{dense})\.weight", "kernel", transpose, transpose, hf_leaf="weight"),
-        Rule(rf"({p}{dense})\.bias", "bias"),
-        Rule(rf"({p}(?:{norm}))\.weight", "scale", hf_leaf="weight"),
-        Rule(rf"({p}(?:{norm}))\.bias", "bias"),
-    )
+    return linear_and_norm_rules(rf"{p}{dense}", rf"{p}(?:{norm})")
 
 
 # The composite's [1, Nq, D] learned queries (a top-level parameter in HF and here).

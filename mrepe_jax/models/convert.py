@@ -63,6 +63,17 @@ class Rule:
         return re.fullmatch(self.hf_pattern, key)
 
 
+def linear_and_norm_rules(linear: str, norm: str) -> tuple[Rule, ...]:
+    """The rules every transformer's table shares: a torch ``Linear``'s ``weight`` [out, in] is the
+    ``kernel`` [in, out], a ``LayerNorm``'s ``weight`` is its ``scale``, and both modules' ``bias``
+    is kept as it is. ``linear`` / ``norm``: group-free regexes of the full module paths."""
+    return (
+        Rule(rf"((?:{linear}))\.weight", "kernel", transpose, transpose, hf_leaf="weight"),
+        Rule(rf"((?:{norm}))\.weight", "scale", hf_leaf="weight"),
+        Rule(rf"((?:{linear})|(?:{norm}))\.bias", "bias"),
+    )
+
+
 class ConversionError(ValueError):
     """A checkpoint does not fit the model; the message lists every problem at once."""
 

@@ -16,7 +16,8 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-from mrepe_jax.models.convert import ConversionError, Rule, param_shapes, to_flax, to_numpy, transpose
+from mrepe_jax.models.convert import (ConversionError, Rule, linear_and_norm_rules, param_shapes, to_flax,
+                                      to_numpy)
 from mrepe_jax.models.opt import OPTConfig, OPTForCausalLM
 
 LINEARS = r"self_attn\.(?:q_proj|k_proj|v_proj|out_proj)|fc1|fc2"
@@ -25,14 +26,10 @@ LAYER_NORMS = r"self_attn_layer_norm|final_layer_norm"
 
 def _rules(prefix_regex: str) -> tuple[Rule, ...]:
     dec = rf"{prefix_regex}model\.decoder"
-    linear = rf"({dec}\.layers\.\d+\.(?:{LINEARS}))"
-    norm = rf"({dec}\.(?:layers\.\d+\.(?:{LAYER_NORMS})|final_layer_norm))"
+    linear = rf"{dec}\.layers\.\d+\.(?:{LINEARS})"
+    norm = rf"{dec}\.(?:layers\.\d+\.(?:{LAYER_NORMS})|final_layer_norm)"
     # HF key (regex; group 1 = module path)                 -> Flax leaf, to_flax, to_hf
-    return (
-        Rule(rf"{linear}\.weight", "kernel", transpose, transpose, hf_leaf="weight"),
-        Rule(rf"{linear}\.bias", "bias"),
-        Rule(rf"{norm}\.weight", "scale", hf_leaf="weight"),
-        Rule(rf"{norm}\.bias", "bias"),
+    return linear_and_norm_rules(linear, norm) + (
         Rule(rf"({dec}\.(?:embed_tokens|embed_positions))\.weight", "embedding", hf_leaf="weight"),
     )
 
