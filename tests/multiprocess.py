@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 
+from tests.xla_flags import with_compile_flags
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-ENV.pop("XLA_FLAGS", None)  # one device per process
+ENV["XLA_FLAGS"] = with_compile_flags()  # one device per process
 
 
 def free_port() -> int:

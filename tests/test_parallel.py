@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 
 from mrepe_jax import parallel
+from tests.xla_flags import with_compile_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run_with_devices(script: str, n: int = 8, timeout: int = 600) -> dict:
     """Runs ``script`` with ``n`` virtual CPU devices; its last stdout line must be JSON."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+    env = dict(os.environ, XLA_FLAGS=with_compile_flags(f"--xla_force_host_platform_device_count={n}"),
                JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
                          text=True, env=env, cwd=REPO, timeout=timeout, check=False)
