@@ -21,6 +21,24 @@ pooled, proj                        [batch, d]
 ``site_axes(name)`` gives these axes by name (``batch``, ``token``, ``head``, ``feature``, ``query``,
 ``key``); edits that select positions name the axes they mean (``mrepe_jax.edits``).
 
+``{tower}.embed`` is not always the input of layer 0 (``{tower}.layers.0.resid_pre``):
+
+=====================  ===================================================  =======================
+tower                  ``embed``                                            ``layers.0.resid_pre``
+=====================  ===================================================  =======================
+vision (CLIP), audio   patch + class + position embeddings, *before*        ``pre_layrnorm(embed)``
+                       ``pre_layrnorm``
+vision (BLIP-2)        patch + class + position embeddings (no pre-norm)    ``embed``
+text                   token + position embeddings                          ``embed``
+qformer                query embeddings after the Q-Former's layernorm      ``embed``
+lm                     token embeddings (or ``inputs_embeds``) + positions  ``embed``
+=====================  ===================================================  =======================
+
+So an edit at CLIP's ``vision.embed`` reaches layer 0 through ``pre_layrnorm`` (which normalises
+each token's mean and scale away); one at ``vision.layers.0.resid_pre`` reaches it as is.
+``proj`` is the unnormalised projection; CLIP's ``image_embeds`` / ``text_embeds`` outputs are it
+L2-normalised.
+
 ``attn.logits`` is the raw ``Q K^T`` *before* the ``1/sqrt(d_k)`` scaling and before the causal /
 padding mask, which is where eq 7 of the paper adds its concept mask ``M_c``.
 """

@@ -57,3 +57,24 @@ def test_a_layer_wildcard_edit_must_name_a_layer_that_has_the_site():
         sites.validate_edits({"qformer.layers.*.xattn.nope": AtLayer(0, Add(jnp.ones(4)))}, known)
     # A traced layer (a sweep over layers) cannot be checked before tracing, and is not.
     jax.jit(lambda i: sites.validate_edits({key: AtLayer(i, Add(jnp.ones(4)))}, known) and 0)(1)
+
+
+def test_vision_embed_is_before_pre_layrnorm_but_text_embed_is_the_input_of_layer_0():
+    import jax
+    import numpy as np
+
+    model, v, pixels, ids, mask = tiny_clip()
+    # Random LayerNorm params: the init's scale 1 / bias 0 would hide which params are used.
+    ln = v["params"]["vision_model"]["pre_layrnorm"]
+    keys = jax.random.split(jax.random.key(7), 2)
+    ln = {"scale": 1 + 0.3 * jax.random.normal(keys[0], ln["scale"].shape),
+          "bias": 0.3 * jax.random.normal(keys[1], ln["bias"].shape)}
+    v = {"params": {**v["params"], "vision_model": {**v["params"]["vision_model"], "pre_layrnorm": ln}}}
+    _, acts = model.apply(v, pixels, ids, mask, capture=("*.embed", "*.layers.0.resid_pre"))
+    np.testing.assert_array_equal(acts["text.embed"], acts["text.layers.0.resid_pre"])
+    x = np.asarray(acts["vision.embed"], np.float64)
+    assert not np.allclose(x, acts["vision.layers.0.resid_pre"], atol=1e-2)
+    eps = model.config.vision_config.layer_norm_eps
+    normed = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+    np.testing.assert_allclose(acts["vision.layers.0.resid_pre"],
+                               normed * np.asarray(ln["scale"]) + np.asarray(ln["bias"]), atol=1e-5)

@@ -9,7 +9,7 @@ from mrepe_jax.experiments import toyworld_report_control as control
 from mrepe_jax.experiments import toyworld_report_costs as costs
 from mrepe_jax.experiments import toyworld_report_generative as generative
 from mrepe_jax.experiments.toyworld_report_claims import claims_section
-from mrepe_jax.report.markdown import section, table
+from mrepe_jax.report.markdown import fmt, section, table
 
 MODALITIES = ("vision", "text", "audio")
 
@@ -28,7 +28,7 @@ def zero_shot_section(results: dict, world: str = "") -> str:
     t = results["training"]
     return section(
         "ToyWorld CLIP: held-out zero-shot accuracy" + (f" — {world}" if world else ""),
-        f"Tri-modal CLIP trained {t['steps']} steps (final loss {t['final_loss']}); training took "
+        f"Tri-modal CLIP trained {t['steps']} steps (final loss {fmt(t['final_loss'])}); training took "
         f"{t['trained_in_seconds']} s. Accuracy is the argmax of cosine similarity between each "
         "test sample's embedding and the family's class-prompt embeddings "
         f"({results['config']['eval']['num_test']} test samples).",

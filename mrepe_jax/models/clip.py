@@ -1,8 +1,9 @@
 """Flax CLIP with named sites and pure edits (DESIGN.md §2-3).
 
 ``CLIPModel.apply(variables, pixel_values, input_ids, attention_mask, edits=..., capture=...)``
-returns ``(outputs, acts)``. Images are NHWC float arrays (already preprocessed, see
-``clip_preprocess``); HF's NCHW ``pixel_values`` are ``x.transpose(0, 2, 3, 1)``.
+returns ``(outputs, acts)``. Images are NHWC float arrays ``[batch, height, width, channels]``
+(already preprocessed, see ``clip_preprocess``); HF's NCHW ``pixel_values`` are
+``x.transpose(0, 2, 3, 1)``.
 
 For patching sweeps every tower is exposed in three stages, so a sweep reuses the clean prefix:
 ``embed`` (inputs -> residual stream), ``run_layers(h, start, stop)`` and ``readout`` (residual ->
@@ -23,13 +24,20 @@ from mrepe_jax.sites import Sites, SitedModel, tower_site_names
 
 
 def check_pixels(pixel_values, config: CLIPVisionConfig, model: str = "model") -> None:
-    """NHWC pixels of the ViT's image size and channel count, or an error naming both."""
-    _, h, w, ch = pixel_values.shape
-    if (h, w) != config.image_hw or ch != config.num_channels:
-        raise ValueError(
-            f"pixel_values of shape {pixel_values.shape} (NHWC) do not match the {model}'s "
-            f"image size {config.image_hw} with {config.num_channels} channels"
-        )
+    """NHWC pixels of the ViT's image size and channel count, or an error naming the expected
+    layout, the given shape and, for an NCHW batch (HF's layout), the transpose that fixes it."""
+    shape = tuple(pixel_values.shape)
+    hw, ch = tuple(config.image_hw), config.num_channels
+    want = (f"expected NHWC [batch, height, width, channels] = [batch, {hw[0]}, {hw[1]}, {ch}] for "
+            f"the {model}, got pixel_values of shape {shape}")
+    if len(shape) != 4:
+        raise ValueError(f"{want} ({len(shape)} axes, not 4)")
+    if shape[1:3] == hw and shape[3] == ch:
+        return
+    if shape[1] == ch and shape[2:] == hw:
+        raise ValueError(f"{want}: this batch looks NCHW (channels first, as HF's processors give); "
+                         "pass pixel_values.transpose(0, 2, 3, 1)")
+    raise ValueError(want)
 
 
 def patch_matmul(pixel_values, kernel, config: CLIPVisionConfig, dtype):
@@ -226,7 +234,12 @@ def normalize(x, axis: int = -1):
 
 
 class CLIPModel(ContrastiveTowers):
-    """CLIP; ``execution`` chooses how it runs (``Execution``: scanned layers, fused attention)."""
+    """CLIP; ``execution`` chooses how it runs (``Execution``: scanned layers, fused attention).
+
+    Outputs match transformers' ``CLIPModel`` field for field: ``image_embeds`` / ``text_embeds``
+    are L2-normalised, as there; the unnormalised projections are the ``vision.proj`` /
+    ``text.proj`` sites and what ``encode`` returns.
+    """
 
     config: CLIPConfig
     dtype: jnp.dtype = jnp.float32
@@ -255,9 +268,9 @@ class CLIPModel(ContrastiveTowers):
         }
 
     def __call__(self, pixel_values, input_ids, attention_mask=None, sites: Sites = Sites()):
-        image_embeds = self.encode("vision", pixel_values, sites=sites)
-        text_embeds = self.encode("text", input_ids, attention_mask, sites=sites)
-        logits_per_text = normalize(text_embeds) @ normalize(image_embeds).T * jnp.exp(self.logit_scale)
+        image_embeds = normalize(self.encode("vision", pixel_values, sites=sites))
+        text_embeds = normalize(self.encode("text", input_ids, attention_mask, sites=sites))
+        logits_per_text = text_embeds @ image_embeds.T * jnp.exp(self.logit_scale)
         return {
             "image_embeds": image_embeds,
             "text_embeds": text_embeds,

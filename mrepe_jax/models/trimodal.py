@@ -114,7 +114,8 @@ class TriModalCLIP(ContrastiveTowers):
         }
 
     def __call__(self, pixel_values, input_ids, attention_mask, audio, sites: Sites = Sites()):
-        """Unit-norm embeddings of each modality and the learned logit scale."""
+        """Unit-norm ``image_embeds`` / ``text_embeds`` / ``audio_embeds`` (as ``CLIPModel``'s) and
+        the learned logit scale; the unnormalised projections are the ``{tower}.proj`` sites."""
         return {
             "image_embeds": normalize(self.encode("vision", pixel_values, sites=sites)),
             "text_embeds": normalize(self.encode("text", input_ids, attention_mask, sites=sites)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -18,11 +19,11 @@ def heatmap(values, path: Path, *, title: str, xlabel: str, ylabel: str,
     values = np.asarray(values, np.float64)
     if values.ndim != 2:
         raise ValueError(f"heatmap needs a 2-D array, got shape {values.shape} for {str(path)!r}")
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.22 * values.shape[1] + 2), max(2.5, 0.4 * values.shape[0] + 1.5)))
+    # A minimum width: a layer x head map is only a few cells wide, narrower than its title.
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.22 * values.shape[1] + 2), max(2.5, 0.4 * values.shape[0] + 1.5)))
     lim = float(np.nanmax(np.abs(values))) or 1.0
     im = ax.imshow(values, aspect="auto", cmap="RdBu_r" if center else "viridis",
                    vmin=-lim if center else None, vmax=lim if center else None, interpolation="nearest")
-    ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if yticks is not None:
@@ -30,11 +31,30 @@ def heatmap(values, path: Path, *, title: str, xlabel: str, ylabel: str,
     if xticks is not None and len(xticks) <= 40:
         ax.set_xticks(range(len(xticks)), [str(t) for t in xticks], fontsize=7)
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
+    _fit_title(fig, ax, title)
     if is_primary():
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _fit_title(fig, ax, title: str) -> None:
+    """Sets ``title`` on ``ax``, wrapped until it lies within ``fig``, and lays the figure out.
+
+    The title is centred on the axes, not the figure, so a title wider than a narrow axes runs off
+    the figure's left edge (the colorbar takes the right); the wrap width is found by measuring."""
+    renderer = fig.canvas.get_renderer()
+    wrapped = [title]
+    for _ in range(8):
+        ax.set_title("\n".join(wrapped))
+        fig.tight_layout()
+        box, frame = ax.title.get_window_extent(renderer), fig.bbox
+        centre = (box.x0 + box.x1) / 2
+        room = 2 * min(centre - frame.x0, frame.x1 - centre)
+        longest = max(len(line) for line in wrapped)
+        if box.width <= room or longest <= 10:
+            return
+        wrapped = textwrap.wrap(title, max(10, min(longest - 1, int(longest * room / box.width * 0.95))))
 
 
 def lines(series: dict, path: Path, *, title: str, xlabel: str, ylabel: str,

@@ -79,3 +79,34 @@ def test_non_finite_audio_is_refused():
         model.apply(v, "audio", audio, method="encode")
     with pytest.raises(ValueError, match="the audio tower got an empty batch"):
         model.apply(v, "audio", audio[:0], method="encode")
+
+
+def test_nchw_pixels_are_named_nchw_with_the_transpose_that_fixes_them(clip):
+    model, v, pixels, ids, mask = clip
+    nchw = pixels.transpose(0, 3, 1, 2)  # [2, 3, 16, 16], HF's layout
+    with pytest.raises(ValueError, match=r"expected NHWC \[batch, height, width, channels\] = "
+                                         r"\[batch, 16, 16, 3\] for the model, got pixel_values of shape "
+                                         r"\(2, 3, 16, 16\): this batch looks NCHW .* pass "
+                                         r"pixel_values\.transpose\(0, 2, 3, 1\)"):
+        model.apply(v, nchw, ids, mask)
+    np.testing.assert_array_equal(model.apply(v, nchw.transpose(0, 2, 3, 1), ids, mask)[0]["image_embeds"],
+                                  model.apply(v, pixels, ids, mask)[0]["image_embeds"])
+
+
+def test_pixels_of_another_size_name_the_expected_layout_and_not_nchw(clip):
+    model, v, pixels, ids, mask = clip
+    for bad in (pixels[:, :8], pixels[..., :1], pixels[0]):
+        with pytest.raises(ValueError, match=r"expected NHWC \[batch, height, width, channels\]") as e:
+            model.apply(v, bad, ids[:len(bad)], mask[:len(bad)])
+        assert str(tuple(bad.shape)) in str(e.value) and "NCHW" not in str(e.value)
+
+
+def test_blip2_vision_tower_names_an_nchw_batch():
+    from mrepe_jax.models.blip2_vision import Blip2VisionConfig, Blip2VisionModel
+
+    model = Blip2VisionModel(Blip2VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, image_size=8, patch_size=4))
+    with pytest.raises(ValueError, match=r"expected NHWC .* for the BLIP-2 vision tower, got pixel_values "
+                                         r"of shape \(1, 3, 8, 8\): this batch looks NCHW .* "
+                                         r"pixel_values\.transpose\(0, 2, 3, 1\)"):
+        model.init(jax.random.key(0), jnp.zeros((1, 3, 8, 8)))

@@ -18,3 +18,21 @@ def test_malformed_series_are_named(tmp_path):
         lines({"a": ([1, 2], [1, 2, 3])}, tmp_path / "x.png", title="", xlabel="", ylabel="")
     with pytest.raises(ValueError, match=r"learning curve 'c' must be 1-D, got shape \(2, 2\)"):
         learning_curves({"c": np.ones((2, 2))}, tmp_path / "y.png", title="")
+
+
+@pytest.mark.parametrize("title", ["vision / emblem: attn.z patching, summed over positions (top layers only)",
+                                   "a_single_unbreakable_title_" * 4])
+def test_a_narrow_heatmap_shows_its_whole_title(tmp_path, monkeypatch, title):
+    from mrepe_jax.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)  # keep the figure to measure it
+    path = plots.heatmap(np.array([[0.4, -0.2]]), tmp_path / "h.png", title=title, xlabel="head",
+                         ylabel="layer", yticks=[0])
+    assert path.stat().st_size > 1000
+    fig = figures[0]
+    fig.canvas.draw()
+    ax_title = fig.axes[0].title
+    box, frame = ax_title.get_window_extent(fig.canvas.get_renderer()), fig.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, (box, frame)
+    assert "".join(ax_title.get_text().split()) == "".join(title.split())  # wrapped, nothing lost
