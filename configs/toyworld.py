@@ -26,6 +26,7 @@ def get_config(arg=None):
     if arg not in (None, "", "tiny", "hard", "paper"):
         raise ValueError(f"unknown config argument {arg!r}; use nothing, 'tiny', 'hard' or 'paper'")
     c = ml_collections.ConfigDict()
+    c.experiment = "toyworld"  # launch.run's EXPERIMENTS
     c.seed = 0
 
     # Difficulty knobs off: the default world (see ToyWorldConfig for what each knob does).

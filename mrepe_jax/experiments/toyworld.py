@@ -23,6 +23,7 @@ from mrepe_jax.experiments import (clip_seeds, toyworld_align, toyworld_captioni
                                    toyworld_safety, toyworld_transfer)
 from mrepe_jax.models.clip import normalize
 from mrepe_jax.reading.bundles import params_hash
+from mrepe_jax.report.markdown import table
 from mrepe_jax.report import workdir as workdir_lib
 from mrepe_jax.train import toyclip, zero_shot
 from mrepe_jax.train.toyclip import MAX_LOGIT_SCALE
@@ -187,3 +188,19 @@ def _world_stages(config, world: ToyWorld, workdir, mesh, progress: bool, extra:
     else:
         results.update(_stages(model, params, world, config, workdir, mesh, extra, progress))
     return results
+
+
+def summary(results: dict, workdir) -> str:
+    """What ``launch.run`` prints at the end: the headline figures of each world and where the
+    report is."""
+    worlds = [("default" if not results["config"]["world"].get("spurious") else "hard", results)]
+    if "hard" in results:
+        worlds.append(("hard", results["hard"]))
+    rows = []
+    for name, r in worlds:
+        ident = r["identification"]
+        rows.append([name, min(min(f.values()) for f in r["zero_shot"].values()),
+                     float(np.mean([v for t in ident["baseline"].values() for v in t.values()])),
+                     float(np.mean([v for t in ident["mrepe"].values() for v in t.values()]))])
+    return "\n".join([table(["world", "worst zero-shot accuracy", "Table 1 Baseline", "Table 1 MRepE"], rows),
+                      f"report: {os.path.join(os.fspath(workdir), 'report.md')}"])
