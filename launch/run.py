@@ -1,13 +1,21 @@
-"""Runs an experiment config into a workdir.
+"""Runs the experiment a config names into a workdir.
 
     python -m launch.run --config=configs/toyworld.py --workdir=runs/demo
+    python -m launch.run --config=configs/clip.py --config.model.name=openai/clip-vit-base-patch32 \
+        --workdir=runs/clip-b32
+
+Each config sets ``experiment`` to a key of ``EXPERIMENTS``; that module's ``run(config, workdir)``
+does the work and its ``summary(results)`` is what this prints at the end.
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mrepe_jax import parallel
-from mrepe_jax.experiments import toyworld
+from mrepe_jax.experiments import clip, toyworld
+
+#: The experiments a config can name (``config.experiment``).
+EXPERIMENTS = {"toyworld": toyworld, "clip": clip}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results and reports.")
@@ -20,17 +28,26 @@ _HEARTBEAT = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def experiment_of(config):
+    """The module of the experiment ``config`` names, or an error listing the known ones."""
+    name = config.get("experiment")
+    if name not in EXPERIMENTS:
+        what = "names no experiment (set `experiment`)" if name is None else f"names experiment {name!r}"
+        raise app.UsageError(f"the config {what}; known experiments: {', '.join(sorted(EXPERIMENTS))}")
+    return EXPERIMENTS[name]
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # orbax logs every checkpoint step at INFO; the progress bar already says where training is.
+    experiment = experiment_of(_CONFIG.value)
+    # orbax logs every checkpoint step at INFO; the progress bars already say where a run is.
     logging.set_verbosity(logging.WARNING)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                     _HEARTBEAT.value)
     with parallel.fail_fast():
-        results = toyworld.run(_CONFIG.value, _WORKDIR.value)
-    print(f"wrote {_WORKDIR.value}/results.json and {_WORKDIR.value}/report.md")
-    print("zero-shot accuracy:", results["zero_shot"])
+        results = experiment.run(_CONFIG.value, _WORKDIR.value)
+    print(experiment.summary(results, _WORKDIR.value))
 
 
 if __name__ == "__main__":

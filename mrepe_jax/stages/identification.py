@@ -124,7 +124,7 @@ class Readout:
                 for s, r in reps.items() if s in self.prototypes}
 
 
-def macro_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+def macro_auroc(scores: np.ndarray, labels: np.ndarray, where: str = "the held-out split") -> float:
     """Mean over values ``c`` of the AUROC of ``scores[:, c]`` for "is c" vs "is another value"
     (unlabelled rows, ``-1``, are left out)."""
     keep = labels >= 0
@@ -133,8 +133,8 @@ def macro_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     for c in range(scores.shape[1]):
         pos, neg = scores[labels == c, c], scores[labels != c, c]
         if pos.size == 0 or neg.size == 0:
-            raise ValueError(f"value {c} has {pos.size} held-out examples and {neg.size} of other "
-                             "values: AUROC needs both")
+            raise ValueError(f"value {c} has {pos.size} examples in {where} and {neg.size} of other "
+                             "values: AUROC needs both (a larger split would have them)")
         per_value.append(float(auroc(pos, neg)))
     return float(np.mean(per_value))
 
@@ -154,7 +154,7 @@ def table1(scores: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
     (``{split: {site: (similarities, projections)}}``) and labels (``{split: [N]}``): the Baseline
     at ``baseline_site``, MRepE and the direction AUROC at the site best on validation."""
     def score(kind: int, site: str, split: str) -> float:
-        return macro_auroc(scores[split][site][kind], labels[split])
+        return macro_auroc(scores[split][site][kind], labels[split], f"the {split} split")
 
     best = max(sites, key=lambda s: score(0, s, "validation"))
     best_dir = max(sites, key=lambda s: score(1, s, "validation"))
@@ -208,5 +208,8 @@ def stream_identify(read, batches, families: Mapping[str, int], sites: Sequence[
         for s in held_out:
             if not scores[s]:
                 raise ValueError(f"the {s} split gave no batches")
-        rows[f] = table1(scores, lab, sites, baseline_site)
+        try:
+            rows[f] = table1(scores, lab, sites, baseline_site)
+        except ValueError as e:
+            raise ValueError(f"family {f!r}: {e}") from e
     return rows, readouts

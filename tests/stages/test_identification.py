@@ -68,5 +68,5 @@ def test_bad_labels_and_missing_values_are_named():
         ident.accumulate(None, {"s": x}, np.where(y == 0, 7, y), 3)
     with pytest.raises(ValueError, match=r"family 'colour' has no train examples of value\(s\) \[2\]"):
         ident.Readout.from_sums(ident.accumulate(None, {"s": x}, np.where(y == 2, 0, y), 3), "colour")
-    with pytest.raises(ValueError, match="value 1 has 0 held-out examples"):
+    with pytest.raises(ValueError, match="value 1 has 0 examples in the held-out split"):
         ident.macro_auroc(np.zeros((4, 3)), np.array([0, 0, 2, 2]))

@@ -1,0 +1,48 @@
+"""The MRepE stages on a real CLIP checkpoint (``experiments/clip.py``).
+
+    python -m launch.run --config=configs/clip.py --workdir=runs/clip-b32
+    python -m launch.run --config=configs/clip.py --workdir=runs/clip-l14 \
+        --config.model.name=openai/clip-vit-large-patch14 --config.model.dtype=bfloat16
+
+Defaults: ``openai/clip-vit-base-patch32``, CIFAR-10's classes through TFDS and colour / animal
+words in COCO captions (both downloaded by TFDS on first use; ``download=False`` to refuse).
+A folder of labelled images instead: ``--config.images.source=folder --config.images.path=DIR``
+(``DIR/<split>/<class>/<image>``, splits named by ``images.splits``).
+"""
+
+import ml_collections
+
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def get_config(arg=None):
+    if arg not in (None, ""):
+        raise ValueError(f"unknown config argument {arg!r}; configs/clip.py takes none")
+    c = ml_collections.ConfigDict()
+    c.experiment = "clip"  # launch.run's EXPERIMENTS
+    c.seed = 0  # contrast pairs and bootstrap resamples
+
+    c.model = ml_collections.ConfigDict(dict(
+        name="openai/clip-vit-base-patch32",  # a hub id (needs network or the HF cache) or a directory
+        dtype="float32",  # or "bfloat16"
+        batch_size=64))
+
+    c.images = ml_collections.ConfigDict(dict(
+        source="tfds",  # or "folder"
+        name="cifar10", path="", data_dir=ml_collections.config_dict.placeholder(str), download=True,
+        label_key="label", family="object", classes=CIFAR10,
+        templates=("a photo of a {}.", "a blurry photo of a {}.", "a photo of the small {}."),
+        # TFDS split strings (or, for a folder, its split subfolders) and how many examples of each.
+        splits=dict(train="train[:40000]", validation="train[40000:]", test="test"),
+        num=dict(train=2000, validation=500, test=1000)))
+
+    c.captions = ml_collections.ConfigDict(dict(
+        source="tfds",  # or "file": one caption per line at `path`
+        name="coco_captions", split="val", path="", data_dir=ml_collections.config_dict.placeholder(str),
+        download=True, limit=10000,
+        families=dict(colour=("red", "blue", "green", "yellow", "white", "black"),
+                      animal=("dog", "cat", "horse", "bird", "cow", "sheep")),
+        templates=("a photo of {}.", "a picture with {} in it.")))
+
+    c.causal = ml_collections.ConfigDict(dict(num_pairs=16, heads=True, bootstrap_resamples=1000))
+    return c

@@ -1,0 +1,282 @@
+"""The MRepE stages on a real CLIP checkpoint and real data (``configs/clip.py``).
+
+    python -m launch.run --config=configs/clip.py --workdir=runs/clip-b32 \
+        --config.model.name=openai/clip-vit-base-patch32
+
+- Model: any HF CLIP directory or hub id (``models.clip_convert.load_pretrained``; safetensors),
+  its own tokenizer and image preprocessing, fp32 or bf16.
+- Image concepts: one family whose values are a classification dataset's classes (TFDS, e.g.
+  ``cifar10``, or a folder ``<split>/<class>/<image>``), with zero-shot prompt templates.
+- Text concepts: families of words (e.g. colours) labelling captions (TFDS ``coco_captions`` or a
+  text file); a caption names exactly one value of a family or is unlabelled in it. Captions are
+  assigned to train / validation / test by position (``i % 5``: 3 / 1 / 1).
+- Stages: zero-shot accuracy, identification (Table 1, eq 1 and eq 6, streamed:
+  ``stages.identification``), direction bundles with provenance, causal patching (eq 2:
+  ``stages.patching``) of image pairs of two classes and of captions with one word swapped.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from mrepe_jax.data import concepts
+from mrepe_jax.experiments import clip_report
+from mrepe_jax.models import clip_convert, hf_files
+from mrepe_jax.models.clip import CLIPModel, normalize
+from mrepe_jax.models.clip_preprocess import (ImagePreprocessConfig, load_tokenizer,
+                                              preprocess_images, tokenize)
+from mrepe_jax.reading.bundles import params_hash, save_bundle
+from mrepe_jax.report import workdir as workdir_lib
+from mrepe_jax.stages import identification, patching
+
+SPLITS = ("train", "validation", "test")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class Checkpoint:
+    """A CLIP checkpoint with its tokenizer and image preprocessing, and the reads the stages make."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        if cfg.dtype not in DTYPES:
+            raise ValueError(f"model.dtype {cfg.dtype!r} is not one of {sorted(DTYPES)}")
+        self.name = cfg.name
+        self.directory = hf_files.resolve(cfg.name)
+        model, self.params = clip_convert.load_pretrained(self.directory)
+        self.model = CLIPModel(model.config, dtype=DTYPES[cfg.dtype], execution=model.execution)
+        self.tokenizer = load_tokenizer(self.directory)
+        self.preprocess = ImagePreprocessConfig.from_dir(self.directory)
+        self.max_length = model.config.text_config.max_position_embeddings
+        self.batch_size = int(cfg.batch_size)
+        self.hash = params_hash(self.params)
+
+    def images(self, raw: Sequence[np.ndarray]) -> np.ndarray:
+        return preprocess_images(list(raw), self.preprocess)
+
+    def tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return tokenize(self.tokenizer, texts, self.max_length)
+
+    def read(self, tower: str, batch: dict) -> dict:
+        """``{site: [B, D]}`` at every candidate site, one program per tower (batches are padded
+        to ``batch_size`` by the caller's chunking; the last, smaller one compiles once more)."""
+        key, mask = ("image", None) if tower == "vision" else ("input_ids", "attention_mask")
+        return identification.read_batch(self.model, self.params, tower, batch, key, mask)
+
+    def prompts(self, values: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        """``[K, D]`` unit-norm prompt embeddings, each value's templates averaged (CLIP's prompt
+        ensembling)."""
+        texts = [t.format(v) for v in values for t in templates]
+        ids, mask = self.tokens(texts)
+        emb = np.asarray(_encode_text(self.model, self.params, ids, mask), np.float64)
+        emb = emb.reshape(len(values), len(templates), -1).mean(1)
+        return (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_text(model, params, ids, mask):
+    return normalize(model.apply({"params": params}, "text", ids, mask, method="encode")[0])
+
+
+def image_source(cfg: ml_collections.ConfigDict, split: str, batch_size: int):
+    """``(raw images, labels)`` batches of one split of the image concept data."""
+    limit = int(cfg.num[split])
+    if cfg.source == "tfds":
+        return concepts.tfds_images(cfg.name, cfg.splits[split], cfg.classes, batch_size=batch_size,
+                                    limit=limit, label_key=cfg.label_key, data_dir=cfg.data_dir,
+                                    download=cfg.download)
+    if cfg.source == "folder":
+        return concepts.folder_images(cfg.path, cfg.splits[split], cfg.classes,
+                                      batch_size=batch_size, limit=limit)
+    raise ValueError(f"images.source {cfg.source!r} is not one of ['tfds', 'folder']")
+
+
+def caption_source(cfg: ml_collections.ConfigDict) -> list[str]:
+    if cfg.source == "tfds":
+        return concepts.tfds_captions(cfg.name, cfg.split, limit=cfg.limit, data_dir=cfg.data_dir,
+                                      download=cfg.download)
+    if cfg.source == "file":
+        return concepts.file_captions(cfg.path, limit=cfg.limit)
+    raise ValueError(f"captions.source {cfg.source!r} is not one of ['tfds', 'file']")
+
+
+def caption_split(n: int) -> dict[str, np.ndarray]:
+    """Caption ``i`` is in train when ``i % 5 < 3``, validation when 3, test when 4."""
+    r = np.arange(n) % 5
+    return {"train": np.flatnonzero(r < 3), "validation": np.flatnonzero(r == 3),
+            "test": np.flatnonzero(r == 4)}
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for lo in range(0, n, size):
+        yield slice(lo, min(n, lo + size))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress: bool = True) -> dict:
+    workdir = workdir_lib.prepare(workdir)
+    t0 = time.perf_counter()
+    ckpt = Checkpoint(config.model)
+    img, cap = config.images, config.captions
+    results: dict = {"machine": workdir_lib.machine(), "config": config.to_dict(),
+                     "model": {"name": ckpt.name, "directory": str(ckpt.directory),
+                               "weights_sha256": ckpt.hash, "dtype": config.model.dtype},
+                     "data": {"images": _describe_images(img), "captions": _describe_captions(cap)}}
+    bar = tqdm(total=4, desc="clip stages", disable=not progress)
+
+    # Images: zero-shot, Table 1 of the vision tower, and the test images the contrast pairs use.
+    class_prompts = ckpt.prompts(img.classes, img.templates)
+    hits, pair_pool = [], ([], [])
+
+    def on_image_batch(split, batch, reps, labels):
+        if split == "test":
+            proj = reps["vision.proj"] / np.linalg.norm(reps["vision.proj"], axis=-1, keepdims=True)
+            hits.append(np.argmax(proj @ class_prompts.T, -1) == labels[img.family])
+            if len(pair_pool[0]) < 4 * config.causal.num_pairs:
+                pair_pool[0].extend(batch["image"])
+                pair_pool[1].extend(labels[img.family])
+
+    def image_batches(split):
+        for raw, labels in tqdm(image_source(img, split, ckpt.batch_size), desc=f"images: {split}",
+                                leave=False, disable=not progress):
+            yield {"image": ckpt.images(raw)}, {img.family: labels}
+
+    bar.set_description("identification: images")
+    vision_rows, vision_readouts = identification.stream_identify(
+        functools.partial(ckpt.read, "vision"), image_batches, {img.family: len(img.classes)},
+        identification.candidate_sites(ckpt.model, "vision"), "vision.proj", on_image_batch)
+    results["zero_shot"] = {"vision": {img.family: float(np.mean(np.concatenate(hits)))}}
+    bar.update()
+
+    # Captions: Table 1 of the text tower.
+    bar.set_description("identification: captions")
+    captions = caption_source(cap)
+    word_labels = {f: concepts.word_labels(captions, values) for f, values in cap.families.items()}
+    parts = caption_split(len(captions))
+    counts = {f: {s: int((lab[parts[s]] >= 0).sum()) for s in SPLITS} for f, lab in word_labels.items()}
+    results["data"]["labelled_captions"] = counts
+
+    def caption_batches(split):
+        rows = parts[split]
+        for sl in tqdm(list(_chunks(len(rows), ckpt.batch_size)), desc=f"captions: {split}",
+                       leave=False, disable=not progress):
+            idx = rows[sl]
+            ids, mask = ckpt.tokens([captions[i] for i in idx])
+            yield {"input_ids": ids, "attention_mask": mask}, {f: lab[idx] for f, lab in word_labels.items()}
+
+    text_rows, text_readouts = identification.stream_identify(
+        functools.partial(ckpt.read, "text"), caption_batches,
+        {f: len(v) for f, v in cap.families.items()},
+        identification.candidate_sites(ckpt.model, "text"), "text.proj")
+    bar.update()
+    results["identification"] = _table1(vision_rows, text_rows)
+
+    bar.set_description("direction bundles")
+    results["bundles"] = _save_bundles(
+        workdir, ckpt, config, {"vision": (vision_rows, vision_readouts, {img.family: img.classes}),
+                                "text": (text_rows, text_readouts, dict(cap.families))})
+    bar.update()
+
+    bar.set_description("causal patching")
+    rng = np.random.default_rng([config.seed, 0xCA5A1])
+    causal = {"vision": {}, "text": {}}
+    contrast = image_contrast(np.asarray(pair_pool[0]), np.asarray(pair_pool[1]),
+                              config.causal.num_pairs, rng)
+    causal["vision"][img.family] = patching.patching(
+        ckpt.model, ckpt.params, "vision", img.family, contrast, class_prompts, workdir,
+        heads=config.causal.heads, seed=config.seed, n_resamples=config.causal.bootstrap_resamples)
+    for family, values in cap.families.items():
+        test_rows = parts["test"][word_labels[family][parts["test"]] >= 0]
+        if len(test_rows) == 0:
+            raise ValueError(f"no test caption names a value of family {family!r} ({list(values)}); "
+                             "raise captions.limit or change the family's words")
+        contrast = caption_contrast(ckpt, [captions[i] for i in test_rows],
+                                    word_labels[family][test_rows], values,
+                                    config.causal.num_pairs, rng)
+        causal["text"][family] = patching.patching(
+            ckpt.model, ckpt.params, "text", family, contrast, ckpt.prompts(values, cap.templates),
+            workdir, seed=config.seed, n_resamples=config.causal.bootstrap_resamples)
+    results["causal"] = causal
+    bar.update()
+    bar.close()
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    workdir_lib.write_json(workdir / "results.json", results)
+    workdir_lib.write_text(workdir / "report.md", clip_report.render(results))
+    return results
+
+
+def image_contrast(images: np.ndarray, labels: np.ndarray, num_pairs: int,
+                   rng: np.random.Generator) -> patching.Contrast:
+    """``num_pairs`` pairs of test images of two different classes (the clean class's prompt vs the
+    corrupt class's is the metric)."""
+    if len(np.unique(labels)) < 2:
+        raise ValueError(f"causal pairs need test images of two classes; the first {len(labels)} "
+                         f"test images are all of class {labels[:1].tolist()}")
+    clean = rng.choice(len(labels), num_pairs, replace=len(labels) < num_pairs)
+    corrupt = np.array([rng.choice(np.flatnonzero(labels != labels[i])) for i in clean])
+    return patching.Contrast(images[clean], images[corrupt], labels[clean], labels[corrupt])
+
+
+def caption_contrast(ckpt: Checkpoint, captions: list[str], labels: np.ndarray,
+                     values: Sequence[str], num_pairs: int, rng: np.random.Generator) -> patching.Contrast:
+    """Each pair: a test caption naming value ``a`` and the same caption with that word swapped for
+    another value ``b`` (drawn per pair)."""
+    pick = rng.choice(len(captions), num_pairs, replace=len(captions) < num_pairs)
+    clean_v = labels[pick]
+    corrupt_v = (clean_v + rng.integers(1, len(values), num_pairs)) % len(values)
+    clean = [captions[i] for i in pick]
+    corrupt = [concepts.swap_word(c, values[a], values[b]) for c, a, b in zip(clean, clean_v, corrupt_v)]
+    (ids_c, mask_c), (ids_x, mask_x) = ckpt.tokens(clean), ckpt.tokens(corrupt)
+    return patching.Contrast(ids_c, ids_x, clean_v, corrupt_v, mask_c, mask_x)
+
+
+def _table1(vision_rows: dict, text_rows: dict) -> dict:
+    out: dict = {k: {"vision": {}, "text": {}} for k in
+                 ("baseline", "mrepe", "mrepe_site", "direction_auroc", "direction_site")}
+    for tower, rows in (("vision", vision_rows), ("text", text_rows)):
+        for family, row in rows.items():
+            for key, value in row.items():
+                out[key][tower][family] = value
+    return out
+
+
+def _save_bundles(workdir, ckpt: Checkpoint, config, towers: dict) -> list[str]:
+    """One bundle per tower and family: each value's eq 6 direction at the family's best site."""
+    paths = []
+    for tower, (rows, readouts, families) in towers.items():
+        for family, values in families.items():
+            site = rows[family]["direction_site"]
+            directions = readouts[family].directions[site]
+            provenance = {"model": ckpt.name, "weights_sha256": ckpt.hash, "site": site,
+                          "method": "mean_diff (eq 6): value vs the family's other values",
+                          "concept": {"family": family, "values": list(values)},
+                          "sign": "+: the value", "data_seed": int(config.seed),
+                          "data": _describe_images(config.images) if tower == "vision"
+                          else _describe_captions(config.captions)}
+            st, _ = save_bundle(workdir / "directions" / f"{tower}_{family}",
+                                {v: directions[k] for k, v in enumerate(values)}, provenance)
+            paths.append(str(st.relative_to(workdir)))
+    return paths
+
+
+def _describe_images(cfg) -> str:
+    where = f"TFDS {cfg.name}" if cfg.source == "tfds" else f"folder {cfg.path}"
+    splits = ", ".join(f"{s} `{cfg.splits[s]!s}` (at most {cfg.num[s]})" for s in SPLITS)
+    return f"{where}: {splits}; family {cfg.family!r} = {len(cfg.classes)} classes"
+
+
+def _describe_captions(cfg) -> str:
+    where = f"TFDS {cfg.name} {cfg.split}" if cfg.source == "tfds" else f"file {cfg.path}"
+    fams = "; ".join(f"{f}: {', '.join(v)}" for f, v in cfg.families.items())
+    return f"{where}, at most {cfg.limit} captions; families {fams}"
+
+
+def summary(results: dict, workdir) -> str:
+    """What ``launch.run`` prints at the end."""
+    return clip_report.summary(results, workdir)

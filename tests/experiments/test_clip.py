@@ -1,0 +1,189 @@
+"""``launch.run --config=configs/clip.py`` end to end on a tiny random HF CLIP saved locally, with
+TFDS (mocked ``cifar10`` and ``coco_captions``) and with a local folder; and its errors."""
+
+import json
+import string
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from absl import app, flags
+from PIL import Image
+
+from configs.clip import CIFAR10
+from launch import run as launch_run
+from mrepe_jax.reading.bundles import load_bundle
+
+tfds = pytest.importorskip("tensorflow_datasets")
+tf = pytest.importorskip("tensorflow")
+
+COLOURS = ("red", "blue", "green", "yellow", "white", "black")
+ANIMALS = ("dog", "cat", "horse", "bird", "cow", "sheep")
+
+
+@pytest.fixture(scope="module")
+def hf_clip(tmp_path_factory):
+    """A tiny random transformers CLIP with a character-level CLIP tokenizer and a 32-pixel image
+    processor, saved as a checkpoint directory (safetensors)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    d = tmp_path_factory.mktemp("hf_clip")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in string.ascii_lowercase + ".,":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    bpe = d / "bpe"
+    bpe.mkdir()
+    (bpe / "vocab.json").write_text(json.dumps(vocab))
+    (bpe / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer.from_pretrained(bpe, local_files_only=True).save_pretrained(d)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=40, bos_token_id=0,
+                         eos_token_id=1, pad_token_id=1),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32,
+                           num_hidden_layers=2, num_attention_heads=2),
+        projection_dim=16)
+    torch.manual_seed(0)
+    model = CLIPModel(config)
+    with torch.no_grad():  # HF init zeroes biases and sets LayerNorms to 1/0: give every tensor values
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(d, safe_serialization=True)
+    return d
+
+
+def _captions(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [f"a {rng.choice(COLOURS)} {rng.choice(ANIMALS)} on grass." if i % 4 else "a plain field."
+            for i in range(n)]
+
+
+def _mock_as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+    """Mock examples: cifar10-like labelled 32x32 images and coco-like captions naming colours and
+    animals (TFDS's own mock captions are random letters, which name no concept)."""
+    del decoders, read_config, kwargs
+    n = 400
+    rng = np.random.default_rng(zlib.crc32(str(split).encode()))  # each split its own examples
+    if self.name == "cifar10":
+        return tf.data.Dataset.from_tensor_slices({
+            "image": rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8),
+            "label": rng.integers(0, 10, n), "id": [str(i) for i in range(n)]})
+    caps = _captions(n)
+    return tf.data.Dataset.from_tensor_slices({
+        "captions": {"text": [[c] for c in caps], "id": [[i] for i in range(n)]},
+        "image": np.zeros((n, 1, 1, 3), np.uint8)})
+
+
+SMALL = ["--config.model.batch_size=32", "--config.images.num.train=96",
+         "--config.images.num.validation=64", "--config.images.num.test=64",
+         "--config.captions.limit=400", "--config.causal.num_pairs=4",
+         "--config.causal.bootstrap_resamples=100"]
+
+
+def launch(workdir, *overrides):
+    """``python -m launch.run --config=configs/clip.py ...`` in this process (TFDS's mock lives
+    here); config_flags reads the overrides from ``sys.argv``."""
+    argv = ["launch.run", "--config=configs/clip.py", f"--workdir={workdir}", *overrides]
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        flags.FLAGS(argv)
+        launch_run.main(argv[:1])
+    finally:
+        sys.argv = saved
+        flags.FLAGS.unparse_flags()
+        for name in [n for n in flags.FLAGS if n.startswith("config.")]:  # defined per parse
+            delattr(flags.FLAGS, name)
+
+
+def _check_run(workdir, hf_clip, towers_families):
+    results = json.loads((workdir / "results.json").read_text())
+    report = (workdir / "report.md").read_text()
+    assert results["model"]["name"] == str(hf_clip) and len(results["model"]["weights_sha256"]) == 64
+    assert f"# mrepe_jax — {hf_clip}" in report and results["model"]["weights_sha256"] in report
+    assert "## Table 1: representation identification" in report
+    assert "## Causal effects (eq 2): exact vs attribution patching" in report
+    ident = results["identification"]
+    for tower, families in towers_families.items():
+        assert set(ident["mrepe"][tower]) == set(families)
+        for family, values in families.items():
+            for key in ("baseline", "mrepe", "direction_auroc"):
+                assert 0.0 <= ident[key][tower][family] <= 1.0
+            site = ident["direction_site"][tower][family]
+            arrays, meta = load_bundle(workdir / "directions" / f"{tower}_{family}")
+            assert set(arrays) == set(values) and meta["site"] == site
+            assert meta["concept"] == {"family": family, "values": list(values)}
+            assert meta["model"] == str(hf_clip) and meta["weights_sha256"] == results["model"]["weights_sha256"]
+            norms = np.linalg.norm(np.stack(list(arrays.values())), axis=-1)
+            np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+            top = results["causal"][tower][family]
+            assert -1.0 <= top["spearman_exact_vs_attribution"] <= 1.0 and top["num_pairs"] == 4
+            assert (workdir / f"patching_{tower}_{family}_layer_position.png").stat().st_size > 1000
+    assert (workdir / "patching_vision_object_layer_head.png").is_file()
+    return results, report
+
+
+def test_clip_experiment_on_mocked_tfds(hf_clip, tmp_path, capsys):
+    with tfds.testing.mock_data(as_dataset_fn=_mock_as_dataset):
+        launch(tmp_path, f"--config.model.name={hf_clip}", *SMALL)
+    results, report = _check_run(tmp_path, hf_clip, {
+        "vision": {"object": CIFAR10},
+        "text": {"colour": COLOURS, "animal": ANIMALS}})
+    assert "TFDS cifar10" in report and "TFDS coco_captions" in report
+    labelled = results["data"]["labelled_captions"]
+    # 3 of 4 captions name one colour and one animal; i % 5 puts 3/5 of them in train.
+    assert labelled["colour"]["train"] == labelled["animal"]["train"] == sum(
+        1 for i in range(400) if i % 4 and i % 5 < 3)
+    out = capsys.readouterr().out
+    assert "zero-shot image accuracy object" in out and f"report: {tmp_path}/report.md" in out
+
+
+def _write_folder(root, classes, per_split):
+    rng = np.random.default_rng(0)
+    for split, n in per_split.items():
+        for k, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):  # each class its own tint, so that its images differ from others'
+                img = rng.integers(0, 120, (40, 48, 3)) + np.eye(3, dtype=int)[k] * 120
+                Image.fromarray(img.astype(np.uint8)).save(root / split / c / f"{i:03d}.png")
+    (root / "other").mkdir()  # a class folder the config does not list is skipped
+
+
+def test_clip_experiment_on_a_local_folder(hf_clip, tmp_path):
+    data = tmp_path / "data"
+    _write_folder(data, ("cat", "dog", "ship"), {"train": 16, "val": 8, "test": 8})
+    (data / "captions.txt").write_text("\n".join(_captions(400, seed=1)) + "\n")
+    work = tmp_path / "work"
+    launch(work, f"--config.model.name={hf_clip}", *SMALL, "--config.images.source=folder",
+           f"--config.images.path={data}", "--config.images.classes=('cat', 'dog', 'ship')",
+           "--config.images.splits.validation=val", "--config.images.splits.train=train",
+           "--config.images.splits.test=test", "--config.captions.source=file",
+           f"--config.captions.path={data / 'captions.txt'}")
+    results, report = _check_run(work, hf_clip, {"vision": {"object": ("cat", "dog", "ship")},
+                                                 "text": {"colour": COLOURS, "animal": ANIMALS}})
+    assert f"folder {data}" in report
+    # Three tints: the vision tower tells the classes apart somewhere.
+    assert results["identification"]["mrepe"]["vision"]["object"] > 0.9
+
+
+def test_errors_are_named(hf_clip, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"could not load 'nobody/no-such-clip'.*offline"):
+        launch(tmp_path, "--config.model.name=nobody/no-such-clip")
+    with tfds.testing.mock_data(as_dataset_fn=_mock_as_dataset):
+        with pytest.raises(FileNotFoundError, match="TFDS has no dataset 'cifar11'"):
+            launch(tmp_path, f"--config.model.name={hf_clip}", "--config.images.name=cifar11")
+        with pytest.raises(ValueError, match=r"TFDS dataset 'cifar10' \('label'\) has 10 unnamed labels "
+                                             r"\(0..9\) here; list all 10 class names in label order, "
+                                             r"not \['cat', 'unicorn'\]"):
+            launch(tmp_path, f"--config.model.name={hf_clip}",
+                   "--config.images.classes=('cat', 'unicorn')")
+    with pytest.raises(FileNotFoundError, match=r"image folder '/no/such/dir' does not exist"):
+        launch(tmp_path, f"--config.model.name={hf_clip}", "--config.images.source=folder",
+               "--config.images.path=/no/such/dir")
+    with pytest.raises(app.UsageError, match=r"names experiment 'nope'; known experiments: clip, toyworld"):
+        launch(tmp_path, "--config.experiment=nope")
