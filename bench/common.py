@@ -213,3 +213,56 @@ def load_average() -> float | None:
 def utc_now() -> str:
     """The record's ``date``: now, UTC, to the second."""
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------------------------
+# Local checkpoints and memory
+
+
+def rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB."""
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports ru_maxrss in KiB, macOS in bytes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def write_tiny_hf_clip(directory, image_size: int = 32, seed: int = 0) -> None:
+    """A tiny random transformers CLIP (2 layers of width 16 per tower, every tensor drawn from
+    N(0, 0.2): HF's init zeroes biases and sets LayerNorms to 1/0) saved as a checkpoint directory
+    (safetensors) with a character-level CLIP tokenizer and an ``image_size`` image processor:
+    what ``configs/clip.py`` runs on where no real checkpoint can be downloaded."""
+    import json
+    import pathlib
+    import string
+
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    d = pathlib.Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in string.ascii_lowercase + ".,":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    bpe = d / "bpe"
+    bpe.mkdir(exist_ok=True)
+    (bpe / "vocab.json").write_text(json.dumps(vocab))
+    (bpe / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer.from_pretrained(bpe, local_files_only=True).save_pretrained(d)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(d)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=40, bos_token_id=0,
+                         eos_token_id=1, pad_token_id=1),
+        vision_config=dict(image_size=image_size, patch_size=8, hidden_size=16, intermediate_size=32,
+                           num_hidden_layers=2, num_attention_heads=2),
+        projection_dim=16)
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(d, safe_serialization=True)

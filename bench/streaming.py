@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -34,12 +33,6 @@ SETTINGS = {
     "default": dict(hidden=128, mlp=256, layers=4, heads=4, image=32, patch=8, batch=100, groups=4, n=2000),
     "tiny": dict(hidden=32, mlp=64, layers=2, heads=4, image=16, patch=8, batch=32, groups=3, n=64),
 }
-
-
-def _rss_mb() -> float:
-    # Linux reports ru_maxrss in KiB, macOS in bytes.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def worker(n: int, s: dict) -> dict:
@@ -71,7 +64,7 @@ def worker(n: int, s: dict) -> dict:
                 "label": rng.integers(0, s["groups"], b).astype(np.int32),
             }
 
-    rss_start = _rss_mb()
+    rss_start = common.rss_mb()
     t0 = time.perf_counter()
     stats = activations.stream_statistics(
         activations.tower_apply(model, "vision", "pixels"), batches(), ("vision.layers.*.resid_post",),
@@ -81,7 +74,7 @@ def worker(n: int, s: dict) -> dict:
     seconds = time.perf_counter() - t0
     counts = {k: int(np.asarray(m.count).sum()) for k, m in stats.items()}
     assert all(c == n for c in counts.values()), counts
-    return {"n": n, "rss_peak_mb": _rss_mb(), "rss_before_stream_mb": rss_start, "seconds": seconds,
+    return {"n": n, "rss_peak_mb": common.rss_mb(), "rss_before_stream_mb": rss_start, "seconds": seconds,
             "sites": len(stats)}
 
 

@@ -7,7 +7,7 @@
 Defaults: ``openai/clip-vit-base-patch32``, CIFAR-10's classes through TFDS and colour / animal
 words in COCO captions (both downloaded by TFDS on first use; ``download=False`` to refuse).
 A folder of labelled images instead: ``--config.images.source=folder --config.images.path=DIR``
-(``DIR/<split>/<class>/<image>``, splits named by ``images.splits``).
+(``DIR/<split>/<class>/<image>``, split folders named by ``images.folders``: train, val, test).
 """
 
 import ml_collections
@@ -32,8 +32,9 @@ def get_config(arg=None):
         name="cifar10", path="", data_dir=ml_collections.config_dict.placeholder(str), download=True,
         label_key="label", family="object", classes=CIFAR10,
         templates=("a photo of a {}.", "a blurry photo of a {}.", "a photo of the small {}."),
-        # TFDS split strings (or, for a folder, its split subfolders) and how many examples of each.
+        # TFDS split strings; a folder's split subfolders; how many examples of each to read.
         splits=dict(train="train[:40000]", validation="train[40000:]", test="test"),
+        folders=dict(train="train", validation="val", test="test"),
         num=dict(train=2000, validation=500, test=1000)))
 
     c.captions = ml_collections.ConfigDict(dict(

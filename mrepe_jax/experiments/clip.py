@@ -93,7 +93,7 @@ def image_source(cfg: ml_collections.ConfigDict, split: str, batch_size: int):
                                     limit=limit, label_key=cfg.label_key, data_dir=cfg.data_dir,
                                     download=cfg.download)
     if cfg.source == "folder":
-        return concepts.folder_images(cfg.path, cfg.splits[split], cfg.classes,
+        return concepts.folder_images(cfg.path, cfg.folders[split], cfg.classes,
                                       batch_size=batch_size, limit=limit)
     raise ValueError(f"images.source {cfg.source!r} is not one of ['tfds', 'folder']")
 
@@ -266,8 +266,8 @@ def _save_bundles(workdir, ckpt: Checkpoint, config, towers: dict) -> list[str]:
 
 
 def _describe_images(cfg) -> str:
-    where = f"TFDS {cfg.name}" if cfg.source == "tfds" else f"folder {cfg.path}"
-    splits = ", ".join(f"{s} `{cfg.splits[s]!s}` (at most {cfg.num[s]})" for s in SPLITS)
+    where, names = (f"TFDS {cfg.name}", cfg.splits) if cfg.source == "tfds" else (f"folder {cfg.path}", cfg.folders)
+    splits = ", ".join(f"{s} `{names[s]!s}` (at most {cfg.num[s]})" for s in SPLITS)
     return f"{where}: {splits}; family {cfg.family!r} = {len(cfg.classes)} classes"
 
 

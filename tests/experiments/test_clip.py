@@ -2,7 +2,6 @@
 TFDS (mocked ``cifar10`` and ``coco_captions``) and with a local folder; and its errors."""
 
 import json
-import string
 import sys
 import zlib
 
@@ -11,6 +10,7 @@ import pytest
 from absl import app, flags
 from PIL import Image
 
+from bench import common
 from configs.clip import CIFAR10
 from launch import run as launch_run
 from mrepe_jax.reading.bundles import load_bundle
@@ -24,35 +24,9 @@ ANIMALS = ("dog", "cat", "horse", "bird", "cow", "sheep")
 
 @pytest.fixture(scope="module")
 def hf_clip(tmp_path_factory):
-    """A tiny random transformers CLIP with a character-level CLIP tokenizer and a 32-pixel image
-    processor, saved as a checkpoint directory (safetensors)."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
+    """A tiny random transformers CLIP saved as a checkpoint directory (``bench.common``)."""
     d = tmp_path_factory.mktemp("hf_clip")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in string.ascii_lowercase + ".,":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    bpe = d / "bpe"
-    bpe.mkdir()
-    (bpe / "vocab.json").write_text(json.dumps(vocab))
-    (bpe / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer.from_pretrained(bpe, local_files_only=True).save_pretrained(d)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=40, bos_token_id=0,
-                         eos_token_id=1, pad_token_id=1),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32,
-                           num_hidden_layers=2, num_attention_heads=2),
-        projection_dim=16)
-    torch.manual_seed(0)
-    model = CLIPModel(config)
-    with torch.no_grad():  # HF init zeroes biases and sets LayerNorms to 1/0: give every tensor values
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    model.save_pretrained(d, safe_serialization=True)
+    common.write_tiny_hf_clip(d)
     return d
 
 
@@ -160,8 +134,7 @@ def test_clip_experiment_on_a_local_folder(hf_clip, tmp_path):
     work = tmp_path / "work"
     launch(work, f"--config.model.name={hf_clip}", *SMALL, "--config.images.source=folder",
            f"--config.images.path={data}", "--config.images.classes=('cat', 'dog', 'ship')",
-           "--config.images.splits.validation=val", "--config.images.splits.train=train",
-           "--config.images.splits.test=test", "--config.captions.source=file",
+           "--config.captions.source=file",
            f"--config.captions.path={data / 'captions.txt'}")
     results, report = _check_run(work, hf_clip, {"vision": {"object": ("cat", "dog", "ship")},
                                                  "text": {"colour": COLOURS, "animal": ANIMALS}})
