@@ -27,6 +27,10 @@ def get_config(arg=None):
         raise ValueError(f"unknown config argument {arg!r}; use nothing, 'tiny', 'hard' or 'paper'")
     c = ml_collections.ConfigDict()
     c.experiment = "toyworld"  # launch.run's EXPERIMENTS
+    # The run seed: every seed below is shifted by 1000 x seed (experiments/toyworld_seeds.py), so
+    # 0 runs them as written and --config.seed=1 changes every random choice of the run (world,
+    # CLIP, maps, steering subsets, contrast pairs, bootstrap, permutation tests). results.json
+    # records the effective seeds under "seeds".
     c.seed = 0
 
     # Difficulty knobs off: the default world (see ToyWorldConfig for what each knob does).
@@ -82,7 +86,7 @@ def get_config(arg=None):
     a.map = ml_collections.ConfigDict(dict(
         kind="mrepe", hidden=128, num_anchors=32, anchors="data+learned", temperature=0.07,
         symmetric=True, memory_size=128, batch_size=128, epochs=50, learning_rate=1e-4,
-        weight_decay=1e-4, seed=0, checkpoint_every=1000))
+        weight_decay=1e-4, checkpoint_every=1000))  # no seed: each map's is one of align.seeds
     a.ablation_anchors = ("data", "learned")  # the default "data+learned" is the main row
     # Steering steps, in units of the site's mean representation norm (0.1: the paper's alpha).
     a.steer_alphas = (0.1, 0.3, 1.0)
@@ -138,7 +142,8 @@ def get_config(arg=None):
     # The demo also runs the hard world (its own CLIP) and reports Tables 1-2 for it.
     c.compare_hard = True
     # The CLIP itself retrained per seed (experiments/clip_seeds.py); empty: one CLIP, and only
-    # what is fitted on top of it varies by seed (align.seeds, control.seeds).
+    # what is fitted on top of it varies by seed (align.seeds, control.seeds). Set, its seeds
+    # replace train.seed, align.seeds and control.seeds (clip_seeds.seed_config).
     c.clip_seeds = ()
     c.hard_world = ml_collections.ConfigDict(HARD_WORLD)
 

@@ -156,7 +156,8 @@ def run(model, params, world, reps: dict, labels: dict, prompts: dict, scale: fl
                                    maps["pooled"], seeds, cfg.steer_alphas, cfg.num_steer),
         "seeds": seeds,
         "steer_alphas": list(cfg.steer_alphas),
-        "map_config": map_config(cfg).__dict__,
+        # Without MapTrainConfig's seed: each map's seed is one of "seeds".
+        "map_config": {k: v for k, v in map_config(cfg).__dict__.items() if k != "seed"},
         # Table 5: the MRepE maps' fit (every pair and seed, one stacked program); "restored"
         # when a previous run's checkpoints made it a load instead of a fit.
         "map_fit": {"seconds": round(fit_seconds[("proj", "mrepe", None)], 2),

@@ -141,11 +141,13 @@ def steering_rows(said: dict, index: list, labels: dict, families, seeds, alphas
 
 
 def run(world, clip_model, clip_params, train_pixels, train_labels: dict, cfg: ml_collections.ConfigDict,
-        control: ml_collections.ConfigDict, workdir: Path, progress: bool = True, mesh=None):
+        control: ml_collections.ConfigDict, workdir: Path, progress: bool = True, mesh=None,
+        test_seed: int = 0):
     """Trains (or restores) the captioner; returns ``(results, (model, params, reads))`` where
     ``reads`` are its ``query_reads`` of ``train_pixels`` (the transfer stage reuses them).
     ``cfg``: ``captioner.default_config()`` fields and ``eval_images`` (test images captioned
-    for the accuracy); ``control``: the steering stage's config (seeds, alphas, inputs)."""
+    for the accuracy); ``control``: the steering stage's config (seeds, alphas, inputs);
+    ``test_seed``: the permutation tests' sign flips (``toyworld_seeds``: the run seed's)."""
     t0 = time.perf_counter()
     train_cfg = ml_collections.ConfigDict({k: v for k, v in cfg.to_dict().items() if k != "eval_images"})
     model, params, info = captioner.train(world, clip_model, clip_params, train_cfg,
@@ -173,7 +175,7 @@ def run(world, clip_model, clip_params, train_pixels, train_labels: dict, cfg: m
         "steering": steering_rows(said, index, labels, world.families, control.seeds,
                                   control.table_alphas),
         "safety": {**safety_rows(emblems[0], emblems[safe_rows], labels[UNSAFE_FAMILY],
-                                 jax.random.key(0)), "alpha": control.safety_alpha},
+                                 jax.random.key(test_seed)), "alpha": control.safety_alpha},
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return results, (model, params, train_reads)

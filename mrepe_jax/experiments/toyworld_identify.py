@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from mrepe_jax import parallel
 from mrepe_jax.data.toyworld import ToyWorld
@@ -74,25 +75,29 @@ def identify(model, world: ToyWorld, all_reps: dict, labels: dict[str, dict]) ->
 
 
 def causal_analysis(model, params, world: ToyWorld, num_pairs: int, workdir: Path, seed: int = 0,
-                    towers=tuple(TOWERS), families=None, mesh=None, n_resamples: int = 1000) -> dict:
-    """``stages.patching`` of ``num_pairs`` test-split contrast pairs per tower and family; the
-    vision tower also per head."""
+                    towers=tuple(TOWERS), families=None, mesh=None, n_resamples: int = 1000,
+                    progress: bool = False) -> dict:
+    """``stages.patching`` (eq 2, exact and attribution) of ``num_pairs`` test-split contrast pairs
+    per tower and family; the vision tower also per head. ``seed`` draws the contrast pairs and the
+    top cell's bootstrap CI (the pipeline passes the run seed's, ``toyworld_seeds``);
+    ``progress``: a transient bar over the (tower, family) sweeps."""
     prompts = prompt_embeddings(model, params, world)
     families = tuple(world.families) if families is None else tuple(families)
     for name, given, known in (("tower", towers, TOWERS), ("family", families, world.families)):
         unknown = [g for g in given if g not in known]
         if unknown:
             raise ValueError(f"unknown {name}(s) {unknown} for causal analysis; known: {list(known)}")
-    out: dict = {}
-    for tower in towers:
+    out: dict = {tower: {} for tower in towers}
+    sweeps = [(tower, family) for tower in towers for family in families]
+    # leave=False: the pipeline's stage bar stays the one line left once the sweeps are done.
+    for tower, family in tqdm(sweeps, desc="patching", unit="sweep", leave=False, disable=not progress,
+                              dynamic_ncols=True):
         input_key, mask_key = TOWERS[tower]
-        out[tower] = {}
-        for family in families:
-            pairs = world.contrast_pairs(family, num_pairs, split="test", seed=seed)
-            masks = (pairs.pos[mask_key], pairs.neg[mask_key]) if mask_key else (None, None)
-            contrast = patching.Contrast(pairs.pos[input_key], pairs.neg[input_key],
-                                         pairs.pos_values, pairs.neg_values, *masks)
-            out[tower][family] = patching.patching(
-                model, params, tower, family, contrast, prompts[family], workdir,
-                heads=tower == "vision", seed=seed, n_resamples=n_resamples, mesh=mesh)
+        pairs = world.contrast_pairs(family, num_pairs, split="test", seed=seed)
+        masks = (pairs.pos[mask_key], pairs.neg[mask_key]) if mask_key else (None, None)
+        contrast = patching.Contrast(pairs.pos[input_key], pairs.neg[input_key],
+                                     pairs.pos_values, pairs.neg_values, *masks)
+        out[tower][family] = patching.patching(
+            model, params, tower, family, contrast, prompts[family], workdir,
+            heads=tower == "vision", seed=seed, n_resamples=n_resamples, mesh=mesh)
     return out

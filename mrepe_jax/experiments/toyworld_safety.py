@@ -114,7 +114,7 @@ def _p(base, steered, key) -> float:
 
 
 def tower_table(model, params, tower: str, train_reps: dict, train_batch, train_labels, test,
-                prompts: dict, scale: float, cfg: ml_collections.ConfigDict) -> dict:
+                prompts: dict, scale: float, cfg: ml_collections.ConfigDict, test_seed: int = 0) -> dict:
     site, logits_site, key_site = steering_sites(model, tower)
     input_key, mask_key = TOWERS[tower]
     x, mask = test[input_key], test[mask_key] if mask_key else None
@@ -154,7 +154,7 @@ def tower_table(model, params, tower: str, train_reps: dict, train_batch, train_
     # Undefined (None) when the Baseline never outputs harm: nothing to reduce.
     out["harmful_reduction"] = [harmful_output_reduction(base["harmful"], s["harmful"])
                                 if base["harmful"] > 0 else None for s in steered]
-    key = jax.random.key(0)
+    key = jax.random.key(test_seed)
     for m in ("scr", "vas", "harmful"):
         mean_steered = np.mean([s[f"{m}_per_input"] for s in steered], 0)
         out[m]["p_value"] = _p(base[f"{m}_per_input"], mean_steered, key)
@@ -184,12 +184,13 @@ def tower_table(model, params, tower: str, train_reps: dict, train_batch, train_
 
 
 def run(model, params, world, reps: dict, train_batch, train_labels, prompts: dict, scale: float,
-        cfg: ml_collections.ConfigDict) -> dict:
-    """Table 4 per tower (see the module docstring)."""
+        cfg: ml_collections.ConfigDict, test_seed: int = 0) -> dict:
+    """Table 4 per tower (see the module docstring); ``test_seed``: the permutation tests' sign flips
+    (``toyworld_seeds``: the run seed's)."""
     t0 = time.perf_counter()
     test = world.batch(range(cfg.num_inputs), split="test")
     out = {"towers": {t: tower_table(model, params, t, reps["train"][t], train_batch, train_labels,
-                                     test, prompts, scale, cfg) for t in cfg.towers},
+                                     test, prompts, scale, cfg, test_seed) for t in cfg.towers},
            "seeds": list(cfg.seeds), "alpha": cfg.safety_alpha, "num_inputs": cfg.num_inputs}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out

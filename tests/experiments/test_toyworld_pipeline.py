@@ -34,6 +34,15 @@ def test_pipeline_writes_results_and_report(single):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     assert results["training"]["steps"] == 4 and results["training"]["steps_run"] == 4
+    # Run seed 0: every seed as the config writes it (experiments/toyworld_seeds.py).
+    assert results["seeds"] == {"run": 0, "offset": 0, "world": 0, "clip": 0, "align": [0, 1],
+                                "control": [0], "captioner": 0, "transfer_clip": 1, "causal": 0,
+                                "permutation_tests": 0}
+    # Each stage announces itself on the stage bar; the launcher prints the summary table.
+    for stage in ("identification", "causal", "alignment", "control", "safety", "captioner",
+                  "architectures"):
+        assert f"default world: {stage}" in proc.stderr, stage
+    assert "worst zero-shot accuracy" in proc.stdout and f"report: {workdir}/report.md" in proc.stdout
     assert set(results["zero_shot"]) == {"vision", "text", "audio"}
     for modality in results["zero_shot"].values():
         assert set(modality) == {"colour", "shape", "size", "position", "emblem"}
