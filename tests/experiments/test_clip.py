@@ -103,11 +103,12 @@ def _check_run(workdir, hf_clip, towers_families):
 
 def test_clip_experiment_on_mocked_tfds(hf_clip, tmp_path, capsys):
     with tfds.testing.mock_data(as_dataset_fn=_mock_as_dataset):
-        launch(tmp_path, f"--config.model.name={hf_clip}", *SMALL)
+        launch(tmp_path, f"--config.model.name={hf_clip}", "--config.model.dtype=bfloat16", *SMALL)
     results, report = _check_run(tmp_path, hf_clip, {
         "vision": {"object": CIFAR10},
         "text": {"colour": COLOURS, "animal": ANIMALS}})
     assert "TFDS cifar10" in report and "TFDS coco_captions" in report
+    assert results["model"]["dtype"] == "bfloat16" and "(bfloat16)" in report
     labelled = results["data"]["labelled_captions"]
     # 3 of 4 captions name one colour and one animal; i % 5 puts 3/5 of them in train.
     assert labelled["colour"]["train"] == labelled["animal"]["train"] == sum(
@@ -147,6 +148,8 @@ def test_errors_are_named(hf_clip, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match=r"could not load 'nobody/no-such-clip'.*offline"):
         launch(tmp_path, "--config.model.name=nobody/no-such-clip")
+    with pytest.raises(ValueError, match=r"model.dtype 'float16' is not one of \['bfloat16', 'float32'\]"):
+        launch(tmp_path, f"--config.model.name={hf_clip}", "--config.model.dtype=float16")
     with tfds.testing.mock_data(as_dataset_fn=_mock_as_dataset):
         with pytest.raises(FileNotFoundError, match="TFDS has no dataset 'cifar11'"):
             launch(tmp_path, f"--config.model.name={hf_clip}", "--config.images.name=cifar11")
