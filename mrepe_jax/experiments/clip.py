@@ -11,8 +11,10 @@
   text file); a caption names exactly one value of a family or is unlabelled in it. Captions are
   assigned to train / validation / test by position (``i % 5``: 3 / 1 / 1).
 - Stages: zero-shot accuracy, identification (Table 1, eq 1 and eq 6, streamed:
-  ``stages.identification``), direction bundles with provenance, causal patching (eq 2:
-  ``stages.patching``) of image pairs of two classes and of captions with one word swapped.
+  ``stages.identification``), direction bundles with provenance, steering (Table 3's None, Direct
+  eq 5 and AP rows: ``stages.steering``) of held-out images and captions toward each value, causal
+  patching (eq 2: ``stages.patching``) of image pairs of two classes and of captions with one word
+  swapped.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from mrepe_jax.models.clip_preprocess import (ImagePreprocessConfig, load_tokeni
                                               preprocess_images, tokenize)
 from mrepe_jax.reading.bundles import params_hash, save_bundle
 from mrepe_jax.report import workdir as workdir_lib
-from mrepe_jax.stages import identification, patching
+from mrepe_jax.stages import identification, patching, steering
 
 SPLITS = ("train", "validation", "test")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -128,7 +130,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
                      "model": {"name": ckpt.name, "directory": str(ckpt.directory),
                                "weights_sha256": ckpt.hash, "dtype": config.model.dtype},
                      "data": {"images": _describe_images(img), "captions": _describe_captions(cap)}}
-    bar = tqdm(total=4, desc="clip stages", disable=not progress)
+    bar = tqdm(total=5, desc="clip stages", disable=not progress)
 
     # Images: zero-shot, Table 1 of the vision tower, and the test images the contrast pairs use.
     class_prompts = ckpt.prompts(img.classes, img.templates)
@@ -138,7 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         if split == "test":
             proj = reps["vision.proj"] / np.linalg.norm(reps["vision.proj"], axis=-1, keepdims=True)
             hits.append(np.argmax(proj @ class_prompts.T, -1) == labels[img.family])
-            if len(pair_pool[0]) < 4 * config.causal.num_pairs:
+            if len(pair_pool[0]) < max(4 * config.causal.num_pairs, config.steer.num_inputs):
                 pair_pool[0].extend(batch["image"])
                 pair_pool[1].extend(labels[img.family])
 
@@ -183,11 +185,23 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
                                 "text": (text_rows, text_readouts, dict(cap.families))})
     bar.update()
 
+    bar.set_description("steering")
+    images, image_labels = np.asarray(pair_pool[0]), np.asarray(pair_pool[1])
+    results["steering"] = {"vision": {img.family: _steer(
+        ckpt, "vision", images[:config.steer.num_inputs], None, image_labels[:config.steer.num_inputs],
+        vision_readouts[img.family], class_prompts, config.steer.alphas)}, "text": {}}
+    for family, values in cap.families.items():
+        rows = parts["test"][word_labels[family][parts["test"]] >= 0][:config.steer.num_inputs]
+        ids, mask = ckpt.tokens([captions[i] for i in rows])
+        results["steering"]["text"][family] = _steer(
+            ckpt, "text", ids, mask, word_labels[family][rows], text_readouts[family],
+            ckpt.prompts(values, cap.templates), config.steer.alphas)
+    bar.update()
+
     bar.set_description("causal patching")
     rng = np.random.default_rng([config.seed, 0xCA5A1])
     causal = {"vision": {}, "text": {}}
-    contrast = image_contrast(np.asarray(pair_pool[0]), np.asarray(pair_pool[1]),
-                              config.causal.num_pairs, rng)
+    contrast = image_contrast(images, image_labels, config.causal.num_pairs, rng)
     causal["vision"][img.family] = patching.patching(
         ckpt.model, ckpt.params, "vision", img.family, contrast, class_prompts, workdir,
         heads=config.causal.heads, seed=config.seed, n_resamples=config.causal.bootstrap_resamples)
@@ -209,6 +223,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
     workdir_lib.write_json(workdir / "results.json", results)
     workdir_lib.write_text(workdir / "report.md", clip_report.render(results))
     return results
+
+
+def _steer(ckpt: Checkpoint, tower: str, inputs, mask, labels, readout: identification.Readout,
+           prompts: np.ndarray, alphas) -> dict:
+    """``stages.steering`` at the tower's last layer, from the train split's sums there."""
+    site = steering.last_resid(ckpt.model, tower)
+    sums = readout.sums[site]
+    return steering.steer(ckpt.model, ckpt.params, tower, inputs, mask, labels, site,
+                          sums.directions(), sums.means(), sums.mean_norm(), alphas, prompts)
 
 
 def image_contrast(images: np.ndarray, labels: np.ndarray, num_pairs: int,

@@ -36,12 +36,32 @@ def render(results: dict) -> str:
                 "exactly one of the family's words.",
                 table(["family", "train", "validation", "test"],
                       [[f, c["train"], c["validation"], c["test"]] for f, c in labelled.items()])),
+        steering_section(results["steering"]),
         causal_section(results["causal"], pairs=PAIRS),
         section("Direction bundles", "Each value's eq 6 direction at the family's best site, with "
                 "provenance (`reading.bundles.load_bundle`):",
                 "\n".join(f"- `{p}`" for p in results["bundles"])),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def steering_section(steer: dict) -> str:
+    """Table 3's None, AP and Direct (eq 5) rows per tower and family."""
+    first = next(iter(steer["vision"].values()))
+    alphas = [str(a) for a in first["alphas"]]
+    rows = [[tower, family, r["num_inputs"], r["none"], r["ap"], *[r["direct"][a] for a in alphas]]
+            for tower, fams in steer.items() for family, r in fams.items()]
+    return section(
+        "Table 3: intervention success rates",
+        "Each value of a family is a target; held-out inputs of the tower are steered toward it at "
+        f"the last layer's `resid_post` (`{first['site']}` for images), and success is the share "
+        "of inputs of other values whose zero-shot prediction among the family's prompts becomes "
+        "the target, averaged over targets. None: no intervention. AP: the site replaced by the "
+        "target's mean activation. Direct (eq 5): the eq 6 direction added on every token, alpha in "
+        "units of the site's mean norm. The attention (eq 7), combined and FT rows and collateral "
+        "damage are in the ToyWorld report (they need several labelled families per input).",
+        table(["tower", "family", "inputs", "None", "AP", *[f"Direct a={a}" for a in alphas]], rows),
+    )
 
 
 def summary(results: dict, workdir) -> str:

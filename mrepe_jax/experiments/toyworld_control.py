@@ -35,12 +35,13 @@ from mrepe_jax.control.evaluate import collateral_accuracy, steered_predictions,
 from mrepe_jax.control.finetune import FinetuneConfig, finetune_heads, head_predictions
 from mrepe_jax.control.interventions import (
     attention, combine, concept_attention_mask, direct, site_scale)
-from mrepe_jax.edits import Replace, along
+from mrepe_jax.edits import along
 from mrepe_jax.experiments.toyworld_align import train_subsets
 from mrepe_jax.experiments.toyworld_identify import TOWERS
 from mrepe_jax.reading.activations import collect_activations, tower_apply
 from mrepe_jax.reading.directions import direction_mean_diff
 from mrepe_jax.reading.prototypes import fit_threshold, prototype, similarity
+from mrepe_jax.stages.steering import EditAP
 from mrepe_jax.report.plots import lines
 
 METHODS = ("none", "direct", "attention", "combined", "ap", "ft")
@@ -86,16 +87,6 @@ class EditEq5Eq7:
     def __call__(self, p):
         return combine(direct(self.site, p["delta"], p["alpha"], p["scale"]),
                        attention(self.logits, along(p["bias"], "batch", "key")))
-
-
-@dataclasses.dataclass(frozen=True)
-class EditAP:
-    """Activation patching of the target's mean: ``Replace(p["mean"])`` at ``site``."""
-
-    site: str
-
-    def __call__(self, p):
-        return {self.site: Replace(p["mean"])}
 
 
 def token_reps(model, params, tower, batch, site):

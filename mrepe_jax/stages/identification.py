@@ -51,16 +51,19 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class ClassSums:
-    """Per-value sums at one site: ``count [K]``, ``raw [K, D]`` and ``unit [K, D]`` (sums of the
-    rows and of the L2-normalised rows), in float64 so that the means equal the whole-array ones."""
+    """Per-value sums at one site: ``count [K]``, ``raw [K, D]``, ``unit [K, D]`` and ``norm [K]``
+    (sums of the rows, of the L2-normalised rows and of the rows' norms), in float64 so that the
+    means equal the whole-array ones."""
 
     count: np.ndarray
     raw: np.ndarray
     unit: np.ndarray
+    norm: np.ndarray
 
     @classmethod
     def zeros(cls, num_values: int, dim: int) -> ClassSums:
-        return cls(np.zeros(num_values, np.int64), np.zeros((num_values, dim)), np.zeros((num_values, dim)))
+        return cls(np.zeros(num_values, np.int64), np.zeros((num_values, dim)),
+                   np.zeros((num_values, dim)), np.zeros(num_values))
 
     def add(self, rows: np.ndarray, labels: np.ndarray) -> None:
         keep = labels >= 0
@@ -68,6 +71,15 @@ class ClassSums:
         np.add.at(self.count, labels, 1)
         np.add.at(self.raw, labels, rows)
         np.add.at(self.unit, labels, _unit(rows))
+        np.add.at(self.norm, labels, np.linalg.norm(rows, axis=-1))
+
+    def means(self) -> np.ndarray:
+        """Each value's mean row, ``[K, D]`` (what activation patching writes)."""
+        return (self.raw / np.maximum(self.count, 1)[:, None]).astype(np.float32)
+
+    def mean_norm(self) -> float:
+        """The mean L2 norm of the labelled rows (``control.interventions.site_scale``)."""
+        return float(self.norm.sum() / max(int(self.count.sum()), 1))
 
     def prototypes(self) -> np.ndarray:
         """Eq 1's ``prototype_c`` for every value, ``[K, D]``."""
@@ -102,10 +114,12 @@ def accumulate(sums: dict[str, ClassSums] | None, reps: Reps, labels: np.ndarray
 
 @dataclasses.dataclass(frozen=True)
 class Readout:
-    """What the held-out splits need from the train split, per site: prototypes and directions."""
+    """What the held-out splits (and steering) need from the train split, per site: prototypes,
+    directions and the sums they came from."""
 
     prototypes: dict[str, np.ndarray]
     directions: dict[str, np.ndarray]
+    sums: dict[str, ClassSums]
 
     @classmethod
     def from_sums(cls, sums: Mapping[str, ClassSums], family: str = "?") -> Readout:
@@ -115,7 +129,7 @@ class Readout:
             raise ValueError(f"family {family!r} has no train examples of value(s) {empty.tolist()}: "
                              "every value needs some")
         return cls({k: s.prototypes() for k, s in sums.items()},
-                   {k: s.directions() for k, s in sums.items()})
+                   {k: s.directions() for k, s in sums.items()}, dict(sums))
 
     def scores(self, reps: Reps) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``{site: (cosine to each prototype [B, K], projection on each direction [B, K])}``."""

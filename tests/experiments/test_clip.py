@@ -52,7 +52,7 @@ def _mock_as_dataset(self, split, decoders=None, read_config=None, **kwargs):
         "image": np.zeros((n, 1, 1, 3), np.uint8)})
 
 
-SMALL = ["--config.model.batch_size=32", "--config.images.num.train=96",
+SMALL = ["--config.model.batch_size=32", "--config.steer.num_inputs=24", "--config.images.num.train=96",
          "--config.images.num.validation=64", "--config.images.num.test=64",
          "--config.captions.limit=400", "--config.causal.num_pairs=4",
          "--config.causal.bootstrap_resamples=100"]
@@ -97,7 +97,10 @@ def _check_run(workdir, hf_clip, towers_families):
             top = results["causal"][tower][family]
             assert -1.0 <= top["spearman_exact_vs_attribution"] <= 1.0 and top["num_pairs"] == 4
             assert (workdir / f"patching_{tower}_{family}_layer_position.png").stat().st_size > 1000
+            steer = results["steering"][tower][family]
+            assert set(steer["direct"]) == {"0.1", "0.3", "1.0"} and 0 <= steer["ap"] <= 1
     assert (workdir / "patching_vision_object_layer_head.png").is_file()
+    assert "## Table 3: intervention success rates" in report
     return results, report
 
 

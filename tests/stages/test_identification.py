@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from mrepe_jax.control.interventions import site_scale
 from mrepe_jax.reading.directions import direction_mean_diff
 from mrepe_jax.reading.prototypes import auroc, identification_score
 from mrepe_jax.stages import identification as ident
@@ -24,6 +25,9 @@ def test_batched_sums_give_the_whole_array_prototypes_directions_and_scores():
     readout = ident.Readout.from_sums(sums)
     whole = identification_score(train_x, train_y, test_x, test_y, num_values=3)
     np.testing.assert_allclose(readout.prototypes["s"], whole.prototypes, atol=1e-6)
+    np.testing.assert_allclose(readout.sums["s"].means(), [train_x[train_y == c].mean(0) for c in range(3)],
+                               atol=1e-5)
+    assert readout.sums["s"].mean_norm() == pytest.approx(site_scale(train_x), rel=1e-6)
     sims, projs = ident.concat_scores(readout.scores({"s": test_x[lo:lo + 50]})
                                       for lo in range(0, 200, 50))["s"]
     assert ident.macro_auroc(sims, test_y) == pytest.approx(whole.score, abs=1e-6)

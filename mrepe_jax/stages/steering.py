@@ -1,0 +1,92 @@
+"""The steering stage (paper §3.2.3, Table 3) for any CLIP-like model: each value of a concept
+family is a target; held-out inputs of other values are steered toward it at one site, and the
+tower's zero-shot prediction among the family's prompts says whether they moved.
+
+Methods, each every target's in one compiled call (``control.evaluate.steered_predictions``):
+
+- *None*: no intervention (how often inputs are predicted as the target anyway);
+- *Direct* (eq 5): ``Add`` of ``alpha x scale x unit(Delta_c)`` on every token, ``Delta_c`` the eq 6
+  mean difference (target vs the family's other values) and ``scale`` the site's mean norm;
+- *AP*: the site replaced by the target's mean activation (patching without a direction).
+
+Success: among inputs whose true value is not the target, the share now predicted as the target
+(``control.evaluate.success_rate``), averaged over targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mrepe_jax.control.evaluate import steered_predictions, success_rate
+from mrepe_jax.control.interventions import direct
+from mrepe_jax.edits import Replace
+
+
+@dataclasses.dataclass(frozen=True)
+class EditEq5:
+    """Eq 5 at ``site`` from one intervention's arrays (``delta``, ``alpha``, ``scale``): a frozen
+    dataclass, so that equal instances are one static argument and one compiled program."""
+
+    site: str
+
+    def __call__(self, p):
+        return direct(self.site, p["delta"], p["alpha"], p["scale"])
+
+
+@dataclasses.dataclass(frozen=True)
+class EditAP:
+    """Activation patching of the target's mean: ``Replace(p["mean"])`` at ``site``."""
+
+    site: str
+
+    def __call__(self, p):
+        return {self.site: Replace(p["mean"])}
+
+
+def last_resid(model, tower: str) -> str:
+    """The site the stage steers by default: the tower's last layer's ``resid_post``."""
+    return f"{tower}.layers.{model.tower_layers()[tower] - 1}.resid_post"
+
+
+def steer(model, params, tower: str, inputs, mask, labels: np.ndarray, site: str,
+          directions: np.ndarray, means: np.ndarray, scale: float, alphas, prompts: np.ndarray) -> dict:
+    """Table 3's success rates of one tower and family.
+
+    Args:
+      inputs, mask: the held-out inputs ``[N, ...]`` and, for text, their attention mask.
+      labels: their values ``[N]`` (``-1``: unlabelled, never counted).
+      directions, means: ``[K, D]`` eq 6 directions and mean activations at ``site`` (train split).
+      scale: the site's mean norm; ``alphas``: eq 5 steps in its units.
+      prompts: ``[K, D]`` unit-norm prompt embeddings of the family's values.
+    Returns ``{"none", "ap": success, "direct": {alpha: success}, "per_target": {...}}``.
+    """
+    labels = np.asarray(labels)
+    k, alphas = len(directions), [float(a) for a in alphas]
+    targets = [c for c in range(k) if np.any((labels >= 0) & (labels != c))]
+    if not targets:
+        raise ValueError(f"steering {tower}: no held-out input of a value other than the targets")
+    variables, family = {"params": params}, {"f": prompts}
+    eq5 = {"delta": np.repeat(directions[targets], len(alphas) + 1, axis=0).astype(np.float32),
+           "alpha": np.tile(np.asarray([0.0] + alphas, np.float32), len(targets)),
+           "scale": np.full((len(alphas) + 1) * len(targets), scale, np.float32)}
+    direct_preds = steered_predictions(model, variables, tower, inputs, mask, EditEq5(site), eq5,
+                                       family)["f"].reshape(len(targets), len(alphas) + 1, -1)
+    ap_preds = steered_predictions(model, variables, tower, inputs, mask, EditAP(site),
+                                   {"mean": means[targets].astype(np.float32)}, family)["f"]
+    keep = labels >= 0
+
+    def success(pred, c):
+        return success_rate(pred[keep], labels[keep], c)
+
+    per_target = {int(c): {"none": success(direct_preds[i, 0], c), "ap": success(ap_preds[i], c),
+                           "direct": {str(a): success(direct_preds[i, j + 1], c)
+                                      for j, a in enumerate(alphas)}}
+                  for i, c in enumerate(targets)}
+    rows = list(per_target.values())
+    return {"site": site, "alphas": alphas, "num_inputs": int(keep.sum()),
+            "none": float(np.mean([r["none"] for r in rows])),
+            "ap": float(np.mean([r["ap"] for r in rows])),
+            "direct": {str(a): float(np.mean([r["direct"][str(a)] for r in rows])) for a in alphas},
+            "per_target": per_target}

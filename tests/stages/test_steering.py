@@ -1,0 +1,46 @@
+"""The steering stage (eq 5 and patching, Table 3) on a tiny CLIP with planted classes."""
+
+import numpy as np
+import pytest
+
+from mrepe_jax.models.clip import normalize
+from mrepe_jax.stages import identification, steering
+from tests.models.tiny import tiny_clip
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, variables, _, _, _ = tiny_clip()
+    params = variables["params"]
+    rng = np.random.default_rng(0)
+    tints = rng.normal(size=(3, 1, 1, 3)) * 2.0  # three classes: images of one tint each
+    labels = np.arange(48) % 3
+    images = (rng.normal(size=(48, 16, 16, 3)) * 0.3 + tints[labels]).astype(np.float32)
+    site = steering.last_resid(model, "vision")
+    reps = identification.read_batch(model, params, "vision", {"image": images}, "image",
+                                     sites=(site, "vision.proj"))
+    sums = identification.accumulate(None, {site: reps[site]}, labels, 3)[site]
+    proj = np.asarray(normalize(reps["vision.proj"]))
+    prompts = np.stack([proj[labels == c].mean(0) for c in range(3)])  # each class's own mean
+    prompts /= np.linalg.norm(prompts, axis=-1, keepdims=True)
+    return model, params, images, labels, site, sums, prompts
+
+
+def test_direct_steering_moves_predictions_toward_the_target_and_alpha_zero_is_none(setup):
+    model, params, images, labels, site, sums, prompts = setup
+    out = steering.steer(model, params, "vision", images, None, labels, site, sums.directions(),
+                         sums.means(), sums.mean_norm(), (0.0, 1.0, 4.0), prompts)
+    assert out["direct"]["0.0"] == out["none"] < 0.2  # the classes are told apart unsteered
+    assert out["direct"]["4.0"] > 0.9 and out["direct"]["4.0"] >= out["direct"]["1.0"] >= out["none"]
+    assert out["ap"] > 0.9  # the target's mean activation carries the class
+    assert set(out["per_target"]) == {0, 1, 2} and out["num_inputs"] == 48
+
+
+def test_unlabelled_inputs_are_not_counted(setup):
+    model, params, images, labels, site, sums, prompts = setup
+    masked = np.where(np.arange(48) < 24, labels, -1)
+    a = steering.steer(model, params, "vision", images, None, masked, site, sums.directions(),
+                       sums.means(), sums.mean_norm(), (1.0,), prompts)
+    b = steering.steer(model, params, "vision", images[:24], None, labels[:24], site,
+                       sums.directions(), sums.means(), sums.mean_norm(), (1.0,), prompts)
+    assert a["num_inputs"] == 24 and a["direct"] == b["direct"] and a["ap"] == b["ap"]
