@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,11 +70,8 @@ def worker(checkpoint: str, data: str, n: int) -> dict:
 
 def run_worker(checkpoint: Path, data: Path, n: int) -> dict:
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
-    out = subprocess.run([sys.executable, __file__, "--worker", str(n), "--checkpoint", str(checkpoint),
-                          "--data", str(data)], capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"worker for n={n} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common.run_worker(__file__, ["--worker", n, "--checkpoint", checkpoint, "--data", data],
+                             env, f"n={n}")
 
 
 def main(argv=None) -> None:

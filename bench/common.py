@@ -266,3 +266,17 @@ def write_tiny_hf_clip(directory, image_size: int = 32, seed: int = 0) -> None:
         for p in model.parameters():
             p.normal_(0, 0.2)
     model.save_pretrained(d, safe_serialization=True)
+
+
+def run_worker(script: str, args, env: dict, what: str) -> dict:
+    """Runs ``python script *args`` in a fresh process (its peak memory and devices its own) and
+    returns the JSON object on its last stdout line; a failure raises with its stderr's tail."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, script, *map(str, args)], capture_output=True, text=True,
+                         env=env, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker for {what} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -131,11 +130,7 @@ def run_worker(n: int, mode: str) -> dict | None:
         return None
     else:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(n)))
-    out = subprocess.run([sys.executable, __file__, "--worker", "--mode", mode], capture_output=True,
-                         text=True, env=env, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"worker for {n} devices failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common.run_worker(__file__, ["--worker", "--mode", mode], env, f"{n} devices")
 
 
 def main(argv=None) -> None:

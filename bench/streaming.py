@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -80,13 +79,7 @@ def worker(n: int, s: dict) -> dict:
 
 def run_worker(n: int, mode: str) -> dict:
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", str(n), "--mode", mode],
-        capture_output=True, text=True, env=env, check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"worker for n={n} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common.run_worker(__file__, ["--worker", n, "--mode", mode], env, f"n={n}")
 
 
 def main(argv=None) -> None:

@@ -45,6 +45,15 @@ def get_config(arg=None):
                       animal=("dog", "cat", "horse", "bird", "cow", "sheep")),
         templates=("a photo of {}.", "a picture with {} in it.")))
 
+    # Table 2: a text -> image map (eq 4, InfoNCE eq 3) on images paired with a caption naming their
+    # class (one of `templates`, drawn per image), CMC (eq 8) on held-out pairs; the map settings
+    # are the paper's §4.1.3 (align.train.MapTrainConfig), one map per seed and kind.
+    c.align = ml_collections.ConfigDict(dict(
+        num_train=1000, num_test=500, seeds=(0, 1, 2), map_kinds=("mrepe", "linear", "procrustes"),
+        templates=("a picture of a {}.", "an image showing a {}.", "a {} in a photo."),
+        map=dict(hidden=128, num_anchors=32, anchors="data+learned", temperature=0.07,
+                 symmetric=True, memory_size=128, batch_size=128, epochs=50, learning_rate=1e-4,
+                 weight_decay=1e-4, checkpoint_every=1000)))
     # Table 3: held-out inputs steered toward each value at the last layer (eq 5 and patching);
     # alpha in units of the site's mean norm (0.1: the paper's).
     c.steer = ml_collections.ConfigDict(dict(num_inputs=128, alphas=(0.1, 0.3, 1.0)))

@@ -11,7 +11,9 @@
   text file); a caption names exactly one value of a family or is unlabelled in it. Captions are
   assigned to train / validation / test by position (``i % 5``: 3 / 1 / 1).
 - Stages: zero-shot accuracy, identification (Table 1, eq 1 and eq 6, streamed:
-  ``stages.identification``), direction bundles with provenance, steering (Table 3's None, Direct
+  ``stages.identification``), direction bundles with provenance, alignment (Table 2: a text ->
+  image map, eq 4 trained with InfoNCE, eq 3, on images paired with a caption naming their
+  class, scored by CMC, eq 8: ``stages.alignment``), steering (Table 3's None, Direct
   eq 5 and AP rows: ``stages.steering``) of held-out images and captions toward each value, causal
   patching (eq 2: ``stages.patching``) of image pairs of two classes and of captions with one word
   swapped.
@@ -23,6 +25,7 @@ import functools
 import os
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,15 +33,16 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from mrepe_jax.align.train import MapTrainConfig, train_maps
 from mrepe_jax.data import concepts
-from mrepe_jax.experiments import clip_report
+from mrepe_jax.experiments import clip_report, toyworld_seeds
 from mrepe_jax.models import clip_convert, hf_files
 from mrepe_jax.models.clip import CLIPModel, normalize
 from mrepe_jax.models.clip_preprocess import (ImagePreprocessConfig, load_tokenizer,
                                               preprocess_images, tokenize)
 from mrepe_jax.reading.bundles import params_hash, save_bundle
 from mrepe_jax.report import workdir as workdir_lib
-from mrepe_jax.stages import identification, patching, steering
+from mrepe_jax.stages import alignment, identification, patching, steering
 
 SPLITS = ("train", "validation", "test")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -66,11 +70,11 @@ class Checkpoint:
     def tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return tokenize(self.tokenizer, texts, self.max_length)
 
-    def read(self, tower: str, batch: dict) -> dict:
-        """``{site: [B, D]}`` at every candidate site, one program per tower (batches are padded
-        to ``batch_size`` by the caller's chunking; the last, smaller one compiles once more)."""
+    def read(self, tower: str, batch: dict, sites=None) -> dict:
+        """``{site: [B, D]}`` at ``sites`` (default: every candidate site), one program per tower
+        and sites (the last, smaller batch of a split compiles once more)."""
         key, mask = ("image", None) if tower == "vision" else ("input_ids", "attention_mask")
-        return identification.read_batch(self.model, self.params, tower, batch, key, mask)
+        return identification.read_batch(self.model, self.params, tower, batch, key, mask, sites)
 
     def prompts(self, values: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """``[K, D]`` unit-norm prompt embeddings, each value's templates averaged (CLIP's prompt
@@ -130,13 +134,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
                      "model": {"name": ckpt.name, "directory": str(ckpt.directory),
                                "weights_sha256": ckpt.hash, "dtype": config.model.dtype},
                      "data": {"images": _describe_images(img), "captions": _describe_captions(cap)}}
-    bar = tqdm(total=5, desc="clip stages", disable=not progress)
+    bar = tqdm(total=6, desc="clip stages", disable=not progress)
 
     # Images: zero-shot, Table 1 of the vision tower, and the test images the contrast pairs use.
     class_prompts = ckpt.prompts(img.classes, img.templates)
     hits, pair_pool = [], ([], [])
+    paired = {"train": ([], []), "test": ([], [])}  # image embeddings and labels for the maps
+    wanted = {s: _align_rows(config.align, s) for s in paired}
 
     def on_image_batch(split, batch, reps, labels):
+        if split in paired and len(paired[split][0]) < wanted[split]:
+            paired[split][0].extend(reps["vision.proj"])
+            paired[split][1].extend(labels[img.family])
         if split == "test":
             proj = reps["vision.proj"] / np.linalg.norm(reps["vision.proj"], axis=-1, keepdims=True)
             hits.append(np.argmax(proj @ class_prompts.T, -1) == labels[img.family])
@@ -185,6 +194,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
                                 "text": (text_rows, text_readouts, dict(cap.families))})
     bar.update()
 
+    bar.set_description("alignment")
+    results["alignment"] = _alignment(ckpt, config, workdir, paired, class_prompts, progress)
+    bar.update()
+
     bar.set_description("steering")
     images, image_labels = np.asarray(pair_pool[0]), np.asarray(pair_pool[1])
     results["steering"] = {"vision": {img.family: _steer(
@@ -223,6 +236,51 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
     workdir_lib.write_json(workdir / "results.json", results)
     workdir_lib.write_text(workdir / "report.md", clip_report.render(results))
     return results
+
+
+def _alignment(ckpt: Checkpoint, config, workdir, paired: dict, class_prompts: np.ndarray,
+               progress: bool) -> dict:
+    """Table 2's Text-Image row: each image paired with a caption naming its class (a template
+    of ``align.templates``, drawn per image), maps text -> image fitted on the train pairs per
+    seed and kind, CMC on the test pairs. The MRepE maps are saved as bundles."""
+    cfg = config.align
+    rng = np.random.default_rng([config.seed, 0xA11])
+    reps = {}
+    for split, (emb, labels) in paired.items():
+        n = _align_rows(cfg, split)
+        emb, labels = np.asarray(emb)[:n], np.asarray(labels)[:n]
+        if len(np.unique(labels)) < 2:
+            raise ValueError(f"alignment needs {split} images of two classes or more; got "
+                             f"{len(labels)} images of classes {np.unique(labels).tolist()}")
+        texts = [cfg.templates[t].format(config.images.classes[c])
+                 for c, t in zip(labels, rng.integers(0, len(cfg.templates), len(labels)))]
+        text = np.concatenate([ckpt.read("text", dict(zip(("input_ids", "attention_mask"),
+                                                          ckpt.tokens(texts[sl]))), ("text.proj",))["text.proj"]
+                               for sl in _chunks(len(texts), ckpt.batch_size)])
+        reps[split] = (text, emb.astype(np.float32))
+    seeds = [int(s) + toyworld_seeds.STRIDE * int(config.seed) for s in cfg.seeds]
+    provenance = {"model": ckpt.name, "weights_sha256": ckpt.hash,
+                  "data": f"{_describe_images(config.images)}; captions from align.templates"}
+    src, tgt = reps["train"]
+    maps = {}
+    for kind in cfg.map_kinds:
+        mcfg = MapTrainConfig(**{**cfg.map.to_dict(), "kind": kind})
+        maps[kind] = train_maps(mcfg, np.stack([src] * len(seeds)), np.stack([tgt] * len(seeds)),
+                                seeds=seeds, source_site="text.proj", target_site="vision.proj",
+                                checkpoint_dir=Path(workdir) / "checkpoints" / "maps" / kind,
+                                provenance=provenance, progress=progress)
+    for seed, m in zip(seeds, maps["mrepe"]):
+        m.save(Path(workdir) / "maps" / f"text_to_vision_proj_seed{seed}")
+    scale = min(float(np.exp(ckpt.params["logit_scale"])), 100.0)  # CLIP clamps it at 100
+    row = alignment.cmc_row(*reps["test"], maps, {config.images.family: class_prompts}, scale,
+                            jax.random.key(seeds[0]))
+    return {"Text-Image": row, "seeds": seeds, "num_train": len(src), "num_test": len(reps["test"][0]),
+            "map_kinds": list(cfg.map_kinds)}
+
+
+def _align_rows(cfg, split: str) -> int:
+    """How many images of ``split`` the maps are fitted (train) or scored (test) on."""
+    return int(cfg.num_train if split == "train" else cfg.num_test)
 
 
 def _steer(ckpt: Checkpoint, tower: str, inputs, mask, labels, readout: identification.Readout,

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from mrepe_jax.report.markdown import section, table
+from mrepe_jax.report.markdown import fmt, section, table
 from mrepe_jax.report.stage_tables import causal_section, table1_section
 
 PAIRS = ("Image pairs: two test images of different classes (the family's values). Caption pairs: "
@@ -36,6 +36,7 @@ def render(results: dict) -> str:
                 "exactly one of the family's words.",
                 table(["family", "train", "validation", "test"],
                       [[f, c["train"], c["validation"], c["test"]] for f, c in labelled.items()])),
+        alignment_section(results["alignment"]),
         steering_section(results["steering"]),
         causal_section(results["causal"], pairs=PAIRS),
         section("Direction bundles", "Each value's eq 6 direction at the family's best site, with "
@@ -43,6 +44,22 @@ def render(results: dict) -> str:
                 "\n".join(f"- `{p}`" for p in results["bundles"])),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def alignment_section(align: dict) -> str:
+    """Table 2's Text-Image row (CMC, eq 8) with every map kind, mean ± std over the map seeds."""
+    row = align["Text-Image"]
+    kinds = [k for k in align["map_kinds"] if k in row]
+    cells = [fmt(row["baseline"])] + [f"{np.mean(row[k]):.3f} ± {np.std(row[k]):.3f}" for k in kinds]
+    return section(
+        "Table 2: cross-modal consistency (CMC, eq 8)",
+        f"Test images paired with a caption naming their class ({align['num_test']} pairs; maps "
+        f"fitted on {align['num_train']}, seeds {align['seeds']}). f: the zero-shot distribution "
+        "over the class prompts; sim = 1 - JSD (bits). Baseline: the model as it is. Map rows: a "
+        "text -> image map (eq 4 for `mrepe`, trained with InfoNCE, eq 3) in the caption's path "
+        f"to the zero-shot head. p (MRepE vs Baseline, paired permutation test): {row['p_value']:.4f}.",
+        table(["pair", "Baseline", *kinds], [["Text-Image", *cells]]),
+    )
 
 
 def steering_section(steer: dict) -> str:

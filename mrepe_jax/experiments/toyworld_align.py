@@ -23,16 +23,14 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from mrepe_jax import parallel
 from mrepe_jax.align.train import MapTrainConfig, train_maps
 from mrepe_jax.align.transfer import Space, steered_predictions, transfer_scores
-from mrepe_jax.metrics.cmc import cmc, zero_shot_distribution
-from mrepe_jax.metrics.stats import paired_permutation_test
 from mrepe_jax.report.plots import learning_curves
+from mrepe_jax.stages.alignment import cmc_row
 
 #: (i, j): phi_{i->j} maps modality i into modality j, and Table 2's row name.
 PAIRS = {("text", "vision"): "Text-Image", ("text", "audio"): "Text-Audio",
@@ -70,31 +68,11 @@ def fit_pair_maps(mcfg: MapTrainConfig, train: dict, point: str, subsets, seeds,
     return out
 
 
-@jax.jit
-def _sims(emb_i, emb_j, prompts: tuple, scale):
-    return jnp.mean(jnp.stack([cmc(zero_shot_distribution(emb_i, p, scale),
-                                   zero_shot_distribution(emb_j, p, scale))[1] for p in prompts]), 0)
-
-
-def _per_pair_sims(emb_i, emb_j, prompts: dict, scale) -> np.ndarray:
-    """Per test pair, eq 8's ``sim`` averaged over the families: ``[N]``."""
-    return np.asarray(_sims(jnp.asarray(emb_i), jnp.asarray(emb_j), tuple(prompts.values()), scale))
-
-
 def cmc_table(test: dict, prompts: dict, scale: float, maps: dict, key) -> dict:
-    """Per pair: Baseline CMC, each map kind's CMC per seed, and the permutation p-value of
-    MRepE (per-pair sims averaged over seeds) against Baseline on the same test pairs."""
-    out = {}
-    for (i, j), name in PAIRS.items():
-        r_i, r_j = test[i][f"{i}.proj"], test[j][f"{j}.proj"]
-        base = _per_pair_sims(r_i, r_j, prompts, scale)
-        row = {"baseline": float(base.mean())}
-        per_kind = {kind: [_per_pair_sims(np.asarray(m(r_i)), r_j, prompts, scale) for m in ms[(i, j)]]
-                    for kind, ms in maps.items()}
-        row.update({kind: [float(s.mean()) for s in sims] for kind, sims in per_kind.items()})
-        row["p_value"] = paired_permutation_test(np.mean(per_kind["mrepe"], 0), base, key)
-        out[name] = row
-    return out
+    """``stages.alignment.cmc_row`` of every pair of towers (Table 2)."""
+    return {name: cmc_row(test[i][f"{i}.proj"], test[j][f"{j}.proj"],
+                          {kind: ms[(i, j)] for kind, ms in maps.items()}, prompts, scale, key)
+            for (i, j), name in PAIRS.items()}
 
 
 def transfer_table(model, params, world, train: dict, test: dict, labels: dict, prompts: dict,

@@ -52,7 +52,11 @@ def _mock_as_dataset(self, split, decoders=None, read_config=None, **kwargs):
         "image": np.zeros((n, 1, 1, 3), np.uint8)})
 
 
-SMALL = ["--config.model.batch_size=32", "--config.steer.num_inputs=24", "--config.images.num.train=96",
+SMALL = ["--config.model.batch_size=32", "--config.steer.num_inputs=24",
+         "--config.align.num_train=64", "--config.align.num_test=32", "--config.align.seeds=(0, 1)",
+         "--config.align.map.epochs=2", "--config.align.map.batch_size=16",
+         "--config.align.map.memory_size=16", "--config.align.map.hidden=8",
+         "--config.align.map.num_anchors=4", "--config.images.num.train=96",
          "--config.images.num.validation=64", "--config.images.num.test=64",
          "--config.captions.limit=400", "--config.causal.num_pairs=4",
          "--config.causal.bootstrap_resamples=100"]
@@ -101,6 +105,12 @@ def _check_run(workdir, hf_clip, towers_families):
             assert set(steer["direct"]) == {"0.1", "0.3", "1.0"} and 0 <= steer["ap"] <= 1
     assert (workdir / "patching_vision_object_layer_head.png").is_file()
     assert "## Table 3: intervention success rates" in report
+    assert "## Table 2: cross-modal consistency (CMC, eq 8)" in report
+    row = results["alignment"]["Text-Image"]
+    assert 0 <= row["baseline"] <= 1 and 0 < row["p_value"] <= 1
+    assert {len(row[k]) for k in ("mrepe", "linear", "procrustes")} == {2}
+    for seed in results["alignment"]["seeds"]:
+        assert (workdir / "maps" / f"text_to_vision_proj_seed{seed}.safetensors").is_file()
     return results, report
 
 
