@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     n = args.n or (60 if args.tiny else 600)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        common.write_tiny_hf_clip(tmp / "clip")
+        common.write_hf_clip(tmp / "clip")
         runs = {}
         for tag, size in (("1x", n), ("10x", 10 * n)):
             write_data(tmp / tag, size)

@@ -228,11 +228,21 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def write_tiny_hf_clip(directory, image_size: int = 32, seed: int = 0) -> None:
-    """A tiny random transformers CLIP (2 layers of width 16 per tower, every tensor drawn from
-    N(0, 0.2): HF's init zeroes biases and sets LayerNorms to 1/0) saved as a checkpoint directory
-    (safetensors) with a character-level CLIP tokenizer and an ``image_size`` image processor:
-    what ``configs/clip.py`` runs on where no real checkpoint can be downloaded."""
+#: ``write_hf_clip`` shapes: a tiny CLIP for tests, and ViT-B/32's (openai/clip-vit-base-patch32).
+HF_CLIP_SHAPES = {
+    "tiny": dict(image_size=32, patch_size=8, vision=(16, 32, 2, 2), text=(16, 32, 2, 2), text_positions=40,
+                 projection_dim=16),
+    "b32": dict(image_size=224, patch_size=32, vision=(768, 3072, 12, 12), text=(512, 2048, 12, 8),
+                text_positions=77, projection_dim=512),
+}
+
+
+def write_hf_clip(directory, shape: str = "tiny", seed: int = 0) -> None:
+    """A random transformers CLIP of ``HF_CLIP_SHAPES[shape]`` (every tensor drawn from N(0, 0.2)
+    for the tiny one: HF's init zeroes biases and sets LayerNorms to 1/0; HF's init for b32, whose
+    depth would blow up such weights) saved as a checkpoint directory (safetensors) with a
+    character-level CLIP tokenizer and a processor of its image size: what ``configs/clip.py``
+    runs on where no real checkpoint can be downloaded."""
     import json
     import pathlib
     import string
@@ -240,6 +250,7 @@ def write_tiny_hf_clip(directory, image_size: int = 32, seed: int = 0) -> None:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
+    s = HF_CLIP_SHAPES[shape]
     d = pathlib.Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -251,20 +262,25 @@ def write_tiny_hf_clip(directory, image_size: int = 32, seed: int = 0) -> None:
     (bpe / "vocab.json").write_text(json.dumps(vocab))
     (bpe / "merges.txt").write_text("#version: 0.2\n")
     CLIPTokenizer.from_pretrained(bpe, local_files_only=True).save_pretrained(d)
-    CLIPImageProcessor(size={"shortest_edge": image_size},
-                       crop_size={"height": image_size, "width": image_size}).save_pretrained(d)
+    size = s["image_size"]
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(d)
+
+    def tower(widths):
+        hidden, mlp, layers, heads = widths
+        return dict(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                    num_attention_heads=heads)
+
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=40, bos_token_id=0,
-                         eos_token_id=1, pad_token_id=1),
-        vision_config=dict(image_size=image_size, patch_size=8, hidden_size=16, intermediate_size=32,
-                           num_hidden_layers=2, num_attention_heads=2),
-        projection_dim=16)
+        text_config=dict(vocab_size=len(vocab), max_position_embeddings=s["text_positions"], bos_token_id=0,
+                         eos_token_id=1, pad_token_id=1, **tower(s["text"])),
+        vision_config=dict(image_size=size, patch_size=s["patch_size"], **tower(s["vision"])),
+        projection_dim=s["projection_dim"])
     torch.manual_seed(seed)
     model = CLIPModel(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
+    if shape == "tiny":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.2)
     model.save_pretrained(d, safe_serialization=True)
 
 

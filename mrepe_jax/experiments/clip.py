@@ -134,7 +134,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
                      "model": {"name": ckpt.name, "directory": str(ckpt.directory),
                                "weights_sha256": ckpt.hash, "dtype": config.model.dtype},
                      "data": {"images": _describe_images(img), "captions": _describe_captions(cap)}}
-    bar = tqdm(total=6, desc="clip stages", disable=not progress)
+    clock = _Stages(6, progress)
 
     # Images: zero-shot, Table 1 of the vision tower, and the test images the contrast pairs use.
     class_prompts = ckpt.prompts(img.classes, img.templates)
@@ -158,15 +158,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
                                 leave=False, disable=not progress):
             yield {"image": ckpt.images(raw)}, {img.family: labels}
 
-    bar.set_description("identification: images")
+    clock.start("identification: images")
     vision_rows, vision_readouts = identification.stream_identify(
         functools.partial(ckpt.read, "vision"), image_batches, {img.family: len(img.classes)},
         identification.candidate_sites(ckpt.model, "vision"), "vision.proj", on_image_batch)
     results["zero_shot"] = {"vision": {img.family: float(np.mean(np.concatenate(hits)))}}
-    bar.update()
 
     # Captions: Table 1 of the text tower.
-    bar.set_description("identification: captions")
+    clock.start("identification: captions")
     captions = caption_source(cap)
     word_labels = {f: concepts.word_labels(captions, values) for f, values in cap.families.items()}
     parts = caption_split(len(captions))
@@ -185,20 +184,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         functools.partial(ckpt.read, "text"), caption_batches,
         {f: len(v) for f, v in cap.families.items()},
         identification.candidate_sites(ckpt.model, "text"), "text.proj")
-    bar.update()
     results["identification"] = _table1(vision_rows, text_rows)
 
-    bar.set_description("direction bundles")
+    clock.start("direction bundles")
     results["bundles"] = _save_bundles(
         workdir, ckpt, config, {"vision": (vision_rows, vision_readouts, {img.family: img.classes}),
                                 "text": (text_rows, text_readouts, dict(cap.families))})
-    bar.update()
 
-    bar.set_description("alignment")
+    clock.start("alignment")
     results["alignment"] = _alignment(ckpt, config, workdir, paired, class_prompts, progress)
-    bar.update()
 
-    bar.set_description("steering")
+    clock.start("steering")
     images, image_labels = np.asarray(pair_pool[0]), np.asarray(pair_pool[1])
     results["steering"] = {"vision": {img.family: _steer(
         ckpt, "vision", images[:config.steer.num_inputs], None, image_labels[:config.steer.num_inputs],
@@ -209,9 +205,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         results["steering"]["text"][family] = _steer(
             ckpt, "text", ids, mask, word_labels[family][rows], text_readouts[family],
             ckpt.prompts(values, cap.templates), config.steer.alphas)
-    bar.update()
 
-    bar.set_description("causal patching")
+    clock.start("causal patching")
     rng = np.random.default_rng([config.seed, 0xCA5A1])
     causal = {"vision": {}, "text": {}}
     contrast = image_contrast(images, image_labels, config.causal.num_pairs, rng)
@@ -230,8 +225,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
             ckpt.model, ckpt.params, "text", family, contrast, ckpt.prompts(values, cap.templates),
             workdir, seed=config.seed, n_resamples=config.causal.bootstrap_resamples)
     results["causal"] = causal
-    bar.update()
-    bar.close()
+    results["stage_seconds"] = clock.close()
     results["seconds"] = round(time.perf_counter() - t0, 1)
     workdir_lib.write_json(workdir / "results.json", results)
     workdir_lib.write_text(workdir / "report.md", clip_report.render(results))
@@ -281,6 +275,32 @@ def _alignment(ckpt: Checkpoint, config, workdir, paired: dict, class_prompts: n
 def _align_rows(cfg, split: str) -> int:
     """How many images of ``split`` the maps are fitted (train) or scored (test) on."""
     return int(cfg.num_train if split == "train" else cfg.num_test)
+
+
+class _Stages:
+    """The run's stage bar, and each stage's wall time (results.json's ``stage_seconds``)."""
+
+    def __init__(self, total: int, progress: bool):
+        self.bar = tqdm(total=total, desc="clip stages", disable=not progress)
+        self.seconds: dict[str, float] = {}
+        self.current: tuple[str, float] | None = None
+
+    def start(self, name: str) -> None:
+        self._finish()
+        self.bar.set_description(name)
+        self.current = (name, time.perf_counter())
+
+    def _finish(self) -> None:
+        if self.current is not None:
+            name, t0 = self.current
+            self.seconds[name] = round(time.perf_counter() - t0, 1)
+            self.bar.update()
+            self.current = None
+
+    def close(self) -> dict[str, float]:
+        self._finish()
+        self.bar.close()
+        return self.seconds
 
 
 def _steer(ckpt: Checkpoint, tower: str, inputs, mask, labels, readout: identification.Readout,

@@ -26,7 +26,7 @@ ANIMALS = ("dog", "cat", "horse", "bird", "cow", "sheep")
 def hf_clip(tmp_path_factory):
     """A tiny random transformers CLIP saved as a checkpoint directory (``bench.common``)."""
     d = tmp_path_factory.mktemp("hf_clip")
-    common.write_tiny_hf_clip(d)
+    common.write_hf_clip(d)
     return d
 
 
