@@ -51,6 +51,7 @@ def write_data(root: Path, classes, per_split: dict, size: int, captions: int) -
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="smoke-test sizes")
+    ap.add_argument("--progress", action="store_true", help="the experiment's progress bars on stderr")
     args = ap.parse_args(argv)
 
     import jax
@@ -78,8 +79,9 @@ def main(argv=None) -> None:
         c.model.name = str(tmp / "clip")
         c.images.update(source="folder", path=str(tmp / "data"))
         c.captions.update(source="file", path=str(tmp / "data" / "captions.txt"))
+        print(f"data and checkpoint written in {setup:.1f} s", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        results = clip.run(c, tmp / "work", progress=False)
+        results = clip.run(c, tmp / "work", progress=args.progress)
         seconds = time.perf_counter() - t0
     print(f"{shape} CLIP on {common.describe_device()}: data and checkpoint written in {setup:.1f} s")
     for name, s in results["stage_seconds"].items():
