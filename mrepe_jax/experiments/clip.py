@@ -126,6 +126,13 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress: bool = True) -> dict:
+    """Every stage (module docstring) into ``workdir``: results.json, report.md, heatmaps,
+    ``directions/`` and ``maps/`` bundles. One process: on several, each would redo the whole run
+    and write the same files, so that is refused."""
+    if jax.process_count() > 1:
+        raise NotImplementedError(
+            f"the clip experiment runs in one process, not {jax.process_count()}: its stages are not "
+            "sharded over processes yet; launch it without --num_processes")
     workdir = workdir_lib.prepare(workdir)
     t0 = time.perf_counter()
     ckpt = Checkpoint(config.model)
