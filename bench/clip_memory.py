@@ -59,6 +59,9 @@ def worker(checkpoint: str, data: str, n: int) -> dict:
     c.captions.update(source="file", path=os.path.join(data, "captions.txt"), limit=n)
     c.captions.families = {"colour": WORDS}
     c.causal.update(num_pairs=4, heads=False, bootstrap_resamples=100)
+    # The maps fit on a fixed number of pairs (a config limit, not the data's size), small here.
+    c.align.update(num_train=48, num_test=24)
+    c.align.map.update(epochs=2, batch_size=16, memory_size=16)
     rss_start = common.rss_mb()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
