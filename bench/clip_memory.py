@@ -33,18 +33,8 @@ WORDS = ("red", "blue", "green")
 
 def write_data(root: Path, n: int) -> None:
     """``n`` train images, ``n // 2`` validation and test images, ``n`` captions."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", n), ("val", n // 2), ("test", n // 2)):
-        for k, c in enumerate(CLASSES):
-            (root / split / c).mkdir(parents=True)
-            for i in range(count // len(CLASSES)):
-                img = rng.integers(0, 120, (32, 32, 3)) + np.eye(3, dtype=int)[k] * 120
-                Image.fromarray(img.astype(np.uint8)).save(root / split / c / f"{i:05d}.png")
-    lines = [f"a {WORDS[i % 3]} {CLASSES[i % 2]} in a field." for i in range(n)]
-    (root / "captions.txt").write_text("\n".join(lines) + "\n")
+    common.write_concept_data(root, CLASSES, {"train": n, "val": n // 2, "test": n // 2}, 32,
+                              {"colour": WORDS}, n)
 
 
 def worker(checkpoint: str, data: str, n: int) -> dict:

@@ -3,7 +3,8 @@
 Writes a random transformers CLIP of openai/clip-vit-base-patch32's shape (``common.write_hf_clip``,
 a character-level tokenizer: captions are longer in tokens than with CLIP's BPE) and a local data
 set of the default config's size (an image folder of CIFAR-10's ten classes at 224 px, 2,000 /
-500 / 1,000 train / validation / test images; 10,000 captions naming colours and animals), then
+500 / 1,000 train / validation / test images; 10,000 captions naming the config's colours and
+animals), then
 runs the experiment with the default config (only the model and data sources changed) and prints
 each stage's seconds. The weights are random, so the report's figures mean nothing; the cost is
 that of the real checkpoint, which cannot be downloaded here.
@@ -26,27 +27,6 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common
-
-COLOURS = ("red", "blue", "green", "yellow", "white", "black")
-ANIMALS = ("dog", "cat", "horse", "bird", "cow", "sheep")
-
-
-def write_data(root: Path, classes, per_split: dict, size: int, captions: int) -> None:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    tints = rng.integers(0, 256, (len(classes), 3))
-    for split, n in per_split.items():
-        for k, c in enumerate(classes):
-            (root / split / c).mkdir(parents=True)
-            for i in range(-(-n // len(classes))):
-                img = np.clip(rng.normal(tints[k], 40, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(img).save(root / split / c / f"{i:05d}.png")
-    lines = [f"a {COLOURS[rng.integers(6)]} {ANIMALS[rng.integers(6)]} standing in a field."
-             for _ in range(captions)]
-    (root / "captions.txt").write_text("\n".join(lines) + "\n")
-
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -74,7 +54,8 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         common.write_hf_clip(tmp / "clip", shape)
         size = common.HF_CLIP_SHAPES[shape]["image_size"]
-        write_data(tmp / "data", c.images.classes, per_split, size, c.captions.limit)
+        common.write_concept_data(tmp / "data", c.images.classes, per_split, size,
+                                  c.captions.families.to_dict(), c.captions.limit)
         setup = time.perf_counter() - t0
         c.model.name = str(tmp / "clip")
         c.images.update(source="folder", path=str(tmp / "data"))

@@ -284,6 +284,32 @@ def write_hf_clip(directory, shape: str = "tiny", seed: int = 0) -> None:
     model.save_pretrained(d, safe_serialization=True)
 
 
+def write_concept_data(root, classes, per_split: dict, size: int, families: dict, captions: int,
+                       seed: int = 0) -> None:
+    """A local data set for ``configs/clip.py``: ``root/<split>/<class>/*.png`` (``per_split``:
+    images per split, spread over the classes; each class its own tint) and ``root/captions.txt``,
+    ``captions`` lines each naming one value of every family in ``families``."""
+    import pathlib
+
+    import numpy as np
+    from PIL import Image
+
+    root = pathlib.Path(root)
+    rng = np.random.default_rng(seed)
+    tints = rng.integers(0, 256, (len(classes), 3))
+    for split, n in per_split.items():
+        for k, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True)
+            for i in range(-(-n // len(classes))):
+                img = np.clip(rng.normal(tints[k], 40, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / c / f"{i:05d}.png")
+    values = [tuple(v) for v in families.values()]
+    picks = [rng.integers(0, len(v), captions) for v in values]
+    lines = [f"a photo of {' and '.join(v[p[n]] for v, p in zip(values, picks))} things."
+             for n in range(captions)]
+    (root / "captions.txt").write_text("\n".join(lines) + "\n")
+
+
 def run_worker(script: str, args, env: dict, what: str) -> dict:
     """Runs ``python script *args`` in a fresh process (its peak memory and devices its own) and
     returns the JSON object on its last stdout line; a failure raises with its stderr's tail."""

@@ -17,18 +17,10 @@ import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+from mrepe_jax.data.source_base import import_tfds, read_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-
-
-def _import_tfds():
-    try:
-        import tensorflow_datasets as tfds  # noqa: PLC0415 - optional dependency, imported lazily
-    except ImportError as e:
-        raise ImportError("TFDS datasets need tensorflow_datasets (and tensorflow); install them "
-                          "with pip install 'mrepe_jax[tfds]'") from e
-    return tfds
 
 
 def _tfds_builder(tfds, name: str, data_dir: str | None):
@@ -84,7 +76,7 @@ def tfds_images(name: str, split: str, classes: Sequence[str], *, batch_size: in
                 ) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
     """Batches ``(images, labels)`` of a TFDS classification dataset's ``split`` (TFDS split
     syntax, e.g. ``"train[:5000]"``), the first ``limit`` examples of the listed ``classes``."""
-    tfds = _import_tfds()
+    tfds = import_tfds("TFDS concept data")
     builder = _tfds_builder(tfds, name, data_dir)
     feature = builder.info.features[label_key] if label_key in builder.info.features else None
     if feature is None or not hasattr(feature, "names"):
@@ -110,14 +102,6 @@ def tfds_images(name: str, split: str, classes: Sequence[str], *, batch_size: in
     return _batched(examples(), batch_size, limit, f"TFDS dataset {name!r} split {split!r}")
 
 
-def _read_image(path: pathlib.Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"could not read image {path}: {e}") from e
-
-
 def folder_images(root: str | pathlib.Path, split: str, classes: Sequence[str], *, batch_size: int,
                   limit: int | None = None) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
     """Batches ``(images, labels)`` from ``root/<split>/<class>/*.png|jpg|...`` (the usual
@@ -140,7 +124,7 @@ def folder_images(root: str | pathlib.Path, split: str, classes: Sequence[str], 
 
     def examples():
         for path, label in order:
-            yield _read_image(path), label
+            yield read_rgb(path), label
 
     return _batched(examples(), batch_size, limit, f"image folder {str(split_dir)!r}")
 
@@ -173,7 +157,7 @@ def tfds_captions(name: str, split: str, *, limit: int | None = None, data_dir: 
                   download: bool = True) -> list[str]:
     """The first caption of each of the first ``limit`` examples of a TFDS image-caption dataset
     (``coco_captions``: ``captions/text``), images left undecoded."""
-    tfds = _import_tfds()
+    tfds = import_tfds("TFDS concept data")
     _tfds_builder(tfds, name, data_dir)
     ds = _load(tfds, name, split, data_dir, download,
                decoders={"image": tfds.decode.SkipDecoding()})

@@ -25,10 +25,10 @@ import wave
 from typing import Any, Iterator, Mapping
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mrepe_jax.data.source_base import (
-    Batch, DataSource, TokenizeFn, check_nonempty, chunk_order, epoch_orders, resize_square)
+    Batch, DataSource, TokenizeFn, check_nonempty, chunk_order, epoch_orders, read_rgb, resize_square)
 from mrepe_jax.data.toyworld_concepts import CONCEPT_FAMILIES
 
 CAPTIONS_FILE = "captions.jsonl"
@@ -62,15 +62,6 @@ def write_wav(path: str | pathlib.Path, waveform: np.ndarray, sample_rate: int) 
         f.setsampwidth(2)
         f.setframerate(int(sample_rate))
         f.writeframes(pcm.astype("<i2").tobytes())
-
-
-def _load_image(path: pathlib.Path, size: int) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"could not read image {path}: {e}") from e
-    return resize_square(rgb, size)
 
 
 class FolderSource(DataSource):
@@ -191,7 +182,7 @@ class FolderSource(DataSource):
     def _batch(self, records: list[dict[str, Any]], index: np.ndarray) -> Batch:
         captions = [r["caption"] for r in records]
         out: Batch = {
-            "image": np.stack([_load_image(r["image"], self.image_size) for r in records]),
+            "image": np.stack([resize_square(read_rgb(r["image"]), self.image_size) for r in records]),
             "caption": captions,
             "index": np.asarray(index, np.int64),
         }

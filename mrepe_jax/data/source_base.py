@@ -17,7 +17,7 @@ import abc
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 Batch = dict[str, Any]
 #: Maps captions to ``(input_ids, attention_mask)``, e.g. ``lambda c: tok.encode(c, 16)``.
@@ -63,6 +63,25 @@ def chunk_order(order: np.ndarray, batch_size: int, drop_remainder: bool) -> Ite
     stop = len(order) - (len(order) % batch_size if drop_remainder else 0)
     for lo in range(0, stop, batch_size):
         yield order[lo:lo + batch_size]
+
+
+def import_tfds(user: str):
+    """``tensorflow_datasets``, imported when ``user`` needs it (an optional dependency)."""
+    try:
+        import tensorflow_datasets as tfds  # noqa: PLC0415 - optional dependency, imported lazily
+    except ImportError as e:
+        raise ImportError(f"{user} needs tensorflow_datasets (and tensorflow); install it with "
+                          "pip install 'mrepe_jax[tfds]'") from e
+    return tfds
+
+
+def read_rgb(path) -> np.ndarray:
+    """The image file at ``path`` as uint8 RGB ``[h, w, 3]``, or an error naming the path."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise ValueError(f"could not read image {path}: {e}") from e
 
 
 def check_nonempty(n: int, what: str) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from mrepe_jax.data.folder_source import FolderSource
 from mrepe_jax.data.source_base import (
-    Batch, DataSource, TokenizeFn, check_nonempty, chunk_order, epoch_orders, resize_square)
+    Batch, DataSource, TokenizeFn, check_nonempty, chunk_order, epoch_orders, import_tfds, resize_square)
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
 
 __all__ = ["DataSource", "ToyWorldSource", "TFDSSource", "FolderSource", "resize_square"]
@@ -54,15 +54,6 @@ class ToyWorldSource(DataSource):
                 yield self.world.batch(idx, split)
 
 
-def _import_tfds():
-    try:
-        import tensorflow_datasets as tfds  # noqa: PLC0415 - optional dependency, imported lazily
-    except ImportError as e:
-        raise ImportError("TFDSSource needs tensorflow_datasets (and tensorflow); install it with "
-                          "pip install 'mrepe_jax[tfds]'") from e
-    return tfds
-
-
 def _first_caption(example: Mapping[str, Any]) -> str:
     """The caption of a TFDS example: coco_captions' ``captions/text[0]`` or a text field."""
     value: Any = None
@@ -92,7 +83,7 @@ class TFDSSource(DataSource):
     def __init__(self, name: str = "coco_captions", *, image_size: int = 224,
                  data_dir: str | None = None, download: bool = True,
                  tokenize: TokenizeFn | None = None, shuffle_buffer: int = 1_000):
-        self.tfds = _import_tfds()
+        self.tfds = import_tfds("TFDSSource")
         self.name = name
         self.image_size = image_size
         self.data_dir = data_dir

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -37,14 +38,18 @@ from mrepe_jax.align.train import MapTrainConfig, train_maps
 from mrepe_jax.data import concepts
 from mrepe_jax.experiments import clip_report, toyworld_seeds
 from mrepe_jax.models import clip_convert, hf_files
-from mrepe_jax.models.clip import CLIPModel, normalize
+from mrepe_jax.models.clip import CLIPModel
 from mrepe_jax.models.clip_preprocess import (ImagePreprocessConfig, load_tokenizer,
                                               preprocess_images, tokenize)
 from mrepe_jax.reading.bundles import params_hash, save_bundle
 from mrepe_jax.report import workdir as workdir_lib
+from mrepe_jax.report.progress import StageBar
 from mrepe_jax.stages import alignment, identification, patching, steering
+from mrepe_jax.train import zero_shot
 
 SPLITS = ("train", "validation", "test")
+STAGES = ("identification: images", "identification: captions", "direction bundles", "alignment",
+          "steering", "causal patching")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -81,14 +86,9 @@ class Checkpoint:
         ensembling)."""
         texts = [t.format(v) for v in values for t in templates]
         ids, mask = self.tokens(texts)
-        emb = np.asarray(_encode_text(self.model, self.params, ids, mask), np.float64)
+        emb = np.asarray(zero_shot.encode_text(self.model, self.params, ids, mask), np.float64)
         emb = emb.reshape(len(values), len(templates), -1).mean(1)
         return (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).astype(np.float32)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _encode_text(model, params, ids, mask):
-    return normalize(model.apply({"params": params}, "text", ids, mask, method="encode")[0])
 
 
 def image_source(cfg: ml_collections.ConfigDict, split: str, batch_size: int):
@@ -141,102 +141,142 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
                      "model": {"name": ckpt.name, "directory": str(ckpt.directory),
                                "weights_sha256": ckpt.hash, "dtype": config.model.dtype},
                      "data": {"images": _describe_images(img), "captions": _describe_captions(cap)}}
-    clock = _Stages(6, progress)
+    with StageBar(STAGES, "clip", progress) as clock:
+        clock.start("identification: images")
+        images = _image_stage(ckpt, config, progress)
+        results["zero_shot"] = {"vision": {img.family: images.zero_shot}}
 
-    # Images: zero-shot, Table 1 of the vision tower, and the test images the contrast pairs use.
-    class_prompts = ckpt.prompts(img.classes, img.templates)
-    hits, pair_pool = [], ([], [])
-    paired = {"train": ([], []), "test": ([], [])}  # image embeddings and labels for the maps
-    wanted = {s: _align_rows(config.align, s) for s in paired}
+        clock.start("identification: captions")
+        texts = _caption_stage(ckpt, cap, progress)
+        results["data"]["labelled_captions"] = texts.counts()
+        results["identification"] = _table1(images.rows, texts.rows)
 
-    def on_image_batch(split, batch, reps, labels):
-        if split in paired and len(paired[split][0]) < wanted[split]:
+        clock.start("direction bundles")
+        results["bundles"] = _save_bundles(
+            workdir, ckpt, config, {"vision": (images.rows, images.readouts, {img.family: img.classes}),
+                                    "text": (texts.rows, texts.readouts, dict(cap.families))})
+
+        clock.start("alignment")
+        results["alignment"] = _alignment(ckpt, config, workdir, images.paired, images.prompts, progress)
+
+        clock.start("steering")
+        n = config.steer.num_inputs
+        results["steering"] = {"vision": {img.family: _steer(
+            ckpt, "vision", images.pool[:n], None, images.pool_labels[:n],
+            images.readouts[img.family], images.prompts, config.steer.alphas)}, "text": {}}
+        for family in cap.families:
+            rows = texts.test_rows(family)[:n]
+            ids, mask = ckpt.tokens([texts.captions[i] for i in rows])
+            results["steering"]["text"][family] = _steer(
+                ckpt, "text", ids, mask, texts.labels[family][rows], texts.readouts[family],
+                texts.prompts[family], config.steer.alphas)
+
+        clock.start("causal patching")
+        rng = np.random.default_rng([config.seed, 0xCA5A1])
+        kw = dict(seed=config.seed, n_resamples=config.causal.bootstrap_resamples)
+        contrast = image_contrast(images.pool, images.pool_labels, config.causal.num_pairs, rng)
+        results["causal"] = {"vision": {img.family: patching.patching(
+            ckpt.model, ckpt.params, "vision", img.family, contrast, images.prompts, workdir,
+            heads=config.causal.heads, **kw)}, "text": {}}
+        for family, values in cap.families.items():
+            rows = texts.test_rows(family)
+            if len(rows) == 0:
+                raise ValueError(f"no test caption names a value of family {family!r} ({list(values)}); "
+                                 "raise captions.limit or change the family's words")
+            contrast = caption_contrast(ckpt, [texts.captions[i] for i in rows], texts.labels[family][rows],
+                                        values, config.causal.num_pairs, rng)
+            results["causal"]["text"][family] = patching.patching(
+                ckpt.model, ckpt.params, "text", family, contrast, texts.prompts[family], workdir, **kw)
+    results["stage_seconds"] = clock.seconds
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    workdir_lib.write_json(workdir / "results.json", results)
+    workdir_lib.write_text(workdir / "report.md", clip_report.render(results))
+    return results
+
+
+@dataclasses.dataclass
+class _Images:
+    """What the image pass leaves for the later stages (all bounded by the config, not the data)."""
+
+    rows: dict  # {family: Table 1 row}
+    readouts: dict  # {family: identification.Readout}
+    prompts: np.ndarray  # [K, D] class prompts
+    zero_shot: float
+    paired: dict  # {"train"|"test": (vision.proj rows, labels)} for the maps
+    pool: np.ndarray  # preprocessed test images for steering and contrast pairs
+    pool_labels: np.ndarray
+
+
+def _image_stage(ckpt: Checkpoint, config, progress: bool) -> _Images:
+    """One streamed pass per split of the image data: Table 1 of the vision tower, zero-shot hits,
+    and the few rows later stages need."""
+    img = config.images
+    prompts = ckpt.prompts(img.classes, img.templates)
+    hits, pool, pool_labels = [], [], []
+    paired = {"train": ([], []), "test": ([], [])}
+    pool_size = max(4 * config.causal.num_pairs, config.steer.num_inputs)
+
+    def on_batch(split, batch, reps, labels):
+        y = labels[img.family]
+        if split in paired and len(paired[split][0]) < _align_rows(config.align, split):
             paired[split][0].extend(reps["vision.proj"])
-            paired[split][1].extend(labels[img.family])
+            paired[split][1].extend(y)
         if split == "test":
-            proj = reps["vision.proj"] / np.linalg.norm(reps["vision.proj"], axis=-1, keepdims=True)
-            hits.append(np.argmax(proj @ class_prompts.T, -1) == labels[img.family])
-            if len(pair_pool[0]) < max(4 * config.causal.num_pairs, config.steer.num_inputs):
-                pair_pool[0].extend(batch["image"])
-                pair_pool[1].extend(labels[img.family])
+            hits.append(zero_shot.predict(reps["vision.proj"], prompts) == y)
+            if len(pool) < pool_size:
+                pool.extend(batch["image"])
+                pool_labels.extend(y)
 
-    def image_batches(split):
+    def batches(split):
         for raw, labels in tqdm(image_source(img, split, ckpt.batch_size), desc=f"images: {split}",
                                 leave=False, disable=not progress):
             yield {"image": ckpt.images(raw)}, {img.family: labels}
 
-    clock.start("identification: images")
-    vision_rows, vision_readouts = identification.stream_identify(
-        functools.partial(ckpt.read, "vision"), image_batches, {img.family: len(img.classes)},
-        identification.candidate_sites(ckpt.model, "vision"), "vision.proj", on_image_batch)
-    results["zero_shot"] = {"vision": {img.family: float(np.mean(np.concatenate(hits)))}}
+    rows, readouts = identification.stream_identify(
+        functools.partial(ckpt.read, "vision"), batches, {img.family: len(img.classes)},
+        identification.candidate_sites(ckpt.model, "vision"), "vision.proj", on_batch)
+    return _Images(rows, readouts, prompts, float(np.mean(np.concatenate(hits))), paired,
+                   np.asarray(pool), np.asarray(pool_labels))
 
-    # Captions: Table 1 of the text tower.
-    clock.start("identification: captions")
+
+@dataclasses.dataclass
+class _Captions:
+    """The captions, each family's word labels and prompts, and Table 1 of the text tower."""
+
+    captions: list
+    labels: dict  # {family: [N] value index, -1 unlabelled}
+    parts: dict  # {split: caption indices}
+    prompts: dict  # {family: [K, D]}
+    rows: dict
+    readouts: dict
+
+    def test_rows(self, family: str) -> np.ndarray:
+        """The test captions that name a value of ``family``."""
+        test = self.parts["test"]
+        return test[self.labels[family][test] >= 0]
+
+    def counts(self) -> dict:
+        return {f: {s: int((lab[self.parts[s]] >= 0).sum()) for s in SPLITS} for f, lab in self.labels.items()}
+
+
+def _caption_stage(ckpt: Checkpoint, cap, progress: bool) -> _Captions:
     captions = caption_source(cap)
-    word_labels = {f: concepts.word_labels(captions, values) for f, values in cap.families.items()}
+    labels = {f: concepts.word_labels(captions, values) for f, values in cap.families.items()}
     parts = caption_split(len(captions))
-    counts = {f: {s: int((lab[parts[s]] >= 0).sum()) for s in SPLITS} for f, lab in word_labels.items()}
-    results["data"]["labelled_captions"] = counts
 
-    def caption_batches(split):
+    def batches(split):
         rows = parts[split]
         for sl in tqdm(list(_chunks(len(rows), ckpt.batch_size)), desc=f"captions: {split}",
                        leave=False, disable=not progress):
             idx = rows[sl]
             ids, mask = ckpt.tokens([captions[i] for i in idx])
-            yield {"input_ids": ids, "attention_mask": mask}, {f: lab[idx] for f, lab in word_labels.items()}
+            yield {"input_ids": ids, "attention_mask": mask}, {f: lab[idx] for f, lab in labels.items()}
 
-    text_rows, text_readouts = identification.stream_identify(
-        functools.partial(ckpt.read, "text"), caption_batches,
-        {f: len(v) for f, v in cap.families.items()},
+    rows, readouts = identification.stream_identify(
+        functools.partial(ckpt.read, "text"), batches, {f: len(v) for f, v in cap.families.items()},
         identification.candidate_sites(ckpt.model, "text"), "text.proj")
-    results["identification"] = _table1(vision_rows, text_rows)
-
-    clock.start("direction bundles")
-    results["bundles"] = _save_bundles(
-        workdir, ckpt, config, {"vision": (vision_rows, vision_readouts, {img.family: img.classes}),
-                                "text": (text_rows, text_readouts, dict(cap.families))})
-
-    clock.start("alignment")
-    results["alignment"] = _alignment(ckpt, config, workdir, paired, class_prompts, progress)
-
-    clock.start("steering")
-    images, image_labels = np.asarray(pair_pool[0]), np.asarray(pair_pool[1])
-    results["steering"] = {"vision": {img.family: _steer(
-        ckpt, "vision", images[:config.steer.num_inputs], None, image_labels[:config.steer.num_inputs],
-        vision_readouts[img.family], class_prompts, config.steer.alphas)}, "text": {}}
-    for family, values in cap.families.items():
-        rows = parts["test"][word_labels[family][parts["test"]] >= 0][:config.steer.num_inputs]
-        ids, mask = ckpt.tokens([captions[i] for i in rows])
-        results["steering"]["text"][family] = _steer(
-            ckpt, "text", ids, mask, word_labels[family][rows], text_readouts[family],
-            ckpt.prompts(values, cap.templates), config.steer.alphas)
-
-    clock.start("causal patching")
-    rng = np.random.default_rng([config.seed, 0xCA5A1])
-    causal = {"vision": {}, "text": {}}
-    contrast = image_contrast(images, image_labels, config.causal.num_pairs, rng)
-    causal["vision"][img.family] = patching.patching(
-        ckpt.model, ckpt.params, "vision", img.family, contrast, class_prompts, workdir,
-        heads=config.causal.heads, seed=config.seed, n_resamples=config.causal.bootstrap_resamples)
-    for family, values in cap.families.items():
-        test_rows = parts["test"][word_labels[family][parts["test"]] >= 0]
-        if len(test_rows) == 0:
-            raise ValueError(f"no test caption names a value of family {family!r} ({list(values)}); "
-                             "raise captions.limit or change the family's words")
-        contrast = caption_contrast(ckpt, [captions[i] for i in test_rows],
-                                    word_labels[family][test_rows], values,
-                                    config.causal.num_pairs, rng)
-        causal["text"][family] = patching.patching(
-            ckpt.model, ckpt.params, "text", family, contrast, ckpt.prompts(values, cap.templates),
-            workdir, seed=config.seed, n_resamples=config.causal.bootstrap_resamples)
-    results["causal"] = causal
-    results["stage_seconds"] = clock.close()
-    results["seconds"] = round(time.perf_counter() - t0, 1)
-    workdir_lib.write_json(workdir / "results.json", results)
-    workdir_lib.write_text(workdir / "report.md", clip_report.render(results))
-    return results
+    prompts = {f: ckpt.prompts(values, cap.templates) for f, values in cap.families.items()}
+    return _Captions(captions, labels, parts, prompts, rows, readouts)
 
 
 def _alignment(ckpt: Checkpoint, config, workdir, paired: dict, class_prompts: np.ndarray,
@@ -282,32 +322,6 @@ def _alignment(ckpt: Checkpoint, config, workdir, paired: dict, class_prompts: n
 def _align_rows(cfg, split: str) -> int:
     """How many images of ``split`` the maps are fitted (train) or scored (test) on."""
     return int(cfg.num_train if split == "train" else cfg.num_test)
-
-
-class _Stages:
-    """The run's stage bar, and each stage's wall time (results.json's ``stage_seconds``)."""
-
-    def __init__(self, total: int, progress: bool):
-        self.bar = tqdm(total=total, desc="clip stages", disable=not progress)
-        self.seconds: dict[str, float] = {}
-        self.current: tuple[str, float] | None = None
-
-    def start(self, name: str) -> None:
-        self._finish()
-        self.bar.set_description(name)
-        self.current = (name, time.perf_counter())
-
-    def _finish(self) -> None:
-        if self.current is not None:
-            name, t0 = self.current
-            self.seconds[name] = round(time.perf_counter() - t0, 1)
-            self.bar.update()
-            self.current = None
-
-    def close(self) -> dict[str, float]:
-        self._finish()
-        self.bar.close()
-        return self.seconds
 
 
 def _steer(ckpt: Checkpoint, tower: str, inputs, mask, labels, readout: identification.Readout,

@@ -8,7 +8,6 @@ every random choice (``toyworld_seeds``; the effective seeds are results.json's 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -17,7 +16,6 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 from mrepe_jax import parallel
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
@@ -28,6 +26,7 @@ from mrepe_jax.experiments.toyworld_report_control import COLUMNS
 from mrepe_jax.models.clip import normalize
 from mrepe_jax.reading.bundles import params_hash
 from mrepe_jax.report import workdir as workdir_lib
+from mrepe_jax.report.progress import StageBar
 from mrepe_jax.train import toyclip, zero_shot
 from mrepe_jax.train.toyclip import MAX_LOGIT_SCALE
 
@@ -77,40 +76,14 @@ def stage_names(extra: tuple) -> list[str]:
     return [name for name in order if name in runs]
 
 
-@contextlib.contextmanager
-def _stage_bar(names: list, label: str, progress: bool):
-    """One bar over ``names``: ``announce(name)`` names the stage now running and moves the bar
-    past the previous one, so that the quiet stretches between the inner bars (map fits,
-    training) say where the run is."""
-    bar = tqdm(total=len(names), desc=label or "stages", unit="stage", disable=not progress,
-               dynamic_ncols=True)
-    done = []
-
-    def announce(name: str):
-        if name not in names:
-            raise ValueError(f"stage {name!r} is not among the stages announced: {names}")
-        if done:
-            bar.update(1)
-        done.append(name)
-        bar.set_description(f"{label}: {name}" if label else name)
-
-    try:
-        yield announce
-        if done:
-            bar.update(1)
-        bar.set_description(f"{label}: done" if label else "done")
-    finally:
-        bar.close()
-
-
 def _stages(model, params, world: ToyWorld, config, workdir, mesh, extra: tuple = COSTS + STUDIES,
             progress: bool = True, label: str = "") -> dict:
     """Zero-shot evaluation, identification (Table 1, directions), alignment (Table 2, transfer),
     steering (Table 3) and safety (Tables 4 and 6); and those of ``COSTS`` and ``STUDIES`` named in
     ``extra``: costs (Table 5), causal effects, the captioner, transfer across architectures.
     ``config``: the seeded config (``toyworld_seeds.apply``); ``label`` prefixes the stage bar."""
-    with _stage_bar(stage_names(extra), label, progress) as announce:
-        return _run_stages(model, params, world, config, workdir, mesh, extra, progress, announce)
+    with StageBar(stage_names(extra), label, progress) as bar:
+        return _run_stages(model, params, world, config, workdir, mesh, extra, progress, bar.start)
 
 
 def _run_stages(model, params, world: ToyWorld, config, workdir, mesh, extra: tuple, progress: bool,

@@ -27,14 +27,18 @@ def table1_section(ident: Mapping, model: str, towers=("text", "vision", "audio"
         rows.append([name] + [_mean_std(v) for v in per_tower] + [_mean_std(sum(per_tower, []))])
     families = list(dict.fromkeys(f for t in towers for f in ident["baseline"][t]))
 
-    def cell(t, f, text):
-        return text if f in ident["baseline"][t] else "-"
+    def detail_cell(t, f):  # a tower's families may differ from another's: "-" where it has none
+        if f not in ident["baseline"][t]:
+            return "-"
+        return f"{ident['baseline'][t][f]:.3f} / {ident['mrepe'][t][f]:.3f} (`{ident['mrepe_site'][t][f]}`)"
 
-    detail = [[f] + [cell(t, f, f"{ident['baseline'][t].get(f, 0):.3f} / {ident['mrepe'][t].get(f, 0):.3f} "
-                                f"(`{ident['mrepe_site'][t].get(f)}`)") for t in towers] for f in families]
-    direction = [[f] + [cell(t, f, f"{ident['direction_auroc'][t].get(f, 0):.3f} "
-                                   f"(`{ident['direction_site'][t].get(f)}`)") for t in towers]
-                 for f in families]
+    def direction_cell(t, f):
+        if f not in ident["direction_auroc"][t]:
+            return "-"
+        return f"{ident['direction_auroc'][t][f]:.3f} (`{ident['direction_site'][t][f]}`)"
+
+    detail = [[f] + [detail_cell(t, f) for t in towers] for f in families]
+    direction = [[f] + [direction_cell(t, f) for t in towers] for f in families]
     columns = [COLUMNS[t] for t in towers]
     return section(
         "Table 1: representation identification" + (f" — {world}" if world else ""),

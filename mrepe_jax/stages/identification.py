@@ -66,12 +66,13 @@ class ClassSums:
                    np.zeros((num_values, dim)), np.zeros(num_values))
 
     def add(self, rows: np.ndarray, labels: np.ndarray) -> None:
-        keep = labels >= 0
-        rows, labels = np.asarray(rows, np.float64)[keep], labels[keep]
-        np.add.at(self.count, labels, 1)
-        np.add.at(self.raw, labels, rows)
-        np.add.at(self.unit, labels, _unit(rows))
-        np.add.at(self.norm, labels, np.linalg.norm(rows, axis=-1))
+        # One-hot [B, K] (all zero for an unlabelled row): every sum is one matmul per batch.
+        onehot = (np.asarray(labels)[:, None] == np.arange(len(self.count))).astype(np.float64)
+        rows = np.asarray(rows, np.float64)
+        self.count += onehot.sum(0).astype(np.int64)
+        self.raw += onehot.T @ rows
+        self.unit += onehot.T @ _unit(rows)
+        self.norm += onehot.T @ np.linalg.norm(rows, axis=-1)
 
     def means(self) -> np.ndarray:
         """Each value's mean row, ``[K, D]`` (what activation patching writes)."""
