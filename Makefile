@@ -18,8 +18,10 @@ $(VENV)/.test: $(VENV)/.base
 	$(PIP) install -q -e '.[test,tfds,bench]'
 	touch $@
 
+# runs/.compile_cache: JAX's persistent compilation cache, so a second demo (any workdir) reads its
+# compiled programs back instead of compiling them again (mrepe_jax/compile_cache.py).
 demo: $(VENV)/.base
-	$(PY) -m launch.run --config=configs/toyworld.py --workdir=runs/demo
+	$(PY) -m launch.run --config=configs/toyworld.py --workdir=runs/demo --compile_cache=runs/.compile_cache
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q -n 2 --dist loadfile

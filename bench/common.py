@@ -6,7 +6,7 @@ script first adds the root (one line: it must run before this module can be foun
 live here). ``python -m bench.<name>`` from the root works as well.
 
 jax, torch and ``mrepe_jax`` are imported inside the functions: a script must be able to set
-``XLA_FLAGS`` (``apply_xla_flags``) before JAX starts its backend, and ``bench/streaming.py``'s
+``XLA_FLAGS`` (``configure_jax``) before JAX starts its backend, and ``bench/streaming.py``'s
 parent process never needs JAX at all.
 """
 
@@ -21,7 +21,8 @@ import platform
 
 
 def define_flags() -> None:
-    """Defines the flags every absl bench takes alike: ``--matmul_n`` and ``--xla_flags``.
+    """Defines the flags every absl bench takes alike: ``--matmul_n``, ``--xla_flags``, ``--dtype``
+    and ``--compile_cache`` (``configure_jax`` applies the second and the last).
 
     Call once at a script's top level, then ``flags.adopt_module_key_flags(common)`` so that the
     script's ``--help`` still lists them (absl shows only the main module's key flags there).
@@ -33,6 +34,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("dtype", "fp32", ["fp32", "bf16"],
                       "compute dtype of both sides; fp32 runs matmuls at full precision (jax "
                       "'highest', torch without TF32) so the two compare like for like")
+    flags.DEFINE_string("compile_cache", "", "JAX's persistent compilation cache directory "
+                        "(mrepe_jax.compile_cache); empty: none, every first call compiles")
 
 
 def tiny_default(name: str, tiny_value, tiny: bool):
@@ -44,11 +47,16 @@ def tiny_default(name: str, tiny_value, tiny: bool):
     return tiny_value if tiny and flag.using_default_value else flag.value
 
 
-def apply_xla_flags(extra: str) -> None:
-    """Appends ``extra`` to ``XLA_FLAGS``. Must run before the first ``import jax`` in the process
-    that times anything: XLA reads the variable once, when its backend starts."""
-    if extra:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
+def configure_jax(flag_values) -> None:
+    """Applies ``--xla_flags`` (appended to ``XLA_FLAGS``) and ``--compile_cache``. Must run before
+    the first ``import jax`` in the process that times anything: XLA reads the variable once, when
+    its backend starts."""
+    if flag_values.xla_flags:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag_values.xla_flags).strip()
+    if flag_values.compile_cache:
+        from mrepe_jax import compile_cache
+
+        compile_cache.enable(flag_values.compile_cache)
 
 
 def jax_dtype(name: str):
@@ -191,7 +199,7 @@ def cpu_name() -> str:
 
 def describe_device() -> str:
     """``platform:kind`` of JAX's first device, plus the CPU model and core count on CPU (the
-    kind alone says just ``cpu``). Imports jax: call it after ``apply_xla_flags``."""
+    kind alone says just ``cpu``). Imports jax: call it after ``configure_jax``."""
     import jax
 
     dev = jax.devices()[0]

@@ -42,7 +42,7 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_bool("tiny", False, "a tiny config, batch 4, 2 iters: a smoke run of the script")
 flags.DEFINE_bool("torch", True, "also time transformers' PyTorch CLIPVisionModelWithProjection")
-common.define_flags()  # --matmul_n, --xla_flags
+common.define_flags()  # --matmul_n, --xla_flags, --dtype, --compile_cache
 flags.adopt_module_key_flags(common)
 
 TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -102,7 +102,7 @@ def torch_forward(config, batch: int, dtype_name: str):
 
 def main(argv):
     del argv
-    common.apply_xla_flags(FLAGS.xla_flags)
+    common.configure_jax(FLAGS)
     import jax
 
     tiny = FLAGS.tiny

@@ -52,7 +52,9 @@ flags.DEFINE_integer("iters", 2, "timed calls after the first; the median is rep
 flags.DEFINE_integer("bootstrap_examples", 100, "examples in the synthetic bootstrap samples")
 flags.DEFINE_bool("nnsight", True, "time nnsight (skipped with a note when not importable)")
 flags.DEFINE_bool("hooks", True, "time batched PyTorch forward hooks")
-common.define_flags()  # --matmul_n, --xla_flags
+flags.DEFINE_string("save_effects", "", "write the exact and attribution effects [layers, "
+                    "positions] to this .npz (bench/compile_time.py compares them across flags)")
+common.define_flags()  # --matmul_n, --xla_flags, --dtype, --compile_cache
 flags.adopt_module_key_flags(common)
 
 
@@ -276,7 +278,7 @@ def _r(x, nd=4):
 
 def main(argv):
     del argv
-    common.apply_xla_flags(FLAGS.xla_flags)
+    common.configure_jax(FLAGS)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -337,6 +339,8 @@ def main(argv):
     print(f"(2) ours attribution: first {at_first:.2f} s, median {at_s * 1e3:.1f} ms; one forward "
           f"(batch 1) {fwd_s * 1e3:.1f} ms -> {at_s / fwd_s:.2f} forward-equivalents")
     ours_eff = np.asarray(exact.effects)  # [layers, positions]
+    if FLAGS.save_effects:
+        np.savez(FLAGS.save_effects, exact=ours_eff, attribution=np.asarray(attr.effects))
     corr = np.corrcoef(ours_eff.ravel(), np.asarray(attr.effects).ravel())[0, 1]
     print(f"    attribution vs exact: correlation {corr:.3f} over {ours_eff.size} sites")
 

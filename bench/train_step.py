@@ -37,7 +37,7 @@ flags.adopt_module_key_flags(common)
 
 def main(argv):
     del argv
-    common.apply_xla_flags(FLAGS.xla_flags)
+    common.configure_jax(FLAGS)
     import jax
 
     from configs import toyworld as toyworld_config

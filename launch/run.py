@@ -5,13 +5,14 @@
         --workdir=runs/clip-b32
 
 Each config sets ``experiment`` to a key of ``EXPERIMENTS``; that module's ``run(config, workdir)``
-does the work and its ``summary(results)`` is what this prints at the end.
+does the work and its ``summary(results)`` is what this prints at the end. ``--compile_cache=DIR``
+keeps compiled programs across runs (``mrepe_jax.compile_cache``); ``make demo`` passes one.
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mrepe_jax import parallel
+from mrepe_jax import compile_cache, parallel
 from mrepe_jax.experiments import clip, toyworld
 
 #: The experiments a config can name (``config.experiment``).
@@ -25,6 +26,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout_seconds", 100, "Multi-host: seconds after which a silent process counts as dead "
     "and the others stop.")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", None, "Directory of JAX's persistent compilation cache: programs compiled by an "
+    "earlier run (any workdir) are read back instead of compiled again. Unset: no cache.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,6 +47,8 @@ def main(argv):
     experiment = experiment_of(_CONFIG.value)
     # orbax logs every checkpoint step at INFO; the progress bars already say where a run is.
     logging.set_verbosity(logging.WARNING)
+    if _COMPILE_CACHE.value:
+        compile_cache.enable(_COMPILE_CACHE.value)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                     _HEARTBEAT.value)
     with parallel.fail_fast():
