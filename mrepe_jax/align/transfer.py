@@ -47,26 +47,44 @@ def random_direction(dim: int, seed) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def _steered(model, variables, tower, pooled, deltas, alpha, prompts):
+def _steered(model, variables, tower, pooled, deltas, alpha, prompts, num_values):
     def one(delta):
         emb, _ = model.apply(variables, tower, pooled, edits={f"{tower}.pooled": Add(delta, alpha)},
                              method="from_pooled")
-        return jnp.argmax(normalize(emb) @ prompts.T, axis=-1)
+        scores = normalize(emb) @ prompts.T
+        # Padded prompt rows are never the answer.
+        return jnp.argmax(jnp.where(jnp.arange(prompts.shape[0]) < num_values, scores, -jnp.inf), axis=-1)
 
     return jax.lax.map(one, deltas)
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    return np.pad(x, ((0, rows - x.shape[0]), (0, 0)))  # on the host: no program per shape
+
+
+def _bucket(n: int) -> int:
+    """The padded size of an axis of ``n``: the next power of two (at least 8), so that families
+    with 3, 4 or 6 values, and direction sets of 48 or 60, share one compiled program."""
+    return max(8, 1 << (n - 1).bit_length())
 
 
 def steered_predictions(model, variables, tower: str, pooled, deltas, alpha, prompts) -> np.ndarray:
     """Eq 5 at ``{tower}.pooled``: for each direction in ``deltas`` [K, D], the zero-shot
     prediction (argmax over ``prompts`` [V, P], unit-norm class-prompt embeddings) of every row
     of ``pooled`` [N, D] after ``Add(delta, alpha)`` at that site: ``[K, N]`` value indices. One
-    compiled program serves every direction of a tower (``lax.map`` over ``deltas``)."""
-    deltas = jnp.asarray(deltas, jnp.float32)
+    compiled program serves every direction set and every family of a tower: ``lax.map`` over
+    ``deltas``, with K and V padded to ``_bucket`` sizes (padded prompts are masked out, padded
+    directions dropped)."""
+    deltas = np.asarray(deltas, np.float32)
     if deltas.ndim != 2 or deltas.shape[1] != np.shape(pooled)[-1]:
         raise ValueError(f"steering directions must be [K, {np.shape(pooled)[-1]}] for "
                          f"{tower}.pooled, got {deltas.shape}")
-    return np.asarray(_steered(model, variables, tower, jnp.asarray(pooled, jnp.float32), deltas,
-                               jnp.float32(alpha), jnp.asarray(prompts, jnp.float32)))
+    prompts = np.asarray(prompts, np.float32)
+    k, v = deltas.shape[0], prompts.shape[0]
+    preds = _steered(model, variables, tower, jnp.asarray(pooled, jnp.float32),
+                     _pad_rows(deltas, _bucket(k)), jnp.float32(alpha),
+                     _pad_rows(prompts, _bucket(v)), jnp.int32(v))
+    return np.asarray(preds[:k])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,6 +52,29 @@ def test_steered_predictions_equal_the_edited_forward():
         steered_predictions(model, v, "vision", pooled, deltas[:, :5], 1.0, prompts)
 
 
+def test_families_and_direction_sets_of_other_sizes_share_one_program():
+    from mrepe_jax.align import transfer
+
+    model, v, pixels, _, _ = tiny_clip()
+    _, acts = model.apply(v, "vision", pixels, capture=("vision.pooled",), method="encode")
+    pooled = acts["vision.pooled"]
+    rng = np.random.default_rng(2)
+    emb, _ = model.apply(v, "vision", pixels, method="encode")
+    steer = lambda k, prompts: steered_predictions(  # noqa: E731
+        model, v, "vision", pooled, 0.1 * rng.normal(size=(k, 32)).astype(np.float32), 1.0, prompts)
+    # One value whose prompt every image scores below zero: a zero-padded prompt row (score 0)
+    # would win unless it is masked out.
+    against = -np.asarray(normalize(emb)).mean(0, keepdims=True)
+    assert np.all(np.asarray(normalize(emb)) @ against.T < 0)
+    np.testing.assert_array_equal(steer(5, against), 0)
+    before = transfer._steered._cache_size()
+    for k, v_count in ((3, 3), (7, 6), (8, 4)):
+        prompts = np.asarray(normalize(jnp.asarray(rng.normal(size=(v_count, 16)), jnp.float32)))
+        preds = steer(k, prompts)
+        assert preds.shape == (k, 2) and preds.max() < v_count
+    assert transfer._steered._cache_size() == before
+
+
 def _space(name, train, test, means, num_steer):
     """A space read by a nearest-class-mean probe (per family: one value per class mean)."""
     def steer(family, deltas, alpha):
