@@ -86,13 +86,13 @@ def worker(s: dict) -> dict:
     state = jax.device_put(toyclip.init_state(tri, world, cfg), parallel.replicated(mesh))
     gbatch = parallel.global_batch(batch, mesh)
     step = loop._guarded(toyclip.TrainStep(tri), mesh)
-    compiled = step.lower(state, gbatch).compile()
+    compiled = step.lower(state, (gbatch,)).compile()
     times = []
     for _ in range(4):
         state = jax.device_put(toyclip.init_state(tri, world, cfg), parallel.replicated(mesh))
         t0 = time.perf_counter()
-        _, metrics, _ = step(state, gbatch)
-        loss = float(parallel.to_host(metrics["loss"]))
+        _, (metrics, _) = step(state, (gbatch,))
+        loss = float(parallel.to_host(metrics["loss"])[0])
         times.append(time.perf_counter() - t0)
     return {"devices": jax.device_count(), "sweep_first_s": first, "sweep_s": steady,
             "effects": effects.tolist(), "sweep_bytes_per_device": sweep_bytes,

@@ -61,6 +61,10 @@ SCRIPT = """
     _, one = toyclip.train(world, cfg, progress=False, pool=pool)
     _, many = toyclip.train(world, cfg, progress=False, pool=pool, mesh=mesh)
     err["train_losses_4_steps"] = float(np.abs(one.losses - many.losses).max())
+    # Two steps per compiled call (a scan of steps, each batch's rows over the 8 devices).
+    _, scanned = toyclip.train(world, tiny_cfg(num_steps=4, steps_per_call=2), progress=False, pool=pool,
+                               mesh=mesh)
+    err["train_losses_2_per_call"] = float(np.abs(one.losses - scanned.losses).max())
     try:  # a global batch the data axis does not divide
         toyclip.train(world, tiny_cfg(num_steps=3, batch_size=12), progress=False, pool=pool, mesh=mesh)
     except ValueError as e:
@@ -189,6 +193,7 @@ def test_training_on_eight_devices_equals_one(eight):
     # agree less tightly: Adam divides by sqrt(v), so a 1e-9 rounding difference in a near-zero
     # gradient moves a weight by up to the learning rate.)
     assert eight["err"]["train_losses_4_steps"] <= 1e-6
+    assert eight["err"]["train_losses_2_per_call"] <= 1e-6
     assert eight["param_sharding"] in ("P()", "PartitionSpec()")  # replicated state
     assert eight["train_programs"] == 1  # no retracing across steps
     assert "batch size 12 is not divisible by the 'data' mesh axis size 8" in eight["indivisible"]

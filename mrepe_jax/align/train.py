@@ -29,7 +29,7 @@ from mrepe_jax.align import contrastive
 from mrepe_jax.align.maps import ANCHOR_MODES, MAP_KINDS, TRAINED_KINDS, init_variables, make_map
 from mrepe_jax.align.mapped import FittedMap
 from mrepe_jax.reading.bundles import params_hash
-from mrepe_jax.train.loop import fit
+from mrepe_jax.train.loop import EXECUTION_KEYS, fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +45,8 @@ class MapTrainConfig:
         a multiple of ``batch_size``, like a MoCo queue). Targets are frozen representations, so
         a random draw of them is distributed as a queue of past batches would be, without state.
       seed: initialisation, data anchors and batch order.
+      steps_per_call: training steps per compiled call (``loop.fit``); how a run executes, not
+        what it computes, so it is left out of the resume check.
     """
 
     kind: str = "mrepe"
@@ -60,13 +62,15 @@ class MapTrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     checkpoint_every: int = 1000
+    steps_per_call: int = 1
 
     def __post_init__(self):
         if self.kind not in MAP_KINDS:
             raise ValueError(f"unknown alignment map kind {self.kind!r}; expected one of {tuple(MAP_KINDS)}")
         if self.anchors not in ANCHOR_MODES:
             raise ValueError(f"unknown anchor mode {self.anchors!r}; expected one of {ANCHOR_MODES}")
-        for name in ("hidden", "num_anchors", "batch_size", "epochs", "checkpoint_every"):
+        for name in ("hidden", "num_anchors", "batch_size", "epochs", "checkpoint_every",
+                     "steps_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MapTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.memory_size % self.batch_size:
@@ -208,7 +212,7 @@ def train_maps(cfg: MapTrainConfig, src, tgt, *, seeds, source_site, target_site
     steps = cfg.steps(src.shape[1])
     # One key per setting, so that a refused resume names the setting that changed.
     run = {**{key: v for key, v in infos[0].items() if key not in ("config", "seed")},
-           **{key: v for key, v in dataclasses.asdict(cfg).items() if key not in ("checkpoint_every", "seed")},
+           **{key: v for key, v in dataclasses.asdict(cfg).items() if key not in EXECUTION_KEYS + ("seed",)},
            "seeds": seeds, "data_sha256": data_hash(src, tgt), "sites": [sources, targets]}
     tx = _optimizer(cfg.learning_rate, cfg.weight_decay)
     constants = {key: v for key, v in stacked.items() if key != "params"}
@@ -219,7 +223,7 @@ def train_maps(cfg: MapTrainConfig, src, tgt, *, seeds, source_site, target_site
                           parallel.process_rows(cfg.batch_size)),
                  steps, checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
                  stop_after=stop_after, run_config=run, progress=progress, mesh=mesh,
-                 desc=f"{k} map(s) {sources[0]}->{targets[0]}" + (" ..." if k > 1 else ""))
+                 steps_per_call=cfg.steps_per_call, desc=f"{k} map(s) {sources[0]}->{targets[0]}" + (" ..." if k > 1 else ""))
     state = parallel.to_host(result.state)
     curves = result.metrics.get("losses", np.zeros((0, k)))
     return [dataclasses.replace(m, info={**m.info, "losses": [round(float(x), 5) for x in curves[:, i]]})

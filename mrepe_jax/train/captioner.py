@@ -54,7 +54,7 @@ from mrepe_jax.models.trimodal import TriModalCLIP
 from mrepe_jax.reading.bundles import params_hash
 from mrepe_jax.sites import Sites
 from mrepe_jax.train import toyclip
-from mrepe_jax.train.loop import fit
+from mrepe_jax.train.loop import EXECUTION_KEYS, fit
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -68,7 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
         num_query_tokens=8, cross_attention_frequency=1,
         lm_hidden_size=64, lm_layers=2, lm_heads=4, lm_ffn_dim=128,
         learning_rate=3e-3, warmup_steps=30, weight_decay=1e-4, num_steps=500, batch_size=32,
-        pool_size=2048, seed=0, checkpoint_every=250))
+        pool_size=2048, seed=0, checkpoint_every=250, steps_per_call=10))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +252,7 @@ def train(world: ToyWorld, clip_model: TriModalCLIP, clip_params, cfg, checkpoin
     t0 = time.perf_counter()
     model = ToyCaptioner(model_config(world, clip_model, cfg))
     check_clip(model, clip_model)
-    run = {**{k: v for k, v in cfg.to_dict().items() if k != "checkpoint_every"},
+    run = {**{k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS},
            "world": dataclasses.asdict(world.config), "clip_sha256": params_hash(clip_params)}
     batches = batch_fn(lambda: render_pool(world, clip_model, clip_params, cfg.pool_size)
                        if pool is None else pool, cfg.batch_size, cfg.seed,
@@ -260,7 +260,7 @@ def train(world: ToyWorld, clip_model: TriModalCLIP, clip_params, cfg, checkpoin
     result = fit(lambda: init_state(model, world, cfg), TrainStep(model), batches, cfg.num_steps,
                  checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
                  stop_after=stop_after, run_config=run, desc="toyworld captioner", progress=progress,
-                 mesh=mesh)
+                 mesh=mesh, steps_per_call=cfg.get("steps_per_call", 1))
     info = {"steps": int(result.state.step), "resumed_from_step": result.resumed_from,
             "steps_run": len(result.losses), "seconds_this_run": round(time.perf_counter() - t0, 1),
             "final_loss": float(result.losses[-20:].mean()) if len(result.losses) else None,

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -82,6 +83,19 @@ def _flag_names(state) -> list[str]:
 def _first_bad(flags, names: list[str]) -> str | None:
     flags = np.asarray(flags)
     return None if flags.all() else names[int(np.argmin(flags))]
+
+
+#: Settings of a run that change how it executes but not its trajectory: callers leave them out of
+#: ``fit``'s ``run_config``, so a resume may change them.
+EXECUTION_KEYS = ("checkpoint_every", "steps_per_call")
+
+
+def steps_per_call_for(steps_per_call: int, checkpoint_every: int, start: int, end: int) -> int:
+    """The steps one compiled call of ``fit`` runs: the largest ``k <= steps_per_call`` dividing
+    ``checkpoint_every``, ``start`` and ``end``, so that every call runs the same number of steps
+    (one program) and no call straddles a checkpoint or the end."""
+    g = math.gcd(math.gcd(checkpoint_every, start), end)
+    return max(d for d in range(1, max(1, steps_per_call) + 1) if g % d == 0)
 
 
 def _save_args(state, run: Mapping[str, Any]):
@@ -213,6 +227,7 @@ def fit(
     desc: str = "train",
     progress: bool = True,
     mesh=None,
+    steps_per_call: int = 1,
 ) -> FitResult:
     """Runs ``step_fn`` from ``state.step`` (or the latest checkpoint) up to ``num_steps``.
 
@@ -231,14 +246,21 @@ def fit(
     axis; in a multi-process run ``batch_fn`` returns this process's rows of the global batch
     (``parallel.process_rows``) and orbax writes the checkpoints collectively. The result equals
     the single-device one up to float reassociation.
+
+    ``steps_per_call``: at most this many steps per compiled call (a ``lax.scan``; the call's
+    batches are on the device together, so keep it small for large batches). The count used is
+    the largest that divides ``checkpoint_every`` and the run's first and last step
+    (``steps_per_call_for``), so every call runs alike; what a run saves, checks and returns does
+    not depend on it. Measured on the ToyWorld CLIP (batch 128, 2-core CPU): 10 steps per call
+    ran 41 ms per step against 53 ms one step at a time.
     """
-    if num_steps < 0 or checkpoint_every < 1:
-        raise ValueError(f"need num_steps >= 0 and checkpoint_every >= 1, got {num_steps} and "
-                         f"{checkpoint_every}")
+    if num_steps < 0 or checkpoint_every < 1 or steps_per_call < 1:
+        raise ValueError(f"need num_steps >= 0, checkpoint_every >= 1 and steps_per_call >= 1, got "
+                         f"{num_steps}, {checkpoint_every} and {steps_per_call}")
     run = {"num_steps": int(num_steps), **json.loads(json.dumps(dict(run_config or {})))}
     init = state if callable(state) else (lambda: state)
     loop = _Loop(step_fn, batch_fn, num_steps, checkpoint_every, stop_after, run, desc,
-                 progress and parallel.is_primary(), mesh)
+                 progress and parallel.is_primary(), mesh, steps_per_call)
     if checkpoint_dir is None:
         return loop.train(loop.place(init()), None)
     manager = checkpoint_manager(checkpoint_dir)
@@ -252,15 +274,30 @@ def fit(
             manager.close()
 
 
-@functools.lru_cache(maxsize=16)
-def _guarded(step_fn, mesh):
-    """``step_fn`` jit'd with its finiteness flags (data-parallel over ``mesh`` when given: state
-    replicated, batch split over ``data``); cached, so that runs of the same step function (a
-    resumed run, a second fit in one process) reuse one compiled program."""
+def _guarded(step_fn, mesh, steps: int = 1):
+    """``_guarded_jit`` keyed alike however ``steps`` is passed (``lru_cache`` keys on the call)."""
+    return _guarded_jit(step_fn, mesh, steps)
 
-    def guarded(state, batch):
+
+@functools.lru_cache(maxsize=16)
+def _guarded_jit(step_fn, mesh, steps: int):
+    """``step_fn`` jit'd over ``steps`` steps per call, each with its finiteness flags:
+    ``(state, batches) -> (state, (metrics, flags))``, ``batches`` a tuple of ``steps`` batches and
+    every metric and flag stacked over the steps. Several steps run as one ``lax.scan``: a call's
+    host work (dispatching a state of hundreds of leaves, moving the batch) is paid once per call,
+    which on a small model and a 2-core CPU is a fifth of a step. Data-parallel over ``mesh`` when
+    given (state replicated, each batch split over ``data``); cached, so that runs of the same
+    step function (a resumed run, a second fit in one process) reuse one compiled program."""
+
+    def one(state, batch):
         state, metrics = step_fn(state, batch)
-        return state, metrics, _finite_flags(metrics["loss"], state)
+        return state, (metrics, _finite_flags(metrics["loss"], state))
+
+    def guarded(state, batches):
+        if steps == 1:  # no scan: the program of a single step, as it always was
+            state, out = one(state, batches[0])
+            return state, jax.tree.map(lambda x: x[None], out)
+        return jax.lax.scan(one, state, jax.tree.map(lambda *xs: jnp.stack(xs), *batches))
 
     if mesh is None:
         return jax.jit(guarded, donate_argnums=0)
@@ -281,6 +318,7 @@ class _Loop:
     desc: str
     progress: bool
     mesh: Any = None
+    steps_per_call: int = 1
 
     def place(self, state):
         """``state`` replicated over the mesh (a global array in every process)."""
@@ -302,29 +340,31 @@ class _Loop:
         if start > self.num_steps:
             raise ValueError(f"{self.desc}: the state is at step {start}, past num_steps={self.num_steps}")
         end = self.num_steps if self.stop_after is None else min(self.num_steps, start + self.stop_after)
-        step = _guarded(self.step_fn, self.mesh)
+        k = steps_per_call_for(self.steps_per_call, self.checkpoint_every, start, end)
+        step = _guarded(self.step_fn, self.mesh, k)
         history, last_saved = [], start if manager is not None and start > 0 else None
         names = _flag_names(state)  # read before the loop: the loop donates each state's buffers
 
-        def check(done, flags):
-            bad = _first_bad(parallel.to_host(flags), names)
-            if bad is not None:
-                where = f"; the last checkpoint is step {last_saved}" if last_saved else ""
-                raise FloatingPointError(f"{self.desc}: {bad} became non-finite at step {done}; "
-                                         f"stopped before saving it{where}")
+        def check(first, flags):
+            for row, step_flags in enumerate(np.asarray(parallel.to_host(flags))):
+                bad = _first_bad(step_flags, names)
+                if bad is not None:
+                    where = f"; the last checkpoint is step {last_saved}" if last_saved else ""
+                    raise FloatingPointError(f"{self.desc}: {bad} became non-finite at step "
+                                             f"{first + row + 1}; stopped before saving it{where}")
 
-        pending = None  # (step, flags) of the previous step, read once the next one is dispatched
+        pending = None  # (first step, flags) of the previous call, read once the next is dispatched
         with tqdm(total=self.num_steps, initial=start, desc=self.desc, disable=not self.progress,
                   dynamic_ncols=True) as bar:
-            for i in range(start, end):
-                state, metrics, flags = step(state, self.batch(i))
+            for i in range(start, end, k):
+                state, (metrics, flags) = step(state, tuple(self.batch(j) for j in range(i, i + k)))
                 if pending is not None:
                     check(*pending)
-                done, pending = i + 1, (i + 1, flags)
+                done, pending = i + k, (i, flags)
                 history.append(metrics)
-                if done % 50 == 0 or done == end:
-                    bar.set_postfix(loss=f"{float(parallel.to_host(metrics['loss'])):.4f}")
-                bar.update(1)
+                if done // 50 > i // 50 or done == end:
+                    bar.set_postfix(loss=f"{float(parallel.to_host(metrics['loss'])[-1]):.4f}")
+                bar.update(k)
                 if manager is not None and (done % self.checkpoint_every == 0 or done == end):
                     check(*pending)
                     pending = None
@@ -333,6 +373,7 @@ class _Loop:
         if pending is not None:
             check(*pending)
         history = parallel.to_host(history)
-        metrics = {k: np.stack([np.asarray(m[k]) for m in history]) for k in (history[0] if history else ())}
+        metrics = {name: np.concatenate([np.asarray(m[name]) for m in history])
+                   for name in (history[0] if history else ())}
         losses = metrics.get("loss", np.zeros((0,), np.float32)).astype(np.float32)
         return FitResult(state, losses, start, metrics)

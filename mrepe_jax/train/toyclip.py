@@ -24,7 +24,7 @@ from mrepe_jax.data.audio import LogMelConfig, n_frames
 from mrepe_jax.data.toyworld import ToyWorld
 from mrepe_jax.models.clip_config import CLIPTextConfig, CLIPVisionConfig
 from mrepe_jax.models.trimodal import TriModalCLIP, TriModalConfig, log_mel_features
-from mrepe_jax.train.loop import FitResult, fit
+from mrepe_jax.train.loop import EXECUTION_KEYS, FitResult, fit
 
 MODALITY_KEYS = {"vision": "image", "audio": "audio", "text": "input_ids"}
 PAIRS = (("vision", "text"), ("text", "audio"), ("vision", "audio"))
@@ -182,9 +182,9 @@ def optimizer(learning_rate: float, warmup_steps: int, num_steps: int, weight_de
 
 
 def run_config(world: ToyWorld, cfg: ml_collections.ConfigDict) -> dict:
-    """Everything that defines the training trajectory (all of ``cfg`` but how often it is saved,
-    and the world), saved with each checkpoint so that a resume with other settings is refused."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k != "checkpoint_every"}
+    """Everything that defines the training trajectory (all of ``cfg`` but how it executes,
+    ``loop.EXECUTION_KEYS``, and the world), saved with each checkpoint so that a resume with other settings is refused."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
     return {**settings, "world": dataclasses.asdict(world.config)}
 
 
@@ -202,5 +202,5 @@ def train(world: ToyWorld, cfg: ml_collections.ConfigDict, checkpoint_dir=None, 
     result = fit(lambda: init_state(model, world, cfg), TrainStep(model), batches, cfg.num_steps,
                  checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
                  stop_after=stop_after, run_config=run_config(world, cfg), desc="toyworld clip",
-                 progress=progress, mesh=mesh)
+                 progress=progress, mesh=mesh, steps_per_call=cfg.get("steps_per_call", 1))
     return model, result

@@ -2,6 +2,7 @@
 checkpoints fall back (issue 7, items 1-3). A linear model keeps each test to a few seconds."""
 
 import glob
+import logging
 import os
 
 import jax
@@ -62,11 +63,12 @@ def fit(directory, num_steps=60, checkpoint_every=30, batches=None, **kw):
 # ---- item 1: a non-finite loss or state is never checkpointed ----
 
 
-@pytest.mark.parametrize("every", [30, 5, 10])
-def test_nan_loss_stops_at_its_step_and_leaves_no_nan_checkpoint(tmp_path, every):
+@pytest.mark.parametrize("every,per_call", [(30, 1), (5, 1), (10, 1), (30, 4), (10, 10)])
+def test_nan_loss_stops_at_its_step_and_leaves_no_nan_checkpoint(tmp_path, every, per_call):
+    # per_call > 1: the bad step is found inside a call of several steps, by its own number.
     with pytest.raises(FloatingPointError, match=r"train: the loss became non-finite at step 10; "
                                                  r"stopped before saving it"):
-        fit(tmp_path, checkpoint_every=every, batches=batch_fn(nan_at=10))
+        fit(tmp_path, checkpoint_every=every, batches=batch_fn(nan_at=10), steps_per_call=per_call)
     assert saved_steps(tmp_path) == [s for s in (5,) if s % every == 0]
     for s in saved_steps(tmp_path):
         assert all(np.isfinite(v).all() for v in jax.tree.leaves(restored_params(tmp_path, s)))
@@ -76,8 +78,43 @@ def test_finite_loss_with_nan_gradient_is_caught_at_its_step(tmp_path):
     with pytest.raises(FloatingPointError, match=r"the state at .*params.* became non-finite at "
                                                  r"step 10; stopped before saving it; the last "
                                                  r"checkpoint is step 5"):
-        fit(tmp_path, checkpoint_every=5, batches=batch_fn(nan_grad_at=10))
+        fit(tmp_path, checkpoint_every=5, batches=batch_fn(nan_grad_at=10), steps_per_call=5)
     assert saved_steps(tmp_path) == [5]
+
+
+# ---- several steps per compiled call ----
+
+
+@pytest.mark.parametrize("per_call,every,start,end,want", [
+    (10, 500, 0, 1000, 10), (10, 2, 0, 4, 2), (10, 500, 0, 350, 10), (10, 7, 0, 21, 7),
+    (4, 6, 3, 9, 3), (1, 500, 0, 1000, 1), (10, 30, 0, 0, 10), (8, 12, 0, 60, 6)])
+def test_steps_per_call_divides_every_save_and_the_ends(per_call, every, start, end, want):
+    assert loop.steps_per_call_for(per_call, every, start, end) == want
+
+
+def test_several_steps_per_call_train_as_one_step_at_a_time(tmp_path, caplog):
+    one = fit(tmp_path / "one", num_steps=60, checkpoint_every=30)
+    loop._guarded_jit.cache_clear()  # a fresh program, whatever compiled earlier in this process
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax._src.dispatch"):
+        ten = fit(tmp_path / "ten", num_steps=60, checkpoint_every=30, steps_per_call=10)
+    compiled = [r for r in caplog.records if "XLA compilation of jit(guarded)" in r.getMessage()]
+    assert len(compiled) == 1  # six calls of ten steps, one program
+    np.testing.assert_allclose(ten.losses, one.losses, rtol=1e-6, atol=1e-7)
+    assert ten.losses.shape == (60,) and ten.metrics["loss"].shape == (60,)
+    for a, b in zip(jax.tree.leaves(ten.state.params), jax.tree.leaves(one.state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert saved_steps(tmp_path / "ten") == saved_steps(tmp_path / "one") == [30, 60]
+    # Killed after 30 steps and resumed: the uninterrupted run's parameters.
+    fit(tmp_path / "kill", num_steps=60, checkpoint_every=30, steps_per_call=10, stop_after=30)
+    resumed = fit(tmp_path / "kill", num_steps=60, checkpoint_every=30, steps_per_call=10)
+    assert resumed.resumed_from == 30 and resumed.losses.shape == (30,)
+    for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(ten.state.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_steps_per_call_below_one_is_refused():
+    with pytest.raises(ValueError, match="steps_per_call >= 1, got 60, 30 and 0"):
+        fit(None, steps_per_call=0)
 
 
 def test_nan_without_a_checkpoint_dir_is_also_an_error():
