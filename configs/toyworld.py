@@ -90,7 +90,8 @@ def get_config(arg=None):
     a.map = ml_collections.ConfigDict(dict(
         kind="mrepe", hidden=128, num_anchors=32, anchors="data+learned", temperature=0.07,
         symmetric=True, memory_size=128, batch_size=128, epochs=50, learning_rate=1e-4,
-        weight_decay=1e-4, checkpoint_every=1000, steps_per_call=10))  # no seed: each map's is one of align.seeds
+        weight_decay=1e-4, checkpoint_every=1000,
+        steps_per_call=10))  # no seed: each map's is one of align.seeds
     a.ablation_anchors = ("data", "learned")  # the default "data+learned" is the main row
     # Steering steps, in units of the site's mean representation norm (0.1: the paper's alpha).
     a.steer_alphas = (0.1, 0.3, 1.0)

@@ -223,7 +223,8 @@ def train_maps(cfg: MapTrainConfig, src, tgt, *, seeds, source_site, target_site
                           parallel.process_rows(cfg.batch_size)),
                  steps, checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
                  stop_after=stop_after, run_config=run, progress=progress, mesh=mesh,
-                 steps_per_call=cfg.steps_per_call, desc=f"{k} map(s) {sources[0]}->{targets[0]}" + (" ..." if k > 1 else ""))
+                 steps_per_call=cfg.steps_per_call,
+                 desc=f"{k} map(s) {sources[0]}->{targets[0]}" + (" ..." if k > 1 else ""))
     state = parallel.to_host(result.state)
     curves = result.metrics.get("losses", np.zeros((0, k)))
     return [dataclasses.replace(m, info={**m.info, "losses": [round(float(x), 5) for x in curves[:, i]]})
