@@ -23,6 +23,7 @@ Seeds vary the train subset the directions, prototypes, means and FT heads are f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -89,13 +90,18 @@ class EditEq5Eq7:
                        attention(self.logits, along(p["bias"], "batch", "key")))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _site_acts(model, params, tower, site, *args):
+    _, acts = model.apply({"params": params}, tower, *args, method="encode", capture=(site,))
+    return acts[site]
+
+
 def token_reps(model, params, tower, batch, site):
-    """``site`` per token, ``[N, T, D]``, for the control inputs (one forward)."""
+    """``site`` per token, ``[N, T, D]``, for the control inputs (one forward; one compiled program
+    per model, tower, site and shape, shared by the steering and safety stages of every world)."""
     input_key, mask_key = TOWERS[tower]
     args = (batch[input_key],) + ((batch[mask_key],) if mask_key else ())
-    _, acts = jax.jit(lambda p, *a: model.apply({"params": p}, tower, *a, method="encode",
-                                                capture=(site,)))(params, *args)
-    return np.asarray(acts[site])
+    return np.asarray(_site_acts(model, params, tower, site, *args))
 
 
 def train_means(model, params, tower, batch, site):
