@@ -85,7 +85,7 @@ def worker(s: dict) -> dict:
     batch = toyclip.batch_fn(lambda: pool, cfg.batch_size, cfg.seed, cfg.prompt_fraction)(0)
     state = jax.device_put(toyclip.init_state(tri, world, cfg), parallel.replicated(mesh))
     gbatch = parallel.global_batch(batch, mesh)
-    step = loop._guarded(toyclip.TrainStep(tri), mesh)
+    step = loop._guarded(toyclip.TrainStep(tri), mesh, 1)
     compiled = step.lower(state, (gbatch,)).compile()
     times = []
     for _ in range(4):

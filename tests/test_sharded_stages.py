@@ -70,7 +70,7 @@ SCRIPT = """
     except ValueError as e:
         res["indivisible"] = str(e)
     res["param_sharding"] = str(jax.tree.leaves(many.state.params)[0].sharding.spec)
-    res["train_programs"] = loop._guarded(toyclip.TrainStep(tri), mesh)._cache_size()
+    res["train_programs"] = loop._guarded(toyclip.TrainStep(tri), mesh, 1)._cache_size()
 
     # The ToyWorld captioner's training steps: each batch's rows over the 8 devices.
     from mrepe_jax.train import captioner
@@ -83,7 +83,7 @@ SCRIPT = """
                                          mesh=mesh)
     err["train_captioner_losses_4_steps"] = float(np.abs(c_one["losses"] - c_many["losses"]).max())
     res["captioner_losses"] = [float(x) for x in c_many["losses"]]
-    res["captioner_programs"] = loop._guarded(captioner.TrainStep(c_model), mesh)._cache_size()
+    res["captioner_programs"] = loop._guarded(captioner.TrainStep(c_model), mesh, 1)._cache_size()
 
     # Alignment maps (eq 3-4): two stacked maps, the rows of each batch over 8 devices, the
     # InfoNCE negatives gathered across them (with a memory of extra negatives).

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mrepe_jax import parallel
 from mrepe_jax.align.mapped import FittedMap
 from mrepe_jax.edits import Add
 from mrepe_jax.models.clip import normalize
@@ -47,19 +48,14 @@ def random_direction(dim: int, seed) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def _steered(model, variables, tower, pooled, deltas, alpha, prompts, num_values):
+def _steered(model, variables, tower, pooled, deltas, alpha, prompts, valid):
     def one(delta):
         emb, _ = model.apply(variables, tower, pooled, edits={f"{tower}.pooled": Add(delta, alpha)},
                              method="from_pooled")
-        scores = normalize(emb) @ prompts.T
-        # Padded prompt rows are never the answer.
-        return jnp.argmax(jnp.where(jnp.arange(prompts.shape[0]) < num_values, scores, -jnp.inf), axis=-1)
+        # Padded prompt rows (``valid`` False) are never the answer.
+        return jnp.argmax(jnp.where(valid, normalize(emb) @ prompts.T, -jnp.inf), axis=-1)
 
     return jax.lax.map(one, deltas)
-
-
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-    return np.pad(x, ((0, rows - x.shape[0]), (0, 0)))  # on the host: no program per shape
 
 
 def _bucket(n: int) -> int:
@@ -80,10 +76,12 @@ def steered_predictions(model, variables, tower: str, pooled, deltas, alpha, pro
         raise ValueError(f"steering directions must be [K, {np.shape(pooled)[-1]}] for "
                          f"{tower}.pooled, got {deltas.shape}")
     prompts = np.asarray(prompts, np.float32)
-    k, v = deltas.shape[0], prompts.shape[0]
-    preds = _steered(model, variables, tower, jnp.asarray(pooled, jnp.float32),
-                     _pad_rows(deltas, _bucket(k)), jnp.float32(alpha),
-                     _pad_rows(prompts, _bucket(v)), jnp.int32(v))
+    k = deltas.shape[0]
+    # Padded on the host (no program per shape); padded directions repeat row 0 and are dropped.
+    deltas, _ = parallel.pad_batch(deltas, _bucket(k))
+    prompts, valid = parallel.pad_batch(prompts, _bucket(len(prompts)))
+    preds = _steered(model, variables, tower, jnp.asarray(pooled, jnp.float32), deltas,
+                     jnp.float32(alpha), prompts, valid)
     return np.asarray(preds[:k])
 
 

@@ -23,11 +23,9 @@ Seeds vary the train subset the directions, prototypes, means and FT heads are f
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -90,18 +88,19 @@ class EditEq5Eq7:
                        attention(self.logits, along(p["bias"], "batch", "key")))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3))
-def _site_acts(model, params, tower, site, *args):
-    _, acts = model.apply({"params": params}, tower, *args, method="encode", capture=(site,))
-    return acts[site]
+def every_token(x, _mask):
+    """A ``collect_activations`` reduction that keeps every token (module level: one program)."""
+    return x
 
 
 def token_reps(model, params, tower, batch, site):
-    """``site`` per token, ``[N, T, D]``, for the control inputs (one forward; one compiled program
-    per model, tower, site and shape, shared by the steering and safety stages of every world)."""
+    """``site`` per token, ``[N, T, D]``, for the control inputs: ``collect_activations``' cached
+    step, so the steering and safety stages of every world share one program per tower and site."""
     input_key, mask_key = TOWERS[tower]
-    args = (batch[input_key],) + ((batch[mask_key],) if mask_key else ())
-    return np.asarray(_site_acts(model, params, tower, site, *args))
+    keys = [input_key] + ([mask_key] if mask_key else [])
+    return collect_activations(tower_apply(model, tower, input_key, mask_key),
+                               [{k: batch[k] for k in keys}], (site,), params={"params": params},
+                               reduce=every_token, mask_key=mask_key)[site]
 
 
 def train_means(model, params, tower, batch, site):

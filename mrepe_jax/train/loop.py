@@ -274,13 +274,8 @@ def fit(
             manager.close()
 
 
-def _guarded(step_fn, mesh, steps: int = 1):
-    """``_guarded_jit`` keyed alike however ``steps`` is passed (``lru_cache`` keys on the call)."""
-    return _guarded_jit(step_fn, mesh, steps)
-
-
 @functools.lru_cache(maxsize=16)
-def _guarded_jit(step_fn, mesh, steps: int):
+def _guarded(step_fn, mesh, steps: int):
     """``step_fn`` jit'd over ``steps`` steps per call, each with its finiteness flags:
     ``(state, batches) -> (state, (metrics, flags))``, ``batches`` a tuple of ``steps`` batches and
     every metric and flag stacked over the steps. Several steps run as one ``lax.scan``: a call's

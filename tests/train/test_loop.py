@@ -94,7 +94,7 @@ def test_steps_per_call_divides_every_save_and_the_ends(per_call, every, start, 
 
 def test_several_steps_per_call_train_as_one_step_at_a_time(tmp_path, caplog):
     one = fit(tmp_path / "one", num_steps=60, checkpoint_every=30)
-    loop._guarded_jit.cache_clear()  # a fresh program, whatever compiled earlier in this process
+    loop._guarded.cache_clear()  # a fresh program, whatever compiled earlier in this process
     with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax._src.dispatch"):
         ten = fit(tmp_path / "ten", num_steps=60, checkpoint_every=30, steps_per_call=10)
     compiled = [r for r in caplog.records if "XLA compilation of jit(guarded)" in r.getMessage()]
