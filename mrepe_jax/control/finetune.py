@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +73,35 @@ def _loss(head, batch, *, model, variables, tower, scale, keep_weight):
     return steer + keep_weight * keep
 
 
+#: vmap axes of a batch: one target, family and row weighting per head; the rest shared.
+_HEAD_AXES = {"pooled": None, "table": None, "valid": None, "labels": None, "family": 0, "target": 0,
+              "weight": 0, "variables": None, "scale": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadStep:
+    """One Adam step of every head (``jax.vmap`` over the stack). The model's variables and the
+    logit scale come in the batch, so equal steps hash alike: one compiled program per model and
+    tower serves every call (targets, seeds, worlds of one shape)."""
+
+    model: Any
+    tower: str
+    keep_weight: float
+
+    def __call__(self, state: TrainState, batch):
+        loss = functools.partial(_loss, model=self.model, variables=batch["variables"],
+                                 tower=self.tower, scale=batch["scale"], keep_weight=self.keep_weight)
+        values, grads = jax.vmap(jax.value_and_grad(loss), in_axes=(0, _HEAD_AXES))(state.params, batch)
+        return state.apply_gradients(grads=grads), {"loss": values.mean()}
+
+
+@functools.lru_cache(maxsize=8)
+def _adam(learning_rate: float):
+    """Adam, cached: the optimizer is part of the state's structure, so an equal one lets ``fit``
+    reuse the compiled step."""
+    return optax.adam(learning_rate)
+
+
 def finetune_heads(model, variables, tower: str, pooled, labels: dict, targets, weights, prompts: dict,
                    scale: float, cfg: FinetuneConfig = FinetuneConfig(), progress: bool = False):
     """Tunes K heads (see the module docstring); returns ``({"w": [K, D, D], "b": [K, D]}, losses)``.
@@ -98,20 +128,14 @@ def finetune_heads(model, variables, tower: str, pooled, labels: dict, targets, 
              "labels": np.stack([np.asarray(labels[f]) for f in families], 1).astype(np.int32),
              "family": np.asarray([families.index(f) for f, _ in targets], np.int32),
              "target": np.asarray([c for _, c in targets], np.int32), "weight": weights}
-    loss = functools.partial(_loss, model=model, variables=variables, tower=tower, scale=float(scale),
-                             keep_weight=cfg.keep_weight)
-    per_head = {"family": 0, "target": 0, "weight": 0}
-    axes = {k: per_head.get(k) for k in batch}
-
-    def step(state, b):
-        values, grads = jax.vmap(jax.value_and_grad(loss), in_axes=(0, axes))(state.params, b)
-        return state.apply_gradients(grads=grads), {"loss": values.mean()}
-
     k = len(targets)
     init = {"w": np.zeros((k, d, d), np.float32), "b": np.zeros((k, d), np.float32)}
-    state = TrainState.create(apply_fn=None, params=init, tx=optax.adam(cfg.learning_rate))
-    result = fit(state, step, lambda _: batch, cfg.steps, progress=progress,
-                 desc=f"{k} FT head(s), {tower}")
+    state = TrainState.create(apply_fn=None, params=init, tx=_adam(cfg.learning_rate))
+    # The model's variables ride in the batch, not the state: fit donates the state's buffers,
+    # and these are the caller's.
+    batch = {**batch, "variables": variables, "scale": np.float32(scale)}
+    result = fit(state, HeadStep(model, tower, cfg.keep_weight), lambda _: batch, cfg.steps,
+                 progress=progress, desc=f"{k} FT head(s), {tower}")
     return jax.tree.map(np.asarray, result.state.params), result.losses
 
 

@@ -54,7 +54,7 @@ from mrepe_jax.models.trimodal import TriModalCLIP
 from mrepe_jax.reading.bundles import params_hash
 from mrepe_jax.sites import Sites
 from mrepe_jax.train import toyclip
-from mrepe_jax.train.loop import EXECUTION_KEYS, fit
+from mrepe_jax.train.loop import EXECUTION_KEYS, fit, spec_of
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -190,6 +190,17 @@ def batch_fn(make_pool, batch_size: int, seed: int, rows: slice = slice(None)):
     return get
 
 
+def batch_spec(world: ToyWorld, clip_model: TriModalCLIP, clip_params, batch_size: int):
+    """The shapes and dtypes of ``batch_fn``'s (global) batches, from one sample and the CLIP's
+    abstract image states: ``fit`` compiles the step from it while the pool renders."""
+    b = world.batch(range(1), split="train")
+    embeds = _vision_states.eval_shape(clip_model, clip_params, b["image"])
+    one = {"image_embeds": np.zeros(embeds.shape, embeds.dtype), "input_ids": b["input_ids"],
+           "attention_mask": b["attention_mask"]}
+    tiled = {k: np.repeat(v, batch_size, axis=0) for k, v in one.items()}
+    return spec_of(batch_fn(lambda: tiled, batch_size, 0)(0))
+
+
 def with_image_tokens(config: CaptionerConfig, input_ids, attention_mask):
     """BLIP-2's layout: ``[IMG]*Nq`` before ``BOS caption EOS PAD..`` (image tokens attended)."""
     b, nq = input_ids.shape[0], config.num_query_tokens
@@ -260,7 +271,8 @@ def train(world: ToyWorld, clip_model: TriModalCLIP, clip_params, cfg, checkpoin
     result = fit(lambda: init_state(model, world, cfg), TrainStep(model), batches, cfg.num_steps,
                  checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
                  stop_after=stop_after, run_config=run, desc="toyworld captioner", progress=progress,
-                 mesh=mesh, steps_per_call=cfg.get("steps_per_call", 1))
+                 mesh=mesh, steps_per_call=cfg.get("steps_per_call", 1),
+                 batch_spec=batch_spec(world, clip_model, clip_params, cfg.batch_size))
     info = {"steps": int(result.state.step), "resumed_from_step": result.resumed_from,
             "steps_run": len(result.losses), "seconds_this_run": round(time.perf_counter() - t0, 1),
             "final_loss": float(result.losses[-20:].mean()) if len(result.losses) else None,

@@ -24,7 +24,7 @@ from mrepe_jax.data.audio import LogMelConfig, n_frames
 from mrepe_jax.data.toyworld import ToyWorld
 from mrepe_jax.models.clip_config import CLIPTextConfig, CLIPVisionConfig
 from mrepe_jax.models.trimodal import TriModalCLIP, TriModalConfig, log_mel_features
-from mrepe_jax.train.loop import EXECUTION_KEYS, FitResult, fit
+from mrepe_jax.train.loop import EXECUTION_KEYS, FitResult, fit, spec_of
 
 MODALITY_KEYS = {"vision": "image", "audio": "audio", "text": "input_ids"}
 PAIRS = (("vision", "text"), ("text", "audio"), ("vision", "audio"))
@@ -137,6 +137,18 @@ def batch_fn(make_pool, batch_size: int, seed: int, prompt_fraction: float, rows
     return get
 
 
+def batch_spec(model: TriModalCLIP, world: ToyWorld, batch_size: int, prompt_fraction: float):
+    """The shapes and dtypes of ``batch_fn``'s (global) batches, from one rendered sample and
+    the log-mel's abstract shape: ``fit`` compiles the step from it while the pool renders."""
+    one = render_pool(world, 1)
+    c = model.config
+    audio = jax.eval_shape(lambda w: log_mel_features(w, c.log_mel, c.log_mel_shift, c.log_mel_scale),
+                           one.audio)
+    one = dataclasses.replace(one, audio=np.zeros(audio.shape, audio.dtype))
+    tiled = Pool(*(np.repeat(x, batch_size, axis=0) for x in dataclasses.astuple(one)))
+    return spec_of(batch_fn(lambda: tiled, batch_size, 0, prompt_fraction)(0))
+
+
 def loss_fn(model: TriModalCLIP, params, batch, max_logit_scale: float = MAX_LOGIT_SCALE):
     out, _ = model.apply({"params": params}, batch["image"], batch["input_ids"],
                          batch["attention_mask"], batch["audio"])
@@ -202,5 +214,6 @@ def train(world: ToyWorld, cfg: ml_collections.ConfigDict, checkpoint_dir=None, 
     result = fit(lambda: init_state(model, world, cfg), TrainStep(model), batches, cfg.num_steps,
                  checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
                  stop_after=stop_after, run_config=run_config(world, cfg), desc="toyworld clip",
-                 progress=progress, mesh=mesh, steps_per_call=cfg.get("steps_per_call", 1))
+                 progress=progress, mesh=mesh, steps_per_call=cfg.get("steps_per_call", 1),
+                 batch_spec=batch_spec(model, world, cfg.batch_size, cfg.prompt_fraction))
     return model, result

@@ -1,6 +1,8 @@
 """The FT baseline: a fresh head is the unsteered model, training steers toward the target and keeps
 the other family, stacked heads equal heads trained alone, and bad inputs are clear errors."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +63,24 @@ def test_stacked_heads_equal_heads_trained_alone(setup):
                                   prompts, 10.0, cfg)
         for name in ("w", "b"):
             np.testing.assert_allclose(stacked[name][k], alone[name][0], atol=1e-5)
+
+
+def test_one_compiled_step_serves_other_variables_scales_and_targets(setup, caplog):
+    # A step that closed over the model's variables compiled again for every tower call and world.
+    model, v, _, prompts, pooled, labels = setup
+    other = jax.tree.map(lambda x: x + 0.1, v)  # not a scaling: normalize() would undo that
+    weights = np.ones((2, N), np.float32)
+    cfg = FinetuneConfig(steps=3, learning_rate=1e-2)
+    finetune_heads(model, v, "vision", pooled, labels, [("a", 0), ("b", 1)], weights, prompts, 10.0, cfg)
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax._src.dispatch"):
+        heads, _ = finetune_heads(model, other, "vision", pooled, labels, [("a", 2), ("b", 3)], weights,
+                                  prompts, 7.0, cfg)
+    assert not [r for r in caplog.records if "XLA compilation of jit(guarded)" in r.getMessage()]
+    # ... and it trained with those: variables and scale are arguments, not baked-in constants.
+    again, _ = finetune_heads(model, v, "vision", pooled, labels, [("a", 2), ("b", 3)], weights,
+                              prompts, 7.0, cfg)
+    assert not np.allclose(heads["w"], again["w"])
+    jax.tree.map(np.asarray, (v, other))  # the caller's variables were not donated to the step
 
 
 def test_bad_inputs_are_clear_errors(setup):

@@ -9,7 +9,7 @@ from flax import traverse_util
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
 from mrepe_jax.data.toyworld_concepts import FAMILIES
 from mrepe_jax.models.trimodal import TriModalCLIP
-from mrepe_jax.train import captioner, toyclip
+from mrepe_jax.train import captioner, loop, toyclip
 
 
 def clip_cfg(width=16):
@@ -64,6 +64,9 @@ def test_pool_holds_the_clip_vision_last_hidden_state(setup):
     np.testing.assert_allclose(pool["image_embeds"][:3],
                                last(clip_params, b["image"])["vision.layers.0.resid_post"], atol=1e-5)
     np.testing.assert_array_equal(pool["input_ids"][:3], b["input_ids"])
+    # What fit compiles the step from while the pool renders: the batches' own shapes.
+    assert captioner.batch_spec(world, clip, clip_params, 16) == loop.spec_of(
+        captioner.batch_fn(lambda: pool, 16, 0)(2))
 
 
 def test_training_lowers_the_loss(trained):

@@ -4,6 +4,7 @@ checkpoints fall back (issue 7, items 1-3). A linear model keeps each test to a 
 import glob
 import logging
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import optax
 import pytest
 from flax.training.train_state import TrainState
 
+from mrepe_jax import parallel
 from mrepe_jax.train import loop
 
 W_TRUE = np.linspace(-1.0, 1.0, 8).astype(np.float32)
@@ -110,6 +112,55 @@ def test_several_steps_per_call_train_as_one_step_at_a_time(tmp_path, caplog):
     assert resumed.resumed_from == 30 and resumed.losses.shape == (30,)
     for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(ten.state.params)):
         np.testing.assert_array_equal(a, b)
+
+
+def xy_step(state, batch):
+    loss, grads = jax.value_and_grad(lambda p: jnp.mean((batch["x"] @ p["w"] + p["b"] - batch["y"]) ** 2))(
+        state.params)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+@pytest.mark.parametrize("on_mesh", [False, True])
+def test_a_batch_spec_compiles_the_step_while_a_thread_builds_the_first_batches(tmp_path, caplog, on_mesh):
+    # On a mesh the batches' sharding is part of the program's key: the spec must carry it too.
+    mesh = parallel.make_mesh() if on_mesh else None
+    threads = {}
+
+    def batches(step):  # records which thread built each batch
+        threads[step] = threading.current_thread().name
+        b = batch_fn()(step)
+        return {"x": b["x"], "y": b["y"]}
+
+    def run(directory, **kw):
+        return loop.fit(init_state(), xy_step, batches, 20, checkpoint_dir=directory, checkpoint_every=10,
+                        progress=False, steps_per_call=5, mesh=mesh, **kw)
+
+    reference = run(tmp_path / "plain")
+    loop._guarded.cache_clear()
+    threads.clear()
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax._src.dispatch"):
+        res = run(tmp_path / "spec", batch_spec=loop.spec_of(batches(0)))
+    compiled = [r for r in caplog.records if "XLA compilation of jit(guarded)" in r.getMessage()]
+    assert len(compiled) == 1  # compiled from the spec; the first call found it in jit's cache
+    assert all(threads[j].startswith("fit-batches") for j in range(1, 5))  # the first call's batches
+    assert not any(threads[j].startswith("fit-batches") for j in range(5, 20))
+    np.testing.assert_array_equal(res.losses, reference.losses)
+    # Resumed at step 10: the prefetched call is the one from step 10.
+    run(tmp_path / "resume", stop_after=10)
+    threads.clear()
+    resumed = run(tmp_path / "resume", batch_spec=loop.spec_of(batches(0)))
+    assert threads[10].startswith("fit-batches") and not threads[15].startswith("fit-batches")
+    np.testing.assert_array_equal(resumed.losses, reference.losses[10:])
+
+
+def test_a_batch_spec_that_does_not_match_the_batches_is_named():
+    spec = loop.spec_of(batch_fn()(0))
+    spec["x"] = jax.ShapeDtypeStruct((16, 9), np.float32)
+    with pytest.raises(ValueError, match=r"train: the batch of step 0 has \['x'\] of shape \(16, 8\) "
+                                         r"float32, but batch_spec says \(16, 9\) float32"):
+        fit(None, batch_spec=spec)
+    with pytest.raises(ValueError, match=r"the batch of step 0 has the structure .* but batch_spec says"):
+        fit(None, batch_spec={"x": spec["x"]})
 
 
 def test_steps_per_call_below_one_is_refused():

@@ -7,7 +7,7 @@ import pytest
 from flax import traverse_util
 
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
-from mrepe_jax.train import toyclip
+from mrepe_jax.train import loop, toyclip
 
 
 def tiny_cfg(**overrides):
@@ -65,3 +65,11 @@ def test_batches_are_a_pure_function_of_the_step(world_and_pool):
         for k, v in f(step).items():
             np.testing.assert_array_equal(v, g(step)[k])
     assert not np.array_equal(f(0)["image"], f(1)["image"])
+
+
+def test_batch_spec_is_the_shapes_of_the_batches(world_and_pool):
+    # fit compiles the train step from it while the pool renders: it must be the batches' own.
+    world, pool = world_and_pool
+    model = toyclip.TriModalCLIP(toyclip.model_config(world, tiny_cfg()))
+    batches = toyclip.batch_fn(lambda: toyclip.with_audio_features(model, pool), 16, 0, 0.5)
+    assert toyclip.batch_spec(model, world, 16, 0.5) == loop.spec_of(batches(5))
