@@ -12,3 +12,5 @@ def test_bench_train_step_tiny_runs():
     for key in ("forward_ms", "train_step_ms", "step_over_forward", "train_step_first_call_s"):
         assert isinstance(record[key], (int, float)) and record[key] > 0, (key, record[key])
     assert abs(record["step_over_forward"] - record["train_step_ms"] / record["forward_ms"]) < 0.05
+    # Timed as fit runs it (the tiny config: 2 steps per call), and one per call beside it.
+    assert record["steps_per_call"] == 2 and record["one_per_call"]["train_step_ms"] > 0
