@@ -73,9 +73,8 @@ def _loss(head, batch, *, model, variables, tower, scale, keep_weight):
     return steer + keep_weight * keep
 
 
-#: vmap axes of a batch: one target, family and row weighting per head; the rest shared.
-_HEAD_AXES = {"pooled": None, "table": None, "valid": None, "labels": None, "family": 0, "target": 0,
-              "weight": 0, "variables": None, "scale": None}
+#: The batch entries each head has its own of (vmapped); every other entry is shared.
+_PER_HEAD = ("family", "target", "weight")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +90,8 @@ class HeadStep:
     def __call__(self, state: TrainState, batch):
         loss = functools.partial(_loss, model=self.model, variables=batch["variables"],
                                  tower=self.tower, scale=batch["scale"], keep_weight=self.keep_weight)
-        values, grads = jax.vmap(jax.value_and_grad(loss), in_axes=(0, _HEAD_AXES))(state.params, batch)
+        axes = {k: 0 if k in _PER_HEAD else None for k in batch}
+        values, grads = jax.vmap(jax.value_and_grad(loss), in_axes=(0, axes))(state.params, batch)
         return state.apply_gradients(grads=grads), {"loss": values.mean()}
 
 

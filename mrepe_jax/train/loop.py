@@ -282,10 +282,11 @@ def fit(
             manager.close()
 
 
-def spec_of(batch):
-    """``batch``'s shapes and dtypes as ``jax.ShapeDtypeStruct`` leaves (``fit``'s ``batch_spec``)."""
+def spec_of(tree, sharding=None):
+    """``tree``'s shapes and dtypes as ``jax.ShapeDtypeStruct`` leaves (``fit``'s ``batch_spec``),
+    each with ``sharding`` when given."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        np.shape(x), x.dtype if hasattr(x, "dtype") else np.result_type(x)), batch)
+        np.shape(x), x.dtype if hasattr(x, "dtype") else np.result_type(x), sharding=sharding), tree)
 
 
 def _check_spec(batch, spec, what: str):
@@ -349,10 +350,8 @@ class _Loop:
         """The restore target: shapes, dtypes and (with a mesh) the replicated sharding."""
         if self.mesh is None:
             return state
-        rep = parallel.replicated(self.mesh)
-        # eval_shape: a concrete state's Python scalars (TrainState.create's step) have no dtype.
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-                            jax.eval_shape(lambda: state))
+        # eval_shape: a concrete state's Python scalars (TrainState.create's step) get JAX's dtype.
+        return spec_of(jax.eval_shape(lambda: state), parallel.replicated(self.mesh))
 
     def batch(self, i):
         batch = self.batch_fn(i)
@@ -361,11 +360,7 @@ class _Loop:
     def abstract_batch(self):
         """``batch_spec`` as the step sees a batch: with a mesh, split over ``data`` (the
         sharding is part of the compiled program's key)."""
-        if self.mesh is None:
-            return self.batch_spec
-        data = parallel.data_sharding(self.mesh)
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=data),
-                            spec_of(self.batch_spec))
+        return spec_of(self.batch_spec, None if self.mesh is None else parallel.data_sharding(self.mesh))
 
     def first_batches(self, step, state, indices) -> tuple:
         """The first call's batches; with a ``batch_spec``, built in a thread while ``step``
