@@ -1,4 +1,4 @@
-"""Peak memory of the CLIP experiment's streamed stages at 1x and 10x data (experiments/clip.py).
+"""Peak memory of the CLIP experiment's streamed stages at 1x and 10x data (experiments/clip/pipeline.py).
 
 Runs ``configs/clip.py`` on a tiny random HF CLIP saved locally, with a local image folder (3
 classes) and a captions file, once with N examples and once with 10N (images per split and

@@ -107,7 +107,7 @@ def vision_tower(tiny: bool, tiny_vision: dict, tiny_projection: int) -> tuple[d
 def clip_config(vision: dict, text: dict, projection: int):
     """Our ``CLIPConfig`` from vision and text kwargs. The benches only run the image tower; the
     text tower exists because ``CLIPModel`` has one, so the scripts keep it tiny."""
-    from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+    from mrepe_jax.models.clip import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
     return CLIPConfig(vision_config=CLIPVisionConfig(**vision), text_config=CLIPTextConfig(**text),
                       projection_dim=projection)

@@ -119,7 +119,7 @@ def build_models(tiny: bool, dtype, torch_device, torch_dtype, seed: int = 0):
             f"vision weights did not load: missing {missing}, unexpected {unexpected}")
     torch_vision = torch_vision.to(torch_device, torch_dtype)
     try:
-        from mrepe_jax.models.clip_convert import convert_state_dict
+        from mrepe_jax.models.clip.convert import convert_state_dict
 
         variables = {"params": convert_state_dict(state, our_config, "bench model")}
         same_weights = True

@@ -51,9 +51,9 @@ def worker(s: dict) -> dict:
     from configs import toyworld as toyworld_config
     from mrepe_jax import parallel
     from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
-    from mrepe_jax.experiments.toyworld import train_config
+    from mrepe_jax.experiments.toyworld.pipeline import train_config
     from mrepe_jax.models.clip import CLIPModel
-    from mrepe_jax.reading import causal
+    from mrepe_jax.reading import causal, causal_programs
     from mrepe_jax.train import loop, toyclip
 
     mesh = parallel.make_mesh()
@@ -74,7 +74,7 @@ def worker(s: dict) -> dict:
 
     first, steady = common.time_calls(sweep, 2)
     effects = sweep()
-    traced, _ = causal._sweeps(mesh)
+    traced, _ = causal_programs.sweeps(mesh)
     sweep_bytes = _per_program_bytes(traced, model, variables, clean, corrupt, metric, mesh)
 
     config = toyworld_config.get_config(s["toyworld"])
@@ -105,16 +105,15 @@ def _per_program_bytes(traced, model, variables, clean, corrupt, metric, mesh):
     with the arguments ``causal_effect`` passes it for layer 0."""
     import jax.numpy as jnp
 
-    from mrepe_jax.reading import causal
-
     from mrepe_jax.layouts import TOKEN_AXES
+    from mrepe_jax.reading import causal_programs
 
-    model, variables, _ = causal._scanned(model, variables)
+    model, variables, _ = causal_programs.scanned(model, variables)
     site = "vision.layers.0.resid_pre"
     _, base = model.apply(variables, "vision", clean, method="encode", capture=(site,))
     _, src = model.apply(variables, "vision", corrupt, method="encode", capture=(site,))
     t = base[site].shape[1]
-    masks = causal._pad_patches(causal._where_masks(TOKEN_AXES, t, 1, range(t), False), mesh)
+    masks = causal_programs.pad_patches(causal_programs.where_masks(TOKEN_AXES, t, 1, range(t), False), mesh)
     lowered = traced.lower(model, variables, "vision", "resid_pre", jnp.int32(0), None, metric,
                            base[site], src[site], masks, None, clean)
     return _bytes(lowered.compile())

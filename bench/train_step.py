@@ -41,12 +41,11 @@ def main(argv):
     del argv
     common.configure_jax(FLAGS)
     import jax
+    import jax.numpy as jnp
 
     from configs import toyworld as toyworld_config
     from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
-    from mrepe_jax.experiments.toyworld import train_config
-    import jax.numpy as jnp
-
+    from mrepe_jax.experiments.toyworld.pipeline import train_config
     from mrepe_jax.train import loop, toyclip
 
     config = toyworld_config.get_config("tiny" if FLAGS.tiny else None)

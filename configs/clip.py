@@ -1,4 +1,4 @@
-"""The MRepE stages on a real CLIP checkpoint (``experiments/clip.py``).
+"""The MRepE stages on a real CLIP checkpoint (``experiments/clip/pipeline.py``).
 
     python -m launch.run --config=configs/clip.py --workdir=runs/clip-b32
     python -m launch.run --config=configs/clip.py --workdir=runs/clip-l14 \

@@ -27,7 +27,7 @@ def get_config(arg=None):
         raise ValueError(f"unknown config argument {arg!r}; use nothing, 'tiny', 'hard' or 'paper'")
     c = ml_collections.ConfigDict()
     c.experiment = "toyworld"  # launch.run's EXPERIMENTS
-    # The run seed: every seed below is shifted by 1000 x seed (experiments/toyworld_seeds.py), so
+    # The run seed: every seed below is shifted by 1000 x seed (experiments/toyworld/seeds.py), so
     # 0 runs them as written and --config.seed=1 changes every random choice of the run (world,
     # CLIP, maps, steering subsets, contrast pairs, bootstrap, permutation tests). results.json
     # records the effective seeds under "seeds".
@@ -131,7 +131,7 @@ def get_config(arg=None):
     c.captioner = captioner.default_config()
     c.captioner.eval_images = 512
 
-    # Transfer across architectures (experiments/toyworld_transfer.py), main world only: the CLIP,
+    # Transfer across architectures (experiments/toyworld/transfer.py), main world only: the CLIP,
     # a second CLIP of another width and depth (`transfer.clip` overrides model + train) and the
     # captioner; maps as `align.map` with align.seeds. Measured for the second CLIP on the default
     # world (2 CPU cores): 48 wide x 1 layer, 500 steps, 4096 pool: 18 s, image zero-shot
@@ -146,9 +146,9 @@ def get_config(arg=None):
 
     # The demo also runs the hard world (its own CLIP) and reports Tables 1-2 for it.
     c.compare_hard = True
-    # The CLIP itself retrained per seed (experiments/clip_seeds.py); empty: one CLIP, and only
+    # The CLIP itself retrained per seed (experiments/toyworld/paper_protocol.py); empty: one CLIP, and only
     # what is fitted on top of it varies by seed (align.seeds, control.seeds). Set, its seeds
-    # replace train.seed, align.seeds and control.seeds (clip_seeds.seed_config).
+    # replace train.seed, align.seeds and control.seeds (paper_protocol.seed_config).
     c.clip_seeds = ()
     c.hard_world = ml_collections.ConfigDict(HARD_WORLD)
 

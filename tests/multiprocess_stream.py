@@ -20,7 +20,7 @@ def main(pid, n, port, out):
     import jax
 
     from mrepe_jax.reading import activations as A
-    from tests.reading.test_activations import G, VISION_SITES, dataset, tiny_clip
+    from tests.reading.test_activations import VISION_SITES, G, dataset, tiny_clip
 
     model, params = tiny_clip()
     data = dataset(7, n=45)

@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mrepe_jax.edits import (Ablate, Add, AttnBias, Project, Replace, along, axis_mask, head_mask,
-                             token_mask)
+from mrepe_jax.edits import Ablate, Add, AttnBias, Project, Replace, along, axis_mask, head_mask, token_mask
 from tests.models.tiny import tiny_clip
 
 SITE = "vision.layers.1.resid_pre"

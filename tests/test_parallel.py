@@ -61,7 +61,8 @@ SCRIPT = """
 
     mesh2 = parallel.make_mesh((4, 2), ("data", "model"))
     res["mesh2_shape"] = dict(mesh2.shape)
-    res["mesh2_rows"] = sorted({s.data.shape[0] for s in parallel.shard_batch({"x": x[:8]}, mesh2)["x"].addressable_shards})
+    shards = parallel.shard_batch({"x": x[:8]}, mesh2)["x"].addressable_shards
+    res["mesh2_rows"] = sorted({s.data.shape[0] for s in shards})
     print(json.dumps(res))
 """
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from mrepe_jax.models.clip_convert import save_pretrained
+from mrepe_jax.models.clip import save_pretrained
 from tests.models.tiny import tiny_clip
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -41,7 +41,7 @@ def test_readme_alignment_example_runs(tmp_path):
 def test_readme_steering_example_runs():
     import numpy as np
 
-    from mrepe_jax.models.clip import normalize
+    from mrepe_jax.models.layers import normalize
 
     model, variables, pixels, _, _ = tiny_clip()
     code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[2]

@@ -11,8 +11,8 @@ SCRIPT = """
     import json
     import jax, jax.numpy as jnp, numpy as np
     from mrepe_jax import parallel
-    from mrepe_jax.reading import causal
-    from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
+    from mrepe_jax.reading import causal, causal_programs
+    from mrepe_jax.data.toyworld.world import ToyWorld, ToyWorldConfig
     from mrepe_jax.train import loop, toyclip
     from tests.models.tiny import tiny_clip
     from tests.train.test_toyclip import tiny_cfg
@@ -51,7 +51,7 @@ SCRIPT = """
         key = f"per_example_metric_attribution_{b}"
         err[key] = float(np.abs(np.asarray(one.per_example) - np.asarray(many.per_example)).max())
         res[key + "_scale"] = float(np.abs(np.asarray(one.per_example)).max())
-    traced, _ = causal._sweeps(mesh)
+    traced, _ = causal_programs.sweeps(mesh)
     res["sweep_programs"] = traced._cache_size()
 
     world = ToyWorld(ToyWorldConfig())
@@ -125,7 +125,7 @@ SCRIPT = """
 
     # InfoNCE (eq 3) sharded over the rows, negatives all-gathered: value and gradients (through a
     # linear map, as training uses it) against the one-device loss, under jit.
-    from mrepe_jax.align.contrastive import info_nce, sharded_info_nce
+    from mrepe_jax.train.contrastive import info_nce, sharded_info_nce
 
     def info_nce_checks():
         sharded = sharded_info_nce(mesh)

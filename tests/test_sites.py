@@ -43,7 +43,7 @@ def test_a_layer_wildcard_edit_must_name_a_layer_that_has_the_site():
     import jax.numpy as jnp
 
     from mrepe_jax.edits import Add, AtLayer
-    from mrepe_jax.models.qformer import Blip2QFormerConfig, qformer_site_names
+    from mrepe_jax.models.blip2.qformer import Blip2QFormerConfig, qformer_site_names
 
     known = qformer_site_names(Blip2QFormerConfig(hidden_size=8, num_hidden_layers=3, num_attention_heads=2,
                                                   intermediate_size=16, cross_attention_frequency=2,

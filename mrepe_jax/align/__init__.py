@@ -1,5 +1,3 @@
-"""Cross-modal alignment (paper §3.2.2): InfoNCE (eq 3) and alignment maps (eq 4)."""
-
-from mrepe_jax.align.contrastive import clip_loss, info_nce
-
-__all__ = ["clip_loss", "info_nce"]
+"""Cross-modal alignment (paper §3.2.2): alignment maps phi_{i->j} (eq 4, ``maps``) trained with
+InfoNCE (eq 3, ``train.contrastive``) by ``train``, fitted maps as bundles (``mapped``), and
+concepts carried across modalities (``transfer``)."""

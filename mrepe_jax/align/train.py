@@ -25,10 +25,10 @@ import optax
 from flax.training.train_state import TrainState
 
 from mrepe_jax import parallel
-from mrepe_jax.align import contrastive
-from mrepe_jax.align.maps import ANCHOR_MODES, MAP_KINDS, TRAINED_KINDS, init_variables, make_map
 from mrepe_jax.align.mapped import FittedMap
+from mrepe_jax.align.maps import ANCHOR_MODES, MAP_KINDS, TRAINED_KINDS, init_variables, make_map
 from mrepe_jax.reading.bundles import params_hash
+from mrepe_jax.train import contrastive
 from mrepe_jax.train.loop import EXECUTION_KEYS, fit
 
 
@@ -203,7 +203,7 @@ def train_maps(cfg: MapTrainConfig, src, tgt, *, seeds, source_site, target_site
              for s, t, seed, a, b in zip(src, tgt, seeds, sources, targets)]
 
     def fitted(variables, info):
-        return [FittedMap(module, jax.tree.map(lambda x: x[i], variables), sources[i], src.shape[2],
+        return [FittedMap(module, jax.tree.map(lambda x, i=i: x[i], variables), sources[i], src.shape[2],
                           targets[i], tgt.shape[2], {**info, **infos[i]}) for i in range(k)]
 
     stacked = jax.tree.map(lambda *x: np.stack([np.asarray(a) for a in x]), *inits)

@@ -25,7 +25,7 @@ import numpy as np
 from mrepe_jax import parallel
 from mrepe_jax.align.mapped import FittedMap
 from mrepe_jax.edits import Add
-from mrepe_jax.models.clip import normalize
+from mrepe_jax.models.layers import normalize
 from mrepe_jax.reading.directions import direction_mean_diff
 from mrepe_jax.reading.prototypes import auroc
 

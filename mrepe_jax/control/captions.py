@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrepe_jax.models import blip2
 from mrepe_jax.models.blip2 import QueriedLanguageModel, default_prompt
+from mrepe_jax.models.blip2 import model as blip2
 
 
 @functools.partial(jax.jit, static_argnames=("model", "edits_fn", "max_new_tokens"))

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrepe_jax.models.clip import normalize
+from mrepe_jax.models.layers import normalize
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 5))

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from mrepe_jax.models.clip import normalize
+from mrepe_jax.models.layers import normalize
 from mrepe_jax.train.loop import fit
 
 
@@ -141,7 +141,8 @@ def finetune_heads(model, variables, tower: str, pooled, labels: dict, targets, 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _head_predictions(model, variables, tower, heads, pooled, table, valid):
-    one = lambda head: jnp.argmax(_log_probs(model, variables, tower, head, pooled, table, valid, 1.0), -1)
+    def one(head):
+        return jnp.argmax(_log_probs(model, variables, tower, head, pooled, table, valid, 1.0), -1)
     return jax.lax.map(one, heads)  # [K, N, F]
 
 

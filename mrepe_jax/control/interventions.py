@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mrepe_jax.edits import Add, AttnBias, along, as_tuple
-from mrepe_jax.reading.prototypes import concept_members
+from mrepe_jax.reading.prototypes import concept_members, fit_threshold, prototype, similarity
 
 _LOGITS = "attn.logits"
 
@@ -71,6 +71,16 @@ def concept_attention_mask(token_reps, prototype, tau, strength):
                          f"prototype [D], got {token_reps.shape} and {jnp.shape(prototype)}")
     member = concept_members(token_reps, jnp.asarray(prototype), tau)
     return along(jnp.where(member, strength, 0.0).astype(token_reps.dtype), "batch", "key")
+
+
+def concept_bias(key_means, positive, keys, unit: float) -> np.ndarray:
+    """Eq 7's ``M_c`` values ``[n, T]`` for the inputs' key tokens ``keys`` [n, T, D]: ``unit`` on
+    the eq 1 members of the prototype of the rows ``key_means[positive]`` (token-mean keys of a
+    train split), with tau fitted between those rows and the rest (``fit_threshold``)."""
+    proto = np.asarray(prototype(key_means[positive]))
+    sims = np.asarray(similarity(key_means, proto))
+    tau = fit_threshold(sims[positive], sims[~positive])
+    return np.asarray(concept_attention_mask(keys, proto, tau, unit).value, np.float32)
 
 
 def attention(site: str, mask, where=None) -> dict:

@@ -5,18 +5,37 @@ never needs TensorFlow.
 """
 
 from mrepe_jax.data.audio import (
-    LogMelConfig, hann_window, log_mel_numpy, log_mel_spectrogram, mel_filterbank, n_frames)
+    LogMelConfig,
+    hann_window,
+    log_mel_numpy,
+    log_mel_spectrogram,
+    mel_filterbank,
+    n_frames,
+)
 from mrepe_jax.data.folder_source import FolderSource, export_toyworld, read_wav, write_wav
 from mrepe_jax.data.source_base import Batch, DataSource, resize_square
 from mrepe_jax.data.sources import TFDSSource, ToyWorldSource
 from mrepe_jax.data.toyworld import ContrastPairs, ToyWorld, ToyWorldConfig
-from mrepe_jax.data.toyworld_concepts import (
-    CONCEPT_FAMILIES, FAMILIES, SAFE_COUNTERPART, SAFE_VALUES, SYNONYMS, UNSAFE_FAMILY,
-    UNSAFE_VALUES, is_unsafe, value_index)
-from mrepe_jax.data.toyworld_text import class_prompts, parse_caption
-from mrepe_jax.data.toyworld_tokenizer import ToyTokenizer
-from mrepe_jax.data.toyworld_values import (
-    FAITHFUL_FAMILIES, VALUES, score, value_condition, value_conditioned_indices)
+from mrepe_jax.data.toyworld.concepts import (
+    CONCEPT_FAMILIES,
+    FAMILIES,
+    SAFE_COUNTERPART,
+    SAFE_VALUES,
+    SYNONYMS,
+    UNSAFE_FAMILY,
+    UNSAFE_VALUES,
+    is_unsafe,
+    value_index,
+)
+from mrepe_jax.data.toyworld.text import class_prompts, parse_caption
+from mrepe_jax.data.toyworld.tokenizer import ToyTokenizer
+from mrepe_jax.data.toyworld.values import (
+    FAITHFUL_FAMILIES,
+    VALUES,
+    score,
+    value_condition,
+    value_conditioned_indices,
+)
 
 __all__ = [
     "Batch", "CONCEPT_FAMILIES", "ContrastPairs", "DataSource", "FAITHFUL_FAMILIES", "FAMILIES",

@@ -3,7 +3,7 @@ dataset such as ``cifar10``, or a folder of class subfolders) and captions whose
 concept family's values (TFDS ``coco_captions`` or a text file, one caption per line).
 
 Images come out raw (``uint8 [h, w, 3]``, any size) so that the model's own preprocessing
-(``models.clip_preprocess``) decides resizing and normalisation. Labels are indices into the
+(``models.clip.preprocess``) decides resizing and normalisation. Labels are indices into the
 config's class list; a dataset class the config does not list is skipped.
 
     for images, labels in tfds_images("cifar10", "train[:5000]", ("cat", "dog"), batch_size=64):

@@ -22,14 +22,23 @@ from __future__ import annotations
 import json
 import pathlib
 import wave
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from mrepe_jax.data.source_base import (
-    Batch, DataSource, TokenizeFn, check_nonempty, chunk_order, epoch_orders, read_rgb, resize_square)
-from mrepe_jax.data.toyworld_concepts import CONCEPT_FAMILIES
+    Batch,
+    DataSource,
+    TokenizeFn,
+    check_nonempty,
+    chunk_order,
+    epoch_orders,
+    read_rgb,
+    resize_square,
+)
+from mrepe_jax.data.toyworld.concepts import CONCEPT_FAMILIES
 
 CAPTIONS_FILE = "captions.jsonl"
 

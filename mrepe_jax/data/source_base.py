@@ -14,7 +14,8 @@ A batch is a dict with any of
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

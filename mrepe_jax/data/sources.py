@@ -10,13 +10,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 from mrepe_jax.data.folder_source import FolderSource
 from mrepe_jax.data.source_base import (
-    Batch, DataSource, TokenizeFn, check_nonempty, chunk_order, epoch_orders, import_tfds, resize_square)
+    Batch,
+    DataSource,
+    TokenizeFn,
+    check_nonempty,
+    chunk_order,
+    epoch_orders,
+    import_tfds,
+    resize_square,
+)
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
 
 __all__ = ["DataSource", "ToyWorldSource", "TFDSSource", "FolderSource", "resize_square"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mrepe_jax.models.clip import normalize
+from mrepe_jax.models.layers import normalize
 
 
 def zero_shot_distribution(embeddings, prompts, logit_scale):

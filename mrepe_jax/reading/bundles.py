@@ -104,7 +104,7 @@ def save_bundle(path, directions: Mapping[str, Any], provenance: Mapping[str, An
         raise ValueError(f"bundle {st_path.with_suffix('')} has no arrays to save (no directions)")
     arrays = {str(k): np.ascontiguousarray(np.asarray(v)) for k, v in directions.items()}
     meta = dict(provenance)
-    meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    meta.setdefault("created", datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     meta.setdefault("library_version", library_version())
     try:
         json.dumps(meta)

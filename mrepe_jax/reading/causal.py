@@ -42,16 +42,12 @@ identity: define it once rather than passing a fresh lambda per call. Examples o
 interact (no batch statistics), which holds for every tower here: attribution patching relies on
 it to read per-example gradients off one backward pass.
 
-Compile once: ``causal_effect`` runs the model with its layers stacked (``Execution(scan_layers=
-True)``; per-layer params are stacked on entry), so the patched layer is an array and one
-compiled program serves every layer of a sweep. Models without a scanned stack compile one
-program per layer.
+The compiled, sharded programs that run both live in ``causal_programs``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,22 +55,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrepe_jax import edits as edits_lib
 from mrepe_jax import parallel
 from mrepe_jax import sites as sites_lib
 from mrepe_jax.layouts import site_axes
-from mrepe_jax.models.layer_stack import stack_layer_params
+from mrepe_jax.reading import causal_programs as programs
 
 Array = Any
 Metric = Callable[[Array], Array]
 
 DIRECTIONS = ("noising", "denoising")
 POINTS = sites_lib.LAYER_POINTS + sites_lib.XATTN_POINTS
-
-
-def _position_axis(axes: tuple[str, ...]) -> str:
-    """The axis a patch position runs along: tokens, or the query rows of ``attn.logits/pattern``."""
-    return "query" if "query" in axes else "token"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +188,7 @@ def _positions(plan: _Plan, num: int, positions) -> tuple[int, ...]:
 
 
 def _num_positions(plan: _Plan, act_shape) -> int:
-    return act_shape[plan.axes.index(_position_axis(plan.axes))]
+    return act_shape[plan.axes.index(programs.position_axis(plan.axes))]
 
 
 def _num_heads(plan: _Plan, act_shape) -> int:
@@ -228,129 +218,6 @@ def _orient(plan: _Plan, clean_inputs, corrupt_inputs, text_mask):
     return corrupt_inputs, corrupt_mask, clean_inputs, clean_mask
 
 
-# ----------------------------------------------------------------------------------------------
-# Where masks and per-position reductions, from the site's named axes
-
-
-def _where_masks(axes: tuple[str, ...], num_positions: int, num_heads: int, positions,
-                 heads: bool) -> edits_lib.Along:
-    """One ``where`` per patch, stacked on a leading axis in (position, head) row-major order: the
-    named masks of ``mrepe_jax.edits`` (position, and head with ``heads``), so that the layout of
-    every site kind is the one ``layouts.site_axes`` gives."""
-    pos_axis = _position_axis(axes)
-    rows = [edits_lib.axis_mask(pos_axis, num_positions, p) for p in positions]
-    if heads:
-        rows = [r & edits_lib.head_mask(num_heads, h) for r in rows for h in range(num_heads)]
-    return edits_lib.Along(jnp.stack([r.value for r in rows]), rows[0].axes)
-
-
-def _pad_patches(masks: edits_lib.Along, mesh) -> edits_lib.Along:
-    """The patches padded (repeating the last) to a multiple of the mesh's ``data`` axis, which
-    splits them; the copies' effects are dropped."""
-    if mesh is None:
-        return masks
-    pad = -masks.value.shape[0] % parallel.data_axis_size(mesh)
-    return jax.tree.map(lambda m: jnp.concatenate([m, jnp.repeat(m[-1:], pad, axis=0)]), masks)
-
-
-def _per_position(axes: tuple[str, ...], x, heads: bool):
-    """Sums ``x`` (activation-shaped) over every axis but batch, position (and head with
-    ``heads``): ``[B, T]`` or ``[B, T, H]``."""
-    keep = ("batch", _position_axis(axes)) + (("head",) if heads else ())
-    summed = x.sum(tuple(i for i, a in enumerate(axes) if a not in keep))
-    left = [a for a in axes if a in keep]
-    return summed.transpose([left.index(a) for a in keep])
-
-
-# ----------------------------------------------------------------------------------------------
-# Compiled pieces. Models, metrics and site names are static (hashable); arrays are traced, so one
-# compilation per (model, metric, layer, site, shapes) serves every later sweep.
-
-
-@functools.partial(jax.jit, static_argnames=("model", "tower"))
-def _stage_mask(model, variables, tower, inputs, attention_mask):
-    mask, _ = model.apply(variables, tower, inputs, attention_mask, method="layer_mask")
-    return mask
-
-
-@functools.partial(jax.jit, static_argnames=("model", "tower", "capture"))
-def _forward(model, variables, tower, metric, capture, inputs, attention_mask):
-    emb, acts = model.apply(
-        variables, tower, inputs, attention_mask, capture=capture, method="encode"
-    )
-    return metric(emb), acts
-
-
-def _patched_metric(model, variables, tower, point, layer, chunk_size, metric, h, source, masks,
-                    stage_mask, input_ids):
-    """Metric of the base run with ``point`` of ``layer`` patched by ``source`` under each
-    ``masks[k]``: ``[K, B]``.
-
-    ``h`` is the base run's residual entering ``layer``, shared by every patch: only the
-    computation downstream of the patched site is batched over the K masks (vmap leaves the
-    unpatched part of the layer unbatched). A traced ``layer`` (scanned stacks) makes one program
-    serve every layer; a static one (models without a scanned stack) compiles one per layer.
-    """
-
-    def one(where):
-        patch = edits_lib.Replace(source, where)
-        if isinstance(layer, int):
-            edit = {sites_lib.layer_site(tower, layer, point): patch}
-        else:
-            edit = {sites_lib.layer_site(tower, "*", point): edits_lib.AtLayer(layer, patch)}
-        out, _ = model.apply(variables, tower, h, start=layer, mask=stage_mask, edits=edit,
-                             method="run_layers")
-        emb, _ = model.apply(variables, tower, out, inputs=input_ids, method="readout")
-        return metric(emb)
-
-    if chunk_size is None or chunk_size >= masks.value.shape[0]:
-        return jax.vmap(one)(masks)
-    return jax.lax.map(one, masks, batch_size=chunk_size)
-
-
-_STATIC = ("model", "tower", "point", "chunk_size")
-
-
-def _over_patches(mesh):
-    """``_patched_metric`` with its K patches split over the mesh's ``data`` axis (``shard_map``;
-    everything else replicated), or as it is without a mesh."""
-    if mesh is None:
-        return _patched_metric
-
-    def sharded(model, variables, tower, point, layer, chunk_size, metric, h, source, masks,
-                stage_mask, input_ids):
-        def local(masks):
-            return _patched_metric(model, variables, tower, point, layer, chunk_size, metric, h,
-                                   source, masks, stage_mask, input_ids)
-
-        spec = jax.P(parallel.DATA)
-        # check_vma off: the layer stack's lax.cond joins a patched (device-varying) branch with the
-        # untouched replicated residual, which the varying-axes type check would reject.
-        return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(masks)
-
-    return sharded
-
-
-@functools.lru_cache(maxsize=8)
-def _sweeps(mesh):
-    """(traced-layer program, per-layer program) of the sweep, one pair per mesh."""
-    body = _over_patches(mesh)
-    return (jax.jit(body, static_argnames=_STATIC),
-            jax.jit(body, static_argnames=_STATIC + ("layer",)))
-
-
-def _scanned(model, variables):
-    """``(model, variables, scanned)``: with every tower's layers stacked, so that the sweep's
-    layer is an array (one compiled program for all layers); models without ``execution`` come
-    back as they are (``scanned`` False) and sweep with one program per layer."""
-    execution = getattr(model, "execution", None)
-    if execution is None or execution.scan_layers:
-        return model, variables, execution is not None
-    stacked = dataclasses.replace(execution, scan_layers=True)
-    params = stack_layer_params(variables["params"])
-    return model.clone(execution=stacked), {**variables, "params": params}, True
-
-
 def as_metric(metric: Metric):
     """``metric`` as a pytree the compiled sweeps take as an argument: a ``jax.tree_util.Partial``
     (or a pytree dataclass) carries its arrays as leaves, so metrics that differ only in their
@@ -360,37 +227,6 @@ def as_metric(metric: Metric):
             leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves)):
         return metric
     return jax.tree_util.Partial(metric)
-
-
-def _attribution(model, variables, tower, metric, site_names, axes, heads, base_in, base_mask,
-                 src_in, src_mask):
-    """Attribution patching in one compiled call: ``[B, L, T(, H)]`` estimates, base/source metric.
-
-    The source run is one forward with capture; the base run is one forward + one backward. The
-    gradient w.r.t. a zero ``Add`` delta at a site is the gradient w.r.t. the activation there,
-    and only activations (never parameters) are differentiated, so the backward pass costs about
-    one forward. Examples do not interact, so the gradient of the batch sum of the metric holds
-    every example's own gradient.
-    """
-    src_emb, src_acts = model.apply(variables, tower, src_in, src_mask, capture=site_names,
-                                    method="encode")
-
-    def run(deltas):
-        edits = {s: edits_lib.Add(d) for s, d in zip(site_names, deltas)}
-        emb, acts = model.apply(variables, tower, base_in, base_mask, edits=edits,
-                                capture=site_names, method="encode")
-        return metric(emb), acts
-
-    zeros = tuple(jnp.zeros_like(src_acts[s]) for s in site_names)
-    base_metric, vjp_fn, base_acts = jax.vjp(run, zeros, has_aux=True)
-    (grads,) = vjp_fn(jnp.ones_like(base_metric))
-    per_layer = [_per_position(axes, (src_acts[s] - base_acts[s]) * g, heads)
-                 for s, g in zip(site_names, grads)]
-    return jnp.stack(per_layer, 1), base_metric, metric(src_emb)
-
-
-_attribution_jit = jax.jit(_attribution,
-                           static_argnames=("model", "tower", "site_names", "axes", "heads"))
 
 
 def _check_metric(value, batch: int):
@@ -491,12 +327,12 @@ def causal_effect(
     base_in, base_mask, src_in, src_mask = _orient(plan, clean_inputs, corrupt_inputs, text_mask)
     entering = tuple(sites_lib.layer_site(tower, i, "resid_pre") for i in plan.layers)
     metric = as_metric(metric)
-    model, variables, scanned = _scanned(model, variables)
+    model, variables, scanned = programs.scanned(model, variables)
 
     # The two unpatched runs, once: the base run's residual entering every swept layer is the
     # clean prefix that every patch of that layer reuses.
-    base_metric, base_acts = _forward(model, variables, tower, metric, entering, base_in, base_mask)
-    src_metric, src_acts = _forward(model, variables, tower, metric, plan.sites, src_in, src_mask)
+    base_metric, base_acts = programs.forward(model, variables, tower, metric, entering, base_in, base_mask)
+    src_metric, src_acts = programs.forward(model, variables, tower, metric, plan.sites, src_in, src_mask)
     batch = np.shape(base_in)[0]
     _check_metric(base_metric, batch)
 
@@ -504,13 +340,13 @@ def causal_effect(
     num = _num_positions(plan, shape)
     pos = _positions(plan, num, positions)
     num_heads = _num_heads(plan, shape)
-    masks = _where_masks(plan.axes, num, num_heads, pos, plan.heads)
-    stage_mask = _stage_mask(model, variables, tower, base_in, base_mask)
+    masks = programs.where_masks(plan.axes, num, num_heads, pos, plan.heads)
+    stage_mask = programs.stage_mask(model, variables, tower, base_in, base_mask)
     ids = base_in  # readout's inputs: the text tower pools at their EOS token
 
     k = masks.value.shape[0]
-    masks = _pad_patches(masks, mesh)
-    traced, per_layer_program = _sweeps(mesh)
+    masks = programs.pad_patches(masks, mesh)
+    traced, per_layer_program = programs.sweeps(mesh)
     per_layer = []
     for layer, site, entry in zip(_progress(plan.layers, verbose, f"patching {tower}.{point}"),
                                   plan.sites, entering):
@@ -564,7 +400,7 @@ def attribution_effect(
         sharding = parallel.data_sharding(mesh) if split else parallel.replicated(mesh)
         inputs = jax.device_put(tuple(None if x is None else np.asarray(x) for x in inputs), sharding)
         variables, metric = jax.device_put((variables, metric), parallel.replicated(mesh))
-    every, base_metric, src_metric = _attribution_jit(
+    every, base_metric, src_metric = programs.attribution_jit(
         model, variables, tower, metric, plan.sites, plan.axes, plan.heads, *inputs)
     # every position: [B, L, T(, H)]
     _check_metric(base_metric, batch)

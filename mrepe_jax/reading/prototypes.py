@@ -39,7 +39,7 @@ def array_module(*xs):
 def _l2(x):
     xp = array_module(x)
     x = xp.asarray(x, xp.float32)
-    # The floor only touches all-zero rows (which would be NaN), as ``models.clip.normalize``.
+    # The floor only touches all-zero rows (which would be NaN), as ``models.layers.normalize``.
     return x / xp.maximum(xp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 

@@ -53,7 +53,7 @@ def write_text(path: Path, text: str) -> None:
 
 def machine() -> dict:
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "devices": [str(d) for d in jax.devices()],

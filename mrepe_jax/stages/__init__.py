@@ -1,2 +1,6 @@
 """Stages shared by every experiment: what ToyWorld and a real checkpoint on a real dataset both
-run (identification, causal patching), written against plain batches, labels and a model."""
+run, written against plain batches, labels and a model.
+
+``identification`` (Table 1, streamed), ``alignment`` (Table 2's CMC row), ``steering`` (Table 3,
+and the eq 5 / eq 7 edit builders), ``patching`` (eq 2 sweeps with bootstrap CIs), ``reads`` (a
+tower's sites over a batch dict) and ``seeds`` (run-seed offsets, per-seed train subsets)."""

@@ -98,7 +98,8 @@ def check_labels(labels: np.ndarray, num_values: int, what: str) -> np.ndarray:
     labels = np.asarray(labels)
     bad = labels[(labels < -1) | (labels >= num_values)]
     if bad.size:
-        raise ValueError(f"{what}: labels must lie in [-1, {num_values}) (-1: unlabelled), got {np.unique(bad)[:5].tolist()}")
+        raise ValueError(f"{what}: labels must lie in [-1, {num_values}) (-1: unlabelled), "
+                         f"got {np.unique(bad)[:5].tolist()}")
     return labels
 
 

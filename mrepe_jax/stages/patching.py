@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from mrepe_jax.models.clip import normalize
+from mrepe_jax.models.layers import normalize
 from mrepe_jax.reading.bootstrap import bootstrap_ci
 from mrepe_jax.reading.causal import attribution_effect, causal_effect
 from mrepe_jax.report.plots import heatmap

@@ -20,8 +20,11 @@ import dataclasses
 import numpy as np
 
 from mrepe_jax.control.evaluate import steered_predictions, success_rate
-from mrepe_jax.control.interventions import direct
-from mrepe_jax.edits import Replace
+from mrepe_jax.control.interventions import attention, combine, direct
+from mrepe_jax.edits import Replace, along
+
+# The edit builders are frozen dataclasses, not functools.partials: equal instances are one static
+# argument, so the other world's (or a later call's) sweep reuses the compiled program.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +48,39 @@ class EditAP:
         return {self.site: Replace(p["mean"])}
 
 
+@dataclasses.dataclass(frozen=True)
+class EditEq5Eq7:
+    """One intervention of the eq 5 / eq 7 family at ``site`` and its layer's ``logits``, from one
+    intervention's arrays (``delta``, ``alpha``, ``scale``, and ``bias``: eq 7's ``M_c`` per input
+    and key token). Methods differ only in their arrays (alpha 0 or a zero mask switch a part
+    off), so every method and alpha shares one compiled program."""
+
+    site: str
+    logits: str
+
+    def __call__(self, p):
+        return combine(direct(self.site, p["delta"], p["alpha"], p["scale"]),
+                       attention(self.logits, along(p["bias"], "batch", "key")))
+
+
 def last_resid(model, tower: str) -> str:
     """The site the stage steers by default: the tower's last layer's ``resid_post``."""
     return f"{tower}.layers.{model.tower_layers()[tower] - 1}.resid_post"
+
+
+def steering_sites(model, tower: str) -> tuple[str, str, str]:
+    """``(resid_post, attn.logits, resid_pre)`` of the tower's last layer: where eq 5 adds, where
+    eq 7 biases, and the keys eq 7 reads its concept members from."""
+    last = model.tower_layers()[tower] - 1
+    return (f"{tower}.layers.{last}.resid_post", f"{tower}.layers.{last}.attn.logits",
+            f"{tower}.layers.{last}.resid_pre")
+
+
+def attention_unit(model, tower: str, width: int, strength: float) -> float:
+    """The logit bias that shifts the softmax input by ``strength`` in a tower of ``width`` and
+    its config's heads (eq 7 adds ``M_c`` before the ``1/sqrt(d_head)`` scaling)."""
+    heads = getattr(model.config, f"{tower}_config").num_attention_heads
+    return strength * np.sqrt(width / heads)
 
 
 def steer(model, params, tower: str, inputs, mask, labels: np.ndarray, site: str,

@@ -1,6 +1,6 @@
 """The ToyWorld captioner: a tiny BLIP-2-shaped generative model over the ToyWorld CLIP's vision tower.
 
-It is BLIP-2 (``models/blip2.py``) with the trained ToyWorld CLIP's vision tower in place of the EVA
+It is BLIP-2 (``models/blip2/model.py``) with the trained ToyWorld CLIP's vision tower in place of the EVA
 ViT, and an OPT whose vocabulary is ToyWorld's caption vocabulary plus one image token::
 
     image_embeds = clip.vision last hidden state (frozen)            # [B, T_img, D_v], before pooling
@@ -39,13 +39,12 @@ from flax.training.train_state import TrainState
 
 from mrepe_jax import parallel
 from mrepe_jax.data.toyworld import ToyWorld
-from mrepe_jax.data.toyworld_concepts import CONCEPT_FAMILIES, FAMILIES, SYNONYMS
-from mrepe_jax.data.toyworld_text import split_words
-from mrepe_jax.models import opt
-from mrepe_jax.models import blip2
-from mrepe_jax.models.blip2 import QueriedLanguageModel, default_prompt
-from mrepe_jax.models.opt import OPTConfig
-from mrepe_jax.models.qformer import (
+from mrepe_jax.data.toyworld.concepts import CONCEPT_FAMILIES, FAMILIES, SYNONYMS
+from mrepe_jax.data.toyworld.text import split_words
+from mrepe_jax.models.blip2 import QueriedLanguageModel, default_prompt, opt
+from mrepe_jax.models.blip2 import model as blip2
+from mrepe_jax.models.blip2.opt import OPTConfig
+from mrepe_jax.models.blip2.qformer import (
     Blip2QFormerConfig,
     check_composable,
     qformer_site_names,

@@ -19,11 +19,11 @@ import optax
 from flax.training.train_state import TrainState
 
 from mrepe_jax import parallel
-from mrepe_jax.align.contrastive import clip_loss
 from mrepe_jax.data.audio import LogMelConfig, n_frames
 from mrepe_jax.data.toyworld import ToyWorld
-from mrepe_jax.models.clip_config import CLIPTextConfig, CLIPVisionConfig
-from mrepe_jax.models.trimodal import TriModalCLIP, TriModalConfig, log_mel_features
+from mrepe_jax.models.clip import CLIPTextConfig, CLIPVisionConfig
+from mrepe_jax.models.trimodal.model import TriModalCLIP, TriModalConfig, log_mel_features
+from mrepe_jax.train.contrastive import clip_loss
 from mrepe_jax.train.loop import EXECUTION_KEYS, FitResult, fit, spec_of
 
 MODALITY_KEYS = {"vision": "image", "audio": "audio", "text": "input_ids"}
@@ -195,7 +195,8 @@ def optimizer(learning_rate: float, warmup_steps: int, num_steps: int, weight_de
 
 def run_config(world: ToyWorld, cfg: ml_collections.ConfigDict) -> dict:
     """Everything that defines the training trajectory (all of ``cfg`` but how it executes,
-    ``loop.EXECUTION_KEYS``, and the world), saved with each checkpoint so that a resume with other settings is refused."""
+    ``loop.EXECUTION_KEYS``, and the world), saved with each checkpoint so that a resume with other
+    settings is refused."""
     settings = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_KEYS}
     return {**settings, "world": dataclasses.asdict(world.config)}
 

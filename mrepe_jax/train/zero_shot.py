@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from mrepe_jax.data.toyworld import ToyWorld
-from mrepe_jax.models.clip import normalize
+from mrepe_jax.models.layers import normalize
 from mrepe_jax.train.toyclip import class_prompt_tokens
 
 

@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 
 from mrepe_jax.align.train import MapTrainConfig, train_map
-from mrepe_jax.align.transfer import (Space, carry_direction, random_direction, steered_predictions,
-                                      transfer_scores)
+from mrepe_jax.align.transfer import (
+    Space,
+    carry_direction,
+    random_direction,
+    steered_predictions,
+    transfer_scores,
+)
 from mrepe_jax.edits import Add
-from mrepe_jax.models.clip import normalize
+from mrepe_jax.models.layers import normalize
 from tests.models.tiny import tiny_clip
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mrepe_jax.control.captions import _steered, steered_captions
-from mrepe_jax.edits import Add
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
+from mrepe_jax.edits import Add
 from mrepe_jax.train import captioner
 from tests.train.test_captioner import make_clip, tiny_cfg
 
@@ -23,7 +23,7 @@ def lm_add(p):
 @pytest.fixture(scope="module")
 def setup():
     # Untrained: these are the mechanics (what the edits do to captions is
-    # tests/experiments/test_toyworld_captioning.py's, on a trained captioner).
+    # tests/experiments/toyworld/test_captioning.py's, on a trained captioner).
     world = ToyWorld(ToyWorldConfig())
     clip, clip_params = make_clip(world, width=32)
     cfg = tiny_cfg(qformer_hidden_size=32, lm_hidden_size=32, num_query_tokens=4)

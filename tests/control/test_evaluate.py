@@ -9,7 +9,7 @@ import pytest
 from mrepe_jax.control import evaluate
 from mrepe_jax.control.evaluate import collateral_accuracy, steered_predictions, success_rate
 from mrepe_jax.control.interventions import direct
-from mrepe_jax.models.clip import normalize
+from mrepe_jax.models.layers import normalize
 from tests.models.tiny import tiny_clip
 
 SITE = "vision.layers.1.resid_post"

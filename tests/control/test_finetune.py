@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mrepe_jax.control.finetune import FinetuneConfig, finetune_heads, head_predictions
-from mrepe_jax.models.clip import normalize
+from mrepe_jax.models.layers import normalize
 from tests.models.tiny import tiny_clip
 
 N, D = 40, 32

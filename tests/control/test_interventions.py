@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from mrepe_jax.control.interventions import (
-    attention, combine, concept_attention_mask, direct, site_scale)
+    attention,
+    combine,
+    concept_attention_mask,
+    concept_bias,
+    direct,
+    site_scale,
+)
 from mrepe_jax.edits import Add
 from tests.models.tiny import tiny_clip
 
@@ -97,3 +103,17 @@ def test_bad_interventions_are_clear_errors():
         concept_attention_mask(jnp.ones((2, 5, 8)), jnp.ones(7), 0.5, 1.0)
     with pytest.raises(ValueError, match=r"representations \[N, ..., D\] with N >= 1"):
         site_scale(np.zeros((0, 4)))
+
+
+def test_concept_bias_marks_the_keys_near_the_positive_rows_prototype():
+    """Eq 7's ``M_c`` from eq 1: keys like the positive train rows get ``unit``, the rest 0."""
+    rng = np.random.default_rng(0)
+    e1, e2 = np.eye(8, dtype=np.float32)[:2]
+    positive = np.arange(40) < 20
+    key_means = np.where(positive[:, None], e1, e2) + 0.05 * rng.normal(size=(40, 8)).astype(np.float32)
+    keys = np.stack([np.stack([e1, e2, -e1, e1 + 0.1 * e2])] * 3)  # [3 inputs, 4 tokens, 8]
+    bias = concept_bias(key_means, positive, keys, unit=2.5)
+    assert bias.shape == (3, 4) and bias.dtype == np.float32
+    np.testing.assert_array_equal(bias, np.tile([2.5, 0.0, 0.0, 2.5], (3, 1)))
+    # Swapping which rows are positive moves the members to the other concept's keys.
+    np.testing.assert_array_equal(concept_bias(key_means, ~positive, keys, 1.0)[0], [0, 1, 0, 0])

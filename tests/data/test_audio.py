@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from mrepe_jax.data import (
-    CONCEPT_FAMILIES, LogMelConfig, ToyWorld, ToyWorldConfig, log_mel_numpy, log_mel_spectrogram,
-    mel_filterbank, n_frames)
+    CONCEPT_FAMILIES,
+    LogMelConfig,
+    ToyWorld,
+    ToyWorldConfig,
+    log_mel_numpy,
+    log_mel_spectrogram,
+    mel_filterbank,
+    n_frames,
+)
 from mrepe_jax.data.audio import hz_to_mel, mel_to_hz
 
 SR = 8000

@@ -12,8 +12,16 @@ import pytest
 from PIL import Image
 
 from mrepe_jax.data import (
-    CONCEPT_FAMILIES, DataSource, FolderSource, ToyWorld, ToyWorldConfig, ToyWorldSource,
-    export_toyworld, read_wav, write_wav)
+    CONCEPT_FAMILIES,
+    DataSource,
+    FolderSource,
+    ToyWorld,
+    ToyWorldConfig,
+    ToyWorldSource,
+    export_toyworld,
+    read_wav,
+    write_wav,
+)
 
 
 def _take(it, n):

@@ -6,10 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mrepe_jax.data import toyworld_values
-from mrepe_jax.data.toyworld_concepts import CONCEPT_FAMILIES, SAFE_VALUES, UNSAFE_VALUES
+from mrepe_jax.data.toyworld import values as toyworld_values
+from mrepe_jax.data.toyworld.concepts import CONCEPT_FAMILIES, SAFE_VALUES, UNSAFE_VALUES
 from mrepe_jax.metrics.safety import (
-    adversarial_robustness, harmful_output_reduction, harmful_rate, pgd, scr, vas)
+    adversarial_robustness,
+    harmful_output_reduction,
+    harmful_rate,
+    pgd,
+    scr,
+    vas,
+)
 from mrepe_jax.metrics.stats import paired_permutation_test
 
 EMBLEMS = CONCEPT_FAMILIES["emblem"]

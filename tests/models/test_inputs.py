@@ -102,7 +102,7 @@ def test_pixels_of_another_size_name_the_expected_layout_and_not_nchw(clip):
 
 
 def test_blip2_vision_tower_names_an_nchw_batch():
-    from mrepe_jax.models.blip2_vision import Blip2VisionConfig, Blip2VisionModel
+    from mrepe_jax.models.blip2.vision import Blip2VisionConfig, Blip2VisionModel
 
     model = Blip2VisionModel(Blip2VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                                num_attention_heads=2, image_size=8, patch_size=4))

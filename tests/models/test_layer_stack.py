@@ -10,8 +10,7 @@ import pytest
 from mrepe_jax import sites as sites_lib
 from mrepe_jax.edits import Add, AtLayer, Replace, token_mask
 from mrepe_jax.layouts import TOKEN_AXES
-from mrepe_jax.models.clip import CLIPModel
-from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from mrepe_jax.models.clip import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from mrepe_jax.models.execution import Execution
 from mrepe_jax.models.layer_stack import stack_layer_params, unstack_layer_params
 from tests.models.tiny import CONFIG, tiny_clip
@@ -120,7 +119,7 @@ def deep_clip(layers=12):
 
 @pytest.mark.slow  # a 12-layer model and three per-layer programs (~16 s): `make test-slow`
 def test_a_twelve_layer_sweep_compiles_one_program_and_matches_per_layer_programs():
-    from mrepe_jax.reading import causal
+    from mrepe_jax.reading import causal, causal_programs
 
     config = deep_clip()
     model = CLIPModel(config)
@@ -129,7 +128,7 @@ def test_a_twelve_layer_sweep_compiles_one_program_and_matches_per_layer_program
     variables = model.init(jax.random.key(0), clean, jnp.zeros((1, 4), jnp.int32))
     w = jax.random.normal(jax.random.key(1), (8,))
     metric = jax.tree_util.Partial(lambda w, e: e @ w, w)
-    traced, per_layer_program = causal._sweeps(None)
+    traced, per_layer_program = causal_programs.sweeps(None)
     traced.clear_cache()
     swept = causal.causal_effect(model, variables, "vision", clean, corrupt, metric)
     assert traced._cache_size() == 1  # 12 layers, one program
@@ -143,7 +142,7 @@ def test_a_twelve_layer_sweep_compiles_one_program_and_matches_per_layer_program
         site = f"vision.layers.{layer}.resid_pre"
         _, base = model.apply(variables, "vision", clean, method="encode", capture=(site,))
         _, src = model.apply(variables, "vision", corrupt, method="encode", capture=(site,))
-        masks = causal._where_masks(TOKEN_AXES, 5, 1, range(5), False)
+        masks = causal_programs.where_masks(TOKEN_AXES, 5, 1, range(5), False)
         base_metric = metric(model.apply(variables, "vision", clean, method="encode")[0])
         per_layer = per_layer_program(model, variables, "vision", "resid_pre", layer, None, metric,
                                    base[site], src[site], masks, None, clean)

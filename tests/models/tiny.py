@@ -4,8 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrepe_jax.models.clip import CLIPModel
-from mrepe_jax.models.clip_config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from mrepe_jax.models.clip import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
 CONFIG = CLIPConfig(
     CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,

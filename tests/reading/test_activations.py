@@ -112,7 +112,7 @@ def test_update_is_pure_and_merges_exactly():
     x = rng.normal(3.0, 1.0, (40, 5, 6)).astype(np.float32)
     labels = rng.integers(0, 2, 40)
     stats0 = {"s": A.init_moments(2, 6, covariance=True)}
-    step = jax.jit(lambda st, a, l: A.update(st, {"s": a}, l, reduce="cls"))
+    step = jax.jit(lambda st, a, y: A.update(st, {"s": a}, y, reduce="cls"))
     st = stats0
     for i in range(0, 40, 7):
         st = step(st, x[i:i + 7], labels[i:i + 7])
@@ -132,7 +132,8 @@ def test_collect_activations_keeps_rows_aligned(clip):
                                 reduce="cls", keep=("label",))
     _, acts = model.apply(params, "vision", data["pixels"], method="encode", capture=("vision.*",))
     assert out["vision.proj"].shape == (21, 16) and out["vision.layers.0.resid_post"].shape == (21, 32)
-    np.testing.assert_allclose(out["vision.layers.0.resid_post"], np.asarray(acts["vision.layers.0.resid_post"])[:, 0], atol=ATOL)
+    np.testing.assert_allclose(out["vision.layers.0.resid_post"],
+                               np.asarray(acts["vision.layers.0.resid_post"])[:, 0], atol=ATOL)
     np.testing.assert_array_equal(out["label"], data["label"])
 
 

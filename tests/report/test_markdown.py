@@ -15,7 +15,7 @@ def test_fmt_rounds_floats_and_keeps_integers_whole():
 
 
 def test_report_prints_the_final_training_loss_rounded():
-    from mrepe_jax.experiments.toyworld_report import zero_shot_section
+    from mrepe_jax.experiments.toyworld.report.document import zero_shot_section
 
     results = {"zero_shot": {m: {"colour": 0.9} for m in ("vision", "text", "audio")},
                "training": {"steps": 1000, "final_loss": 0.7771299481391907, "trained_in_seconds": 60.8},

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mrepe_jax.models.clip import normalize
+from mrepe_jax.models.layers import normalize
 from mrepe_jax.stages import identification, steering
 from tests.models.tiny import tiny_clip
 
@@ -44,3 +44,35 @@ def test_unlabelled_inputs_are_not_counted(setup):
     b = steering.steer(model, params, "vision", images[:24], None, labels[:24], site,
                        sums.directions(), sums.means(), sums.mean_norm(), (1.0,), prompts)
     assert a["num_inputs"] == 24 and a["direct"] == b["direct"] and a["ap"] == b["ap"]
+
+
+def test_steering_sites_and_the_eq7_unit_follow_the_tower(setup):
+    model = setup[0]
+    assert steering.steering_sites(model, "text") == (
+        "text.layers.1.resid_post", "text.layers.1.attn.logits", "text.layers.1.resid_pre")
+    # Width 32 over 4 heads: d_head 8, so a softmax shift of 0.5 is a logit bias of 0.5 * sqrt(8).
+    assert steering.attention_unit(model, "vision", 32, 0.5) == pytest.approx(0.5 * np.sqrt(8))
+
+
+def test_edit_eq5_eq7_is_the_combined_intervention_and_one_static_argument(setup):
+    from mrepe_jax.control.interventions import attention, combine, direct
+    from mrepe_jax.edits import along
+
+    model, params, images, _, site, _, _ = setup
+    x = images[:3]
+    _, logits, _ = steering.steering_sites(model, "vision")
+    rng = np.random.default_rng(1)
+    p = {"delta": rng.normal(size=32).astype(np.float32), "alpha": np.float32(0.7),
+         "scale": np.float32(2.0), "bias": rng.normal(size=(3, 5)).astype(np.float32)}
+    edit = steering.EditEq5Eq7(site, logits)
+    assert edit == steering.EditEq5Eq7(site, logits) and hash(edit) == hash(steering.EditEq5Eq7(site, logits))
+
+    def encode(edits):
+        return np.asarray(model.apply({"params": params}, "vision", x, edits=edits, method="encode")[0])
+
+    by_hand = combine(direct(site, p["delta"], p["alpha"], p["scale"]),
+                      attention(logits, along(p["bias"], "batch", "key")))
+    np.testing.assert_allclose(encode(edit(p)), encode(by_hand), atol=1e-6)
+    assert np.abs(encode(edit(p)) - encode(None)).max() > 1e-3
+    off = {**p, "alpha": np.float32(0.0), "bias": np.zeros((3, 5), np.float32)}
+    np.testing.assert_allclose(encode(edit(off)), encode(None), atol=1e-6)

@@ -7,7 +7,7 @@ import pytest
 from flax import traverse_util
 
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
-from mrepe_jax.data.toyworld_concepts import FAMILIES
+from mrepe_jax.data.toyworld.concepts import FAMILIES
 from mrepe_jax.models.trimodal import TriModalCLIP
 from mrepe_jax.train import captioner, loop, toyclip
 

@@ -1,0 +1,52 @@
+"""A tower's sites read over a batch dict, for the stages of every experiment.
+
+``keys`` names a tower's inputs in the batch: ``(input_key, mask_key)``, ``mask_key`` None for
+towers without a padding mask (ToyWorld's are ``("image", None)``, ``("input_ids",
+"attention_mask")`` and ``("audio", None)``). Both readers go through ``collect_activations``'
+cached step, so every stage (and every world) that reads one tower and site shares one program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mrepe_jax import parallel
+from mrepe_jax.reading.activations import collect_activations, tower_apply
+
+
+def every_token(x, _mask):
+    """A ``collect_activations`` reduction that keeps every token (module level: one program)."""
+    return x
+
+
+def _inputs(batch: dict, keys: tuple[str, str | None]) -> list[str]:
+    input_key, mask_key = keys
+    return [input_key] + ([mask_key] if mask_key else [])
+
+
+def token_reps(model, params, tower: str, keys: tuple[str, str | None], batch: dict,
+               site: str) -> np.ndarray:
+    """``site`` per token, ``[N, T, D]``, for the rows of ``batch`` (one batch, no chunking)."""
+    input_key, mask_key = keys
+    return collect_activations(tower_apply(model, tower, input_key, mask_key),
+                               [{k: batch[k] for k in _inputs(batch, keys)}], (site,),
+                               params={"params": params}, reduce=every_token, mask_key=mask_key)[site]
+
+
+def mean_reps(model, params, tower: str, keys: tuple[str, str | None], batch: dict,
+              sites: Sequence[str], chunk: int = 256, mesh=None,
+              gather: bool = False) -> dict[str, np.ndarray]:
+    """``{site: [N, D]}``: each site's mean over real tokens, read in chunks of ``chunk`` rows
+    (the last one padded, so one program serves every chunk).
+
+    ``batch`` holds this process's rows; with ``gather`` every process gets every row, in order
+    (``parallel.gather_rows``)."""
+    input_key, mask_key = keys
+    names = _inputs(batch, keys)
+    n = len(batch[input_key])
+    batches = ({k: batch[k][s:s + chunk] for k in names} for s in range(0, n, chunk))
+    local = collect_activations(tower_apply(model, tower, input_key, mask_key), batches, tuple(sites),
+                                params={"params": params}, reduce="mean", mask_key=mask_key, mesh=mesh)
+    return parallel.gather_rows(local) if gather else local
