@@ -245,7 +245,8 @@ def _check_pairs(src, tgt, cfg: MapTrainConfig) -> tuple[np.ndarray, np.ndarray]
         raise ValueError(f"paired representations must be [N, d_i] and [N, d_j] with the same N "
                          f"(stacked: [K, N, d]), got {src.shape[-2:]} and {tgt.shape[-2:]}")
     if cfg.kind in TRAINED_KINDS and src.shape[1] < cfg.batch_size:
-        raise ValueError(f"{src.shape[1]} pairs are fewer than one batch of {cfg.batch_size}")
+        raise ValueError(f"{src.shape[1]} pairs are fewer than one batch of {cfg.batch_size} "
+                         "(MapTrainConfig.batch_size): lower the batch size or pass more pairs")
     for name, a in (("source", src), ("target", tgt)):
         bad = ~np.isfinite(a).all(-1)
         if bad.any():

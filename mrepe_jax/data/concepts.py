@@ -102,17 +102,22 @@ def tfds_images(name: str, split: str, classes: Sequence[str], *, batch_size: in
     return _batched(examples(), batch_size, limit, f"TFDS dataset {name!r} split {split!r}")
 
 
-def folder_images(root: str | pathlib.Path, split: str, classes: Sequence[str], *, batch_size: int,
-                  limit: int | None = None) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
-    """Batches ``(images, labels)`` from ``root/<split>/<class>/*.png|jpg|...`` (the usual
-    image-folder layout), classes interleaved in file-name order so that any prefix (``limit``)
-    holds every class."""
+def folder_classes(root: str | pathlib.Path, split: str) -> list[str]:
+    """The class subfolders of ``root/<split>``, sorted (an error names the folder looked in)."""
     split_dir = pathlib.Path(root).expanduser() / split
     if not split_dir.is_dir():
         what = "does not exist" if not pathlib.Path(root).expanduser().is_dir() else "has no split folder"
         raise FileNotFoundError(f"image folder {str(pathlib.Path(root))!r} {what} "
                                 f"(looked for {str(split_dir)!r}, laid out as <split>/<class>/<image>)")
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+
+
+def folder_files(root: str | pathlib.Path, split: str, classes: Sequence[str],
+                 limit: int | None = None) -> list[tuple[pathlib.Path, int]]:
+    """``(path, label)`` of the images ``folder_images`` reads from ``root/<split>``, in its order:
+    classes interleaved in file-name order, so that any prefix (``limit``) holds every class."""
+    split_dir = pathlib.Path(root).expanduser() / split
+    found = folder_classes(root, split)
     class_index(classes, found, f"image folder {str(split_dir)!r} (its class subfolders)")
     per_class = [sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
                  for c in classes]
@@ -120,7 +125,15 @@ def folder_images(root: str | pathlib.Path, split: str, classes: Sequence[str], 
     if empty:
         raise ValueError(f"image folder {str(split_dir)!r}: class folder(s) {empty} hold no images "
                          f"({', '.join(IMAGE_SUFFIXES)})")
-    order = list(_interleave(per_class))
+    return list(_interleave(per_class))[:limit]
+
+
+def folder_images(root: str | pathlib.Path, split: str, classes: Sequence[str], *, batch_size: int,
+                  limit: int | None = None) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+    """Batches ``(images, labels)`` from ``root/<split>/<class>/*.png|jpg|...`` (the usual
+    image-folder layout), in ``folder_files``' order."""
+    order = folder_files(root, split, classes, limit)
+    split_dir = pathlib.Path(root).expanduser() / split
 
     def examples():
         for path, label in order:

@@ -76,12 +76,51 @@ def import_tfds(user: str):
     return tfds
 
 
+def to_rgb_uint8(image, index: int = 0) -> np.ndarray:
+    """One image (PIL, or a uint8 ``HW`` / ``HWC`` array with C in 1, 3, 4) -> ``[H, W, 3]`` uint8.
+
+    Transparency is composited onto white, exactly as transformers' ``convert_to_rgb``: with
+    ``PIL.Image.alpha_composite`` for PIL images, and ``round(a*rgb + (1-a)*255)`` for arrays.
+    """
+    if isinstance(image, Image.Image):
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(
+                f"image {index}: arrays must be uint8 HWC, got dtype {image.dtype}; convert floats "
+                "with (x * 255).round().astype(np.uint8) or pass a PIL image"
+            )
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+            raise ValueError(
+                f"image {index}: expected a HW or HWC array with 1, 3 or 4 channels (channels "
+                f"last), got shape {image.shape}"
+            )
+        if image.shape[-1] == 1:
+            return np.repeat(image, 3, axis=-1)
+        if image.shape[-1] == 4:
+            alpha = image[..., 3:4] / 255
+            return np.round(alpha * image[..., :3] + (1 - alpha) * 255).astype(np.uint8)
+        return image
+    raise TypeError(
+        f"image {index}: expected a PIL image or a uint8 numpy array, got {type(image).__name__}"
+    )
+
+
 def read_rgb(path) -> np.ndarray:
-    """The image file at ``path`` as uint8 RGB ``[h, w, 3]``, or an error naming the path."""
+    """The image file at ``path`` as uint8 RGB ``[h, w, 3]`` (transparency on white, as
+    ``to_rgb_uint8``), or an error naming the path. The whole file is decoded, so a truncated
+    image fails here."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+            img.load()
+            return to_rgb_uint8(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise ValueError(f"could not read image {path}: {e}") from e
 
 
@@ -94,7 +133,8 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """uint8/float image [h, w(, c)] -> float32 [size, size, 3] in [0, 1].
 
     Resizes the short side to ``size`` (bicubic) and centre-crops, as CLIP preprocessing does;
-    grey images are repeated to RGB and an alpha channel is dropped.
+    grey images are repeated to RGB and transparency is composited onto white
+    (``to_rgb_uint8``).
     """
     arr = np.asarray(image)
     if arr.ndim == 2:
@@ -103,7 +143,7 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"expected an image [h, w, 1|3|4], got shape {arr.shape}")
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    arr = np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr[..., :3]
+    arr = to_rgb_uint8(arr)
     h, w = arr.shape[:2]
     if (h, w) == (size, size):  # exact pixels for data that is already the right size
         return arr.astype(np.float32) / 255.0

@@ -13,6 +13,9 @@ import numpy as np
 
 from mrepe_jax import parallel
 
+#: The file that says which run a workdir belongs to (``claim``).
+RUN_FILE = "run.json"
+
 
 def prepare(workdir: str | os.PathLike) -> Path:
     path = Path(workdir)
@@ -21,6 +24,56 @@ def prepare(workdir: str | os.PathLike) -> Path:
     except OSError as e:
         raise OSError(f"cannot create workdir {str(path)!r}: {e}") from e
     return path
+
+
+class WorkdirError(ValueError):
+    """A workdir that belongs to another run; nothing was written to it."""
+
+
+def claim(workdir: str | os.PathLike, manifest: dict) -> Path:
+    """The workdir of the run ``manifest`` describes (JSON data: config, model, data), checked
+    before the run writes anything, so that a workdir never mixes two runs' files.
+
+    New, empty, or holding only a ``run.json`` (a run that stopped before writing): claimed, with
+    the manifest in ``run.json``. Holding a ``run.json`` of the same run: reused (a rerun resumes).
+    Another run's outputs, or files and no ``run.json``: a ``WorkdirError`` naming what differs,
+    and the workdir is left as it was."""
+    path = Path(workdir)
+    manifest = _plain(manifest)
+    record = path / RUN_FILE
+    if record.is_file() and any(p.name != RUN_FILE for p in path.iterdir()):
+        changed = _differences(read_json(record), manifest)
+        if changed:
+            shown = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in changed[:6])
+            more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+            raise WorkdirError(
+                f"workdir {str(path)!r} holds a run with other settings ({shown}{more}); nothing "
+                "was written to it. Pass another --workdir, or delete this one to start afresh")
+        return path
+    if path.is_dir() and any(p.name != RUN_FILE for p in path.iterdir()):
+        held = sorted(p.name for p in path.iterdir())
+        raise WorkdirError(
+            f"workdir {str(path)!r} already holds files ({', '.join(held[:5])}"
+            f"{', ...' if len(held) > 5 else ''}) but no {RUN_FILE} saying which run made them; "
+            "nothing was written to it. Pass another --workdir")
+    prepare(path)
+    write_json(record, manifest)
+    return path
+
+
+def _differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``(dotted key, old, new)`` of every leaf that differs, in key order."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def _short(value, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _plain(x):

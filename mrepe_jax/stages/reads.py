@@ -1,5 +1,10 @@
 """A tower's sites read over a batch dict, for the stages of every experiment.
 
+- ``token_reps``: every token; ``mean_reps``: the mean over real tokens (what identification
+  reads); ``readout_reps``: the token the tower's readout pools (CLS for vision and audio, EOS for
+  text), whose last-layer residual is all that reaches the embedding; ``readout_mask``: that token
+  as an edit's ``where``.
+
 ``keys`` names a tower's inputs in the batch: ``(input_key, mask_key)``, ``mask_key`` None for
 towers without a padding mask (ToyWorld's are ``("image", None)``, ``("input_ids",
 "attention_mask")`` and ``("audio", None)``). Both readers go through ``collect_activations``'
@@ -8,11 +13,14 @@ cached step, so every stage (and every world) that reads one tower and site shar
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 from mrepe_jax import parallel
+from mrepe_jax.edits import Along, along
 from mrepe_jax.reading.activations import collect_activations, tower_apply
 
 
@@ -50,3 +58,41 @@ def mean_reps(model, params, tower: str, keys: tuple[str, str | None], batch: di
     local = collect_activations(tower_apply(model, tower, input_key, mask_key), batches, tuple(sites),
                                 params={"params": params}, reduce="mean", mask_key=mask_key, mesh=mesh)
     return parallel.gather_rows(local) if gather else local
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tower"))
+def _readout_index(model, params, tower, inputs):
+    index, _ = model.apply({"params": params}, tower, inputs, method="readout_index")
+    return index
+
+
+def readout_index(model, params, tower: str, inputs) -> np.ndarray:
+    """``[N]``: the position each input's readout pools (``ContrastiveTowers.readout_index``)."""
+    return np.asarray(_readout_index(model, params, tower, inputs))
+
+
+def readout_reps(model, params, tower: str, keys: tuple[str, str | None], batch: dict, site: str,
+                 chunk: int = 256, gather: bool = False) -> np.ndarray:
+    """``site`` at each row's readout token, ``[N, D]``, read in chunks of ``chunk`` rows as
+    ``mean_reps`` (with ``gather``: every process's rows)."""
+    input_key, mask_key = keys
+    names = _inputs(batch, keys)
+    n = len(batch[input_key])
+    batches = ({k: batch[k][s:s + chunk] for k in names} for s in range(0, n, chunk))
+    tokens = collect_activations(tower_apply(model, tower, input_key, mask_key), batches, (site,),
+                                 params={"params": params}, reduce=every_token, mask_key=mask_key)[site]
+    local = tokens[np.arange(n), readout_index(model, params, tower, batch[input_key])]
+    return parallel.gather_rows(local) if gather else local
+
+
+def readout_mask(model, params, tower: str, inputs, site: str, mask=None) -> Along:
+    """The readout token of each input as an edit's ``where`` at ``site``: a ``[N, T]`` mask named
+    ``(batch, token)``, so ``Replace(value, readout_mask(...))`` patches only what the readout reads.
+    ``T`` is the site's token count (shapes only: nothing runs)."""
+    args = (inputs,) + ((mask,) if mask is not None else ())
+    _, acts = jax.eval_shape(lambda p, *a: model.apply({"params": p}, tower, *a, method="encode",
+                                                       capture=(site,)), params, *args)
+    if len(acts[site].shape) != 3:
+        raise ValueError(f"readout_mask: {site!r} has no token axis (shape {acts[site].shape})")
+    index = readout_index(model, params, tower, inputs)
+    return along(np.arange(acts[site].shape[1])[None] == index[:, None], "batch", "token")

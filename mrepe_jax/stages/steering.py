@@ -7,7 +7,8 @@ Methods, each every target's in one compiled call (``control.evaluate.steered_pr
 - *None*: no intervention (how often inputs are predicted as the target anyway);
 - *Direct* (eq 5): ``Add`` of ``alpha x scale x unit(Delta_c)`` on every token, ``Delta_c`` the eq 6
   mean difference (target vs the family's other values) and ``scale`` the site's mean norm;
-- *AP*: the site replaced by the target's mean activation (patching without a direction).
+- *AP*: the readout token (CLS / EOS: the one the tower pools) replaced at the site by the
+  target's mean activation of that token (patching without a direction).
 
 Success: among inputs whose true value is not the target, the share now predicted as the target
 (``control.evaluate.success_rate``), averaged over targets.
@@ -22,6 +23,7 @@ import numpy as np
 from mrepe_jax.control.evaluate import steered_predictions, success_rate
 from mrepe_jax.control.interventions import attention, combine, direct
 from mrepe_jax.edits import Replace, along
+from mrepe_jax.stages.reads import readout_mask
 
 # The edit builders are frozen dataclasses, not functools.partials: equal instances are one static
 # argument, so the other world's (or a later call's) sweep reuses the compiled program.
@@ -40,12 +42,15 @@ class EditEq5:
 
 @dataclasses.dataclass(frozen=True)
 class EditAP:
-    """Activation patching of the target's mean: ``Replace(p["mean"])`` at ``site``."""
+    """Activation patching at the readout token: ``Replace(p["mean"], where=p["where"])`` at
+    ``site``, with ``p["mean"]`` the target's mean activation *of that token* and ``p["where"]``
+    the inputs' readout positions ``[N, T]`` (``reads.readout_mask``). Writing a mean over every
+    token there instead would hand the CLS / EOS token an average it never holds."""
 
     site: str
 
     def __call__(self, p):
-        return {self.site: Replace(p["mean"])}
+        return {self.site: Replace(p["mean"], along(p["where"], "batch", "token"))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +95,9 @@ def steer(model, params, tower: str, inputs, mask, labels: np.ndarray, site: str
     Args:
       inputs, mask: the held-out inputs ``[N, ...]`` and, for text, their attention mask.
       labels: their values ``[N]`` (``-1``: unlabelled, never counted).
-      directions, means: ``[K, D]`` eq 6 directions and mean activations at ``site`` (train split).
+      directions: ``[K, D]`` eq 6 directions at ``site`` (token means, train split).
+      means: ``[K, D]`` each value's mean activation at ``site`` of the readout token
+        (``reads.readout_reps``, train split): what AP writes there.
       scale: the site's mean norm; ``alphas``: eq 5 steps in its units.
       prompts: ``[K, D]`` unit-norm prompt embeddings of the family's values.
     Returns ``{"none", "ap": success, "direct": {alpha: success}, "per_target": {...}}``.
@@ -106,8 +113,9 @@ def steer(model, params, tower: str, inputs, mask, labels: np.ndarray, site: str
            "scale": np.full((len(alphas) + 1) * len(targets), scale, np.float32)}
     direct_preds = steered_predictions(model, variables, tower, inputs, mask, EditEq5(site), eq5,
                                        family)["f"].reshape(len(targets), len(alphas) + 1, -1)
-    ap_preds = steered_predictions(model, variables, tower, inputs, mask, EditAP(site),
-                                   {"mean": means[targets].astype(np.float32)}, family)["f"]
+    where = readout_mask(model, params, tower, inputs, site, mask).value
+    ap = {"mean": means[targets].astype(np.float32), "where": np.stack([where] * len(targets))}
+    ap_preds = steered_predictions(model, variables, tower, inputs, mask, EditAP(site), ap, family)["f"]
     keep = labels >= 0
 
     def success(pred, c):

@@ -118,7 +118,7 @@ def test_bad_training_inputs_are_clear_errors():
         MapTrainConfig(anchors="random")
     with pytest.raises(ValueError, match="MapTrainConfig.epochs must be >= 1, got 0"):
         MapTrainConfig(epochs=0)
-    with pytest.raises(ValueError, match="100 pairs are fewer than one batch of 128"):
+    with pytest.raises(ValueError, match=r"100 pairs are fewer than one batch of 128 \(MapTrainConfig.batch_size\)"):
         train_map(MapTrainConfig(), src[:100], tgt[:100], source_site="a", target_site="b")
     bad = tgt.copy()
     bad[7, 2] = np.nan

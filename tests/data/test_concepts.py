@@ -49,3 +49,28 @@ def test_folder_errors_name_the_path(tmp_path):
         concepts.folder_images(tmp_path, "train", ("cat", "dog"), batch_size=2)
     with pytest.raises(FileNotFoundError, match="captions file .* does not exist"):
         concepts.file_captions(tmp_path / "captions.txt")
+
+
+def test_a_transparent_png_through_the_folder_loader_equals_transformers(tmp_path):
+    """RGBA and palette-transparent PNGs come out on white, as transformers' processor puts them
+    (a plain ``convert("RGB")`` would turn the transparent pixels black)."""
+    transformers = pytest.importorskip("transformers")
+    from mrepe_jax.models.clip.preprocess import ImagePreprocessConfig, preprocess_images
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (37, 45, 4)).astype(np.uint8)
+    rgba[:10, :, 3] = 0  # fully transparent rows (their RGB values are noise)
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "test" / "cat" / "0.png")
+    palette = Image.fromarray(rgba[..., :3]).convert("P")
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "test" / "cat" / "1.png", transparency=0)
+    proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    proc.save_pretrained(tmp_path / "proc")
+    (raw, _), = concepts.folder_images(tmp_path, "test", ("cat",), batch_size=2)
+    ours = preprocess_images(raw, ImagePreprocessConfig.from_dir(tmp_path / "proc"))
+    for k in range(2):
+        with Image.open(tmp_path / "test" / "cat" / f"{k}.png") as img:
+            theirs = proc(images=img, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        np.testing.assert_allclose(ours[k], theirs, atol=1e-6)
+    assert raw[0][:10].min() == 255  # the transparent rows are white, not their noise

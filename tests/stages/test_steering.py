@@ -5,6 +5,7 @@ import pytest
 
 from mrepe_jax.models.layers import normalize
 from mrepe_jax.stages import identification, steering
+from mrepe_jax.stages.reads import readout_mask, readout_reps
 from tests.models.tiny import tiny_clip
 
 
@@ -23,13 +24,15 @@ def setup():
     proj = np.asarray(normalize(reps["vision.proj"]))
     prompts = np.stack([proj[labels == c].mean(0) for c in range(3)])  # each class's own mean
     prompts /= np.linalg.norm(prompts, axis=-1, keepdims=True)
-    return model, params, images, labels, site, sums, prompts
+    cls = readout_reps(model, params, "vision", ("image", None), {"image": images}, site)
+    ap_means = np.stack([cls[labels == c].mean(0) for c in range(3)])
+    return model, params, images, labels, site, sums, prompts, ap_means
 
 
 def test_direct_steering_moves_predictions_toward_the_target_and_alpha_zero_is_none(setup):
-    model, params, images, labels, site, sums, prompts = setup
+    model, params, images, labels, site, sums, prompts, ap_means = setup
     out = steering.steer(model, params, "vision", images, None, labels, site, sums.directions(),
-                         sums.means(), sums.mean_norm(), (0.0, 1.0, 4.0), prompts)
+                         ap_means, sums.mean_norm(), (0.0, 1.0, 4.0), prompts)
     assert out["direct"]["0.0"] == out["none"] < 0.2  # the classes are told apart unsteered
     assert out["direct"]["4.0"] > 0.9 and out["direct"]["4.0"] >= out["direct"]["1.0"] >= out["none"]
     assert out["ap"] > 0.9  # the target's mean activation carries the class
@@ -37,12 +40,12 @@ def test_direct_steering_moves_predictions_toward_the_target_and_alpha_zero_is_n
 
 
 def test_unlabelled_inputs_are_not_counted(setup):
-    model, params, images, labels, site, sums, prompts = setup
+    model, params, images, labels, site, sums, prompts, ap_means = setup
     masked = np.where(np.arange(48) < 24, labels, -1)
     a = steering.steer(model, params, "vision", images, None, masked, site, sums.directions(),
-                       sums.means(), sums.mean_norm(), (1.0,), prompts)
+                       ap_means, sums.mean_norm(), (1.0,), prompts)
     b = steering.steer(model, params, "vision", images[:24], None, labels[:24], site,
-                       sums.directions(), sums.means(), sums.mean_norm(), (1.0,), prompts)
+                       sums.directions(), ap_means, sums.mean_norm(), (1.0,), prompts)
     assert a["num_inputs"] == 24 and a["direct"] == b["direct"] and a["ap"] == b["ap"]
 
 
@@ -58,7 +61,7 @@ def test_edit_eq5_eq7_is_the_combined_intervention_and_one_static_argument(setup
     from mrepe_jax.control.interventions import attention, combine, direct
     from mrepe_jax.edits import along
 
-    model, params, images, _, site, _, _ = setup
+    model, params, images, _, site, _, _, _ = setup
     x = images[:3]
     _, logits, _ = steering.steering_sites(model, "vision")
     rng = np.random.default_rng(1)
@@ -76,3 +79,36 @@ def test_edit_eq5_eq7_is_the_combined_intervention_and_one_static_argument(setup
     assert np.abs(encode(edit(p)) - encode(None)).max() > 1e-3
     off = {**p, "alpha": np.float32(0.0), "bias": np.zeros((3, 5), np.float32)}
     np.testing.assert_allclose(encode(edit(off)), encode(None), atol=1e-6)
+
+
+def test_ap_writes_the_targets_readout_token_mean_at_the_readout_token_only(setup):
+    model, params, images, _, site, _, _, ap_means = setup
+    x = images[:4]
+    where = readout_mask(model, params, "vision", x, site).value
+    assert where.shape == (4, 5) and where[:, 0].all() and not where[:, 1:].any()  # CLS only
+    p = {"mean": ap_means[2], "where": where}
+    _, clean = model.apply({"params": params}, "vision", x, capture=(site,), method="encode")
+    _, patched = model.apply({"params": params}, "vision", x, capture=(site,), method="encode",
+                             edits=steering.EditAP(site)(p))
+    got, before = np.asarray(patched[site]), np.asarray(clean[site])
+    np.testing.assert_allclose(got[:, 0], np.broadcast_to(ap_means[2], (4, 32)), atol=1e-6)
+    np.testing.assert_array_equal(got[:, 1:], before[:, 1:])
+
+
+def test_ap_on_a_target_already_predicted_keeps_at_least_its_unsteered_share(setup):
+    """Target 0's prompt is the embeddings' common direction and the others random: the model
+    predicts 0 for most inputs unsteered, and AP toward 0 keeps at least that share. (Writing
+    each class's all-token mean over every token, as AP once did, scored 0.0 here.)"""
+    model, params, images, labels, site, sums, _, ap_means = setup
+    _, acts = model.apply({"params": params}, "vision", images, method="encode", capture=("vision.proj",))
+    common = np.asarray(normalize(acts["vision.proj"])).mean(0)
+    common /= np.linalg.norm(common)
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        others = rng.normal(size=(2, common.size))
+        others -= (others @ common)[:, None] * common
+        prompts = np.concatenate([common[None], others / np.linalg.norm(others, axis=1, keepdims=True)])
+        out = steering.steer(model, params, "vision", images, None, labels, site, sums.directions(),
+                             ap_means, sums.mean_norm(), (1.0,), prompts.astype(np.float32))
+        first = out["per_target"][0]
+        assert first["none"] >= 0.5 and first["ap"] >= first["none"], first

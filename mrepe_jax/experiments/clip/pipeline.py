@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from mrepe_jax.align.train import MapTrainConfig, train_maps
 from mrepe_jax.data import concepts
+from mrepe_jax.experiments.clip import data as clip_data
 from mrepe_jax.experiments.clip import report as clip_report
 from mrepe_jax.models import hf_files
 from mrepe_jax.models.clip import CLIPModel
@@ -51,9 +52,9 @@ from mrepe_jax.report import workdir as workdir_lib
 from mrepe_jax.report.progress import StageBar
 from mrepe_jax.stages import alignment, identification, patching, steering
 from mrepe_jax.stages import seeds as seeds_lib
+from mrepe_jax.stages.reads import readout_reps
 from mrepe_jax.train import zero_shot
 
-SPLITS = ("train", "validation", "test")
 STAGES = ("identification: images", "identification: captions", "direction bundles", "alignment",
           "steering", "causal patching")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -97,35 +98,6 @@ class Checkpoint:
         return (emb / np.linalg.norm(emb, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def image_source(cfg: ml_collections.ConfigDict, split: str, batch_size: int):
-    """``(raw images, labels)`` batches of one split of the image concept data."""
-    limit = int(cfg.num[split])
-    if cfg.source == "tfds":
-        return concepts.tfds_images(cfg.name, cfg.splits[split], cfg.classes, batch_size=batch_size,
-                                    limit=limit, label_key=cfg.label_key, data_dir=cfg.data_dir,
-                                    download=cfg.download)
-    if cfg.source == "folder":
-        return concepts.folder_images(cfg.path, cfg.folders[split], cfg.classes,
-                                      batch_size=batch_size, limit=limit)
-    raise ValueError(f"images.source {cfg.source!r} is not one of ['tfds', 'folder']")
-
-
-def caption_source(cfg: ml_collections.ConfigDict) -> list[str]:
-    if cfg.source == "tfds":
-        return concepts.tfds_captions(cfg.name, cfg.split, limit=cfg.limit, data_dir=cfg.data_dir,
-                                      download=cfg.download)
-    if cfg.source == "file":
-        return concepts.file_captions(cfg.path, limit=cfg.limit)
-    raise ValueError(f"captions.source {cfg.source!r} is not one of ['tfds', 'file']")
-
-
-def caption_split(n: int) -> dict[str, np.ndarray]:
-    """Caption ``i`` is in train when ``i % 5 < 3``, validation when 3, test when 4."""
-    r = np.arange(n) % 5
-    return {"train": np.flatnonzero(r < 3), "validation": np.flatnonzero(r == 3),
-            "test": np.flatnonzero(r == 4)}
-
-
 def _chunks(n: int, size: int) -> Iterator[slice]:
     for lo in range(0, n, size):
         yield slice(lo, min(n, lo + size))
@@ -139,22 +111,25 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         raise NotImplementedError(
             f"the clip experiment runs in one process, not {jax.process_count()}: its stages are not "
             "sharded over processes yet; launch it without --num_processes")
-    workdir = workdir_lib.prepare(workdir)
     t0 = time.perf_counter()
     ckpt = Checkpoint(config.model)
+    data = clip_data.check(config)
+    workdir = workdir_lib.claim(workdir, manifest(config, ckpt, data))
     img, cap = config.images, config.captions
     results: dict = {"machine": workdir_lib.machine(), "config": config.to_dict(),
                      "model": {"name": ckpt.name, "directory": str(ckpt.directory),
                                "weights_sha256": ckpt.hash, "dtype": config.model.dtype},
-                     "data": {"images": _describe_images(img), "captions": _describe_captions(cap)}}
+                     "data": {"captions": clip_data.describe_captions(cap, len(data.captions)),
+                              "labelled_captions": data.caption_counts()}}
     with StageBar(STAGES, "clip", progress) as clock:
         clock.start("identification: images")
         images = _image_stage(ckpt, config, progress)
         results["zero_shot"] = {"vision": {img.family: images.zero_shot}}
+        results["data"]["images"] = clip_data.describe_images(img, images.counts)
+        results["data"]["image_counts"] = images.counts
 
         clock.start("identification: captions")
-        texts = _caption_stage(ckpt, cap, progress)
-        results["data"]["labelled_captions"] = texts.counts()
+        texts = _caption_stage(ckpt, cap, data, progress)
         results["identification"] = _table1(images.rows, texts.rows)
 
         clock.start("direction bundles")
@@ -169,13 +144,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         n = config.steer.num_inputs
         results["steering"] = {"vision": {img.family: _steer(
             ckpt, "vision", images.pool[:n], None, images.pool_labels[:n],
-            images.readouts[img.family], images.prompts, config.steer.alphas)}, "text": {}}
+            images.readouts[img.family], images.ap_means, images.prompts, config.steer.alphas)},
+            "text": {}}
         for family in cap.families:
             rows = texts.test_rows(family)[:n]
             ids, mask = ckpt.tokens([texts.captions[i] for i in rows])
             results["steering"]["text"][family] = _steer(
                 ckpt, "text", ids, mask, texts.labels[family][rows], texts.readouts[family],
-                texts.prompts[family], config.steer.alphas)
+                texts.ap_means[family], texts.prompts[family], config.steer.alphas)
 
         clock.start("causal patching")
         rng = np.random.default_rng([config.seed, 0xCA5A1])
@@ -211,6 +187,8 @@ class _Images:
     paired: dict  # {"train"|"test": (vision.proj rows, labels)} for the maps
     pool: np.ndarray  # preprocessed test images for steering and contrast pairs
     pool_labels: np.ndarray
+    ap_means: np.ndarray  # [K, D] each class's mean readout (CLS) token at the steering site
+    counts: dict  # {split: images read}
 
 
 def _image_stage(ckpt: Checkpoint, config, progress: bool) -> _Images:
@@ -221,9 +199,14 @@ def _image_stage(ckpt: Checkpoint, config, progress: bool) -> _Images:
     hits, pool, pool_labels = [], [], []
     paired = {"train": ([], []), "test": ([], [])}
     pool_size = max(4 * config.causal.num_pairs, config.steer.num_inputs)
+    ap = _ReadoutMeans(ckpt, "vision", {img.family: len(img.classes)})
+    counts = dict.fromkeys(clip_data.SPLITS, 0)
 
     def on_batch(split, batch, reps, labels):
         y = labels[img.family]
+        counts[split] += len(y)
+        if split == "train":
+            ap.add(batch, labels)
         if split in paired and len(paired[split][0]) < _align_rows(config.align, split):
             paired[split][0].extend(reps["vision.proj"])
             paired[split][1].extend(y)
@@ -234,7 +217,7 @@ def _image_stage(ckpt: Checkpoint, config, progress: bool) -> _Images:
                 pool_labels.extend(y)
 
     def batches(split):
-        for raw, labels in tqdm(image_source(img, split, ckpt.batch_size), desc=f"images: {split}",
+        for raw, labels in tqdm(clip_data.image_source(img, split, ckpt.batch_size), desc=f"images: {split}",
                                 leave=False, disable=not progress):
             yield {"image": ckpt.images(raw)}, {img.family: labels}
 
@@ -242,7 +225,7 @@ def _image_stage(ckpt: Checkpoint, config, progress: bool) -> _Images:
         functools.partial(ckpt.read, "vision"), batches, {img.family: len(img.classes)},
         identification.candidate_sites(ckpt.model, "vision"), "vision.proj", on_batch)
     return _Images(rows, readouts, prompts, float(np.mean(np.concatenate(hits))), paired,
-                   np.asarray(pool), np.asarray(pool_labels))
+                   np.asarray(pool), np.asarray(pool_labels), ap.means()[img.family], counts)
 
 
 @dataclasses.dataclass
@@ -255,20 +238,16 @@ class _Captions:
     prompts: dict  # {family: [K, D]}
     rows: dict
     readouts: dict
+    ap_means: dict  # {family: [K, D]} each value's mean readout (EOS) token at the steering site
 
     def test_rows(self, family: str) -> np.ndarray:
         """The test captions that name a value of ``family``."""
         test = self.parts["test"]
         return test[self.labels[family][test] >= 0]
 
-    def counts(self) -> dict:
-        return {f: {s: int((lab[self.parts[s]] >= 0).sum()) for s in SPLITS} for f, lab in self.labels.items()}
 
-
-def _caption_stage(ckpt: Checkpoint, cap, progress: bool) -> _Captions:
-    captions = caption_source(cap)
-    labels = {f: concepts.word_labels(captions, values) for f, values in cap.families.items()}
-    parts = caption_split(len(captions))
+def _caption_stage(ckpt: Checkpoint, cap, data: clip_data.Data, progress: bool) -> _Captions:
+    captions, labels, parts = data.captions, data.labels, data.parts
 
     def batches(split):
         rows = parts[split]
@@ -278,11 +257,34 @@ def _caption_stage(ckpt: Checkpoint, cap, progress: bool) -> _Captions:
             ids, mask = ckpt.tokens([captions[i] for i in idx])
             yield {"input_ids": ids, "attention_mask": mask}, {f: lab[idx] for f, lab in labels.items()}
 
+    families = {f: len(v) for f, v in cap.families.items()}
+    ap = _ReadoutMeans(ckpt, "text", families)
     rows, readouts = identification.stream_identify(
-        functools.partial(ckpt.read, "text"), batches, {f: len(v) for f, v in cap.families.items()},
-        identification.candidate_sites(ckpt.model, "text"), "text.proj")
+        functools.partial(ckpt.read, "text"), batches, families,
+        identification.candidate_sites(ckpt.model, "text"), "text.proj",
+        lambda split, batch, reps, labels: ap.add(batch, labels) if split == "train" else None)
     prompts = {f: ckpt.prompts(values, cap.templates) for f, values in cap.families.items()}
-    return _Captions(captions, labels, parts, prompts, rows, readouts)
+    return _Captions(captions, labels, parts, prompts, rows, readouts, ap.means())
+
+
+class _ReadoutMeans:
+    """Each value's mean activation of the readout token (CLS / EOS) at the tower's steering site,
+    summed over the train batches: what Table 3's AP writes there (``stages.steering.EditAP``)."""
+
+    def __init__(self, ckpt: Checkpoint, tower: str, families: dict[str, int]):
+        self.ckpt, self.tower, self.families = ckpt, tower, families
+        self.site = steering.last_resid(ckpt.model, tower)
+        self.keys = ("image", None) if tower == "vision" else ("input_ids", "attention_mask")
+        self.sums: dict = {f: None for f in families}
+
+    def add(self, batch: dict, labels: dict) -> None:
+        rows = {self.site: readout_reps(self.ckpt.model, self.ckpt.params, self.tower, self.keys, batch,
+                                        self.site)}
+        for f, k in self.families.items():
+            self.sums[f] = identification.accumulate(self.sums[f], rows, labels[f], k)
+
+    def means(self) -> dict[str, np.ndarray]:
+        return {f: s[self.site].means() for f, s in self.sums.items()}
 
 
 def _alignment(ckpt: Checkpoint, config, workdir, paired: dict, class_prompts: np.ndarray,
@@ -307,7 +309,7 @@ def _alignment(ckpt: Checkpoint, config, workdir, paired: dict, class_prompts: n
         reps[split] = (text, emb.astype(np.float32))
     seeds = [int(s) + seeds_lib.offset(config.seed) for s in cfg.seeds]
     provenance = {"model": ckpt.name, "weights_sha256": ckpt.hash,
-                  "data": f"{_describe_images(config.images)}; captions from align.templates"}
+                  "data": f"{clip_data.describe_images(config.images)}; captions from align.templates"}
     src, tgt = reps["train"]
     maps = {}
     for kind in cfg.map_kinds:
@@ -331,12 +333,13 @@ def _align_rows(cfg, split: str) -> int:
 
 
 def _steer(ckpt: Checkpoint, tower: str, inputs, mask, labels, readout: identification.Readout,
-           prompts: np.ndarray, alphas) -> dict:
-    """``stages.steering`` at the tower's last layer, from the train split's sums there."""
+           ap_means: np.ndarray, prompts: np.ndarray, alphas) -> dict:
+    """``stages.steering`` at the tower's last layer, from the train split's sums there (eq 6
+    directions of token means; AP writes the readout token's class means ``ap_means``)."""
     site = steering.last_resid(ckpt.model, tower)
     sums = readout.sums[site]
     return steering.steer(ckpt.model, ckpt.params, tower, inputs, mask, labels, site,
-                          sums.directions(), sums.means(), sums.mean_norm(), alphas, prompts)
+                          sums.directions(), ap_means, sums.mean_norm(), alphas, prompts)
 
 
 def image_contrast(images: np.ndarray, labels: np.ndarray, num_pairs: int,
@@ -385,24 +388,30 @@ def _save_bundles(workdir, ckpt: Checkpoint, config, towers: dict) -> list[str]:
                           "method": "mean_diff (eq 6): value vs the family's other values",
                           "concept": {"family": family, "values": list(values)},
                           "sign": "+: the value", "data_seed": int(config.seed),
-                          "data": _describe_images(config.images) if tower == "vision"
-                          else _describe_captions(config.captions)}
+                          "data": clip_data.describe_images(config.images) if tower == "vision"
+                          else clip_data.describe_captions(config.captions)}
             st, _ = save_bundle(workdir / "directions" / f"{tower}_{family}",
                                 {v: directions[k] for k, v in enumerate(values)}, provenance)
             paths.append(str(st.relative_to(workdir)))
     return paths
 
 
-def _describe_images(cfg) -> str:
-    where, names = (f"TFDS {cfg.name}", cfg.splits) if cfg.source == "tfds" else (f"folder {cfg.path}", cfg.folders)
-    splits = ", ".join(f"{s} `{names[s]!s}` (at most {cfg.num[s]})" for s in SPLITS)
-    return f"{where}: {splits}; family {cfg.family!r} = {len(cfg.classes)} classes"
+#: Settings that change how a run executes, not what it computes: a rerun may change them.
+EXECUTION_ONLY = (("model", "batch_size"), ("images", "data_dir"), ("images", "download"),
+                  ("captions", "data_dir"), ("captions", "download"), ("align", "map", "checkpoint_every"))
 
 
-def _describe_captions(cfg) -> str:
-    where = f"TFDS {cfg.name} {cfg.split}" if cfg.source == "tfds" else f"file {cfg.path}"
-    fams = "; ".join(f"{f}: {', '.join(v)}" for f, v in cfg.families.items())
-    return f"{where}, at most {cfg.limit} captions; families {fams}"
+def manifest(config: ml_collections.ConfigDict, ckpt: Checkpoint, data: clip_data.Data) -> dict:
+    """What a workdir's results depend on: the config (less ``EXECUTION_ONLY``), the weights and
+    the data's fingerprint (``report.workdir.claim`` compares it with the workdir's)."""
+    settings = config.to_dict()
+    for path in EXECUTION_ONLY:
+        node = settings
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return {"experiment": "clip", "config": settings,
+            "model": {"weights_sha256": ckpt.hash}, "data": data.fingerprint}
 
 
 def summary(results: dict, workdir) -> str:

@@ -73,8 +73,9 @@ def steering_section(steer: dict) -> str:
         "Each value of a family is a target; held-out inputs of the tower are steered toward it at "
         f"the last layer's `resid_post` (`{first['site']}` for images), and success is the share "
         "of inputs of other values whose zero-shot prediction among the family's prompts becomes "
-        "the target, averaged over targets. None: no intervention. AP: the site replaced by the "
-        "target's mean activation. Direct (eq 5): the eq 6 direction added on every token, alpha in "
+        "the target, averaged over targets. None: no intervention. AP: the token the readout pools "
+        "(CLS for images, EOS for captions) replaced at that site by the target's mean activation "
+        "of that token on the train split. Direct (eq 5): the eq 6 direction added on every token, alpha in "
         "units of the site's mean norm. The attention (eq 7), combined and FT rows and collateral "
         "damage are in the ToyWorld report (they need several labelled families per input).",
         table(["tower", "family", "inputs", "None", "AP", *[f"Direct a={a}" for a in alphas]], rows),

@@ -10,7 +10,9 @@ Per tower, at ``S = {tower}.layers.{L-1}.resid_post`` (every token) and its laye
   prototype (tau fitted on train, ``fit_threshold``): a shift of ``attention_strength`` in the
   softmax input, since eq 7 adds ``M_c`` before the ``1/sqrt(d_k)`` scaling.
 - *Combined*: both in one edit dict.
-- *AP* (activation patching without alignment): S replaced by the target's mean activation.
+- *AP* (activation patching without alignment): the readout token of S (CLS for images and
+  audio, EOS for text: what the tower pools) replaced by the target's mean activation of that
+  token on the train split (``stages.steering.EditAP``).
 - *None*: no intervention (how often inputs are already predicted as the target).
 - *FT* (fine-tuning): a residual linear head on ``{tower}.pooled`` tuned per target with optax
   through ``loop.fit`` (``control.finetune``: toward the target, keeping the other families).
@@ -34,7 +36,7 @@ from mrepe_jax.control.interventions import concept_bias, site_scale
 from mrepe_jax.experiments.toyworld.identify import TOWERS
 from mrepe_jax.reading.directions import direction_mean_diff
 from mrepe_jax.report.plots import lines
-from mrepe_jax.stages.reads import mean_reps, token_reps
+from mrepe_jax.stages.reads import mean_reps, readout_mask, readout_reps, token_reps
 from mrepe_jax.stages.seeds import train_subsets
 from mrepe_jax.stages.steering import EditAP, EditEq5Eq7, attention_unit, steering_sites
 
@@ -70,6 +72,8 @@ def tower_table(model, params, world, tower: str, train_reps: dict, train_batch,
     keys = token_reps(model, params, tower, TOWERS[tower], inputs, key_site)  # [n, T, D]
     key_means = mean_reps(model, params, tower, TOWERS[tower], train_batch, (key_site,),
                           gather=True)[key_site]
+    readouts = readout_reps(model, params, tower, TOWERS[tower], train_batch, site, gather=True)
+    where = readout_mask(model, params, tower, x, site, mask).value
     reps = train_reps[site]
     scale_site = site_scale(reps)
     bias_unit = attention_unit(model, tower, reps.shape[1], cfg.attention_strength)
@@ -102,14 +106,15 @@ def tower_table(model, params, world, tower: str, train_reps: dict, train_batch,
                 arrays["alpha"].append(alpha)
                 arrays["bias"].append(bias if method in ("attention", "combined") else zero)
                 rows.append((family, c, method, alpha))
-            arrays["mean"].append(reps[subset][y == c].mean(0))
+            arrays["mean"].append(readouts[subset][y == c].mean(0))
         fit_seconds += time.perf_counter() - t0
         eq57 = {"delta": np.stack(arrays["delta"]), "alpha": np.asarray(arrays["alpha"], np.float32),
                 "bias": np.stack(arrays["bias"]),
                 "scale": np.full(len(arrays["alpha"]), scale_site, np.float32)}
         preds = steered_predictions(model, {"params": params}, tower, x, mask, edit5, eq57, prompts)
         ap = steered_predictions(model, {"params": params}, tower, x, mask, edit_ap,
-                                 {"mean": np.stack(arrays["mean"]).astype(np.float32)}, prompts)
+                                 {"mean": np.stack(arrays["mean"]).astype(np.float32),
+                                  "where": np.stack([where] * len(arrays["mean"]))}, prompts)
         scores: dict = {}
 
         def score(method, pk, family, c, alpha_keys, scores=scores):

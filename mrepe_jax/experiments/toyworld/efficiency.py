@@ -23,10 +23,9 @@ import ml_collections
 import numpy as np
 
 from mrepe_jax.control.interventions import site_scale
-from mrepe_jax.edits import Replace
-from mrepe_jax.experiments.toyworld.control import EditEq5Eq7, steering_sites
 from mrepe_jax.experiments.toyworld.identify import TOWERS
 from mrepe_jax.metrics.cost import compiled_peak_bytes, time_interleaved
+from mrepe_jax.stages.steering import EditAP, EditEq5Eq7, steering_sites
 
 METHODS = ("mrepe", "ap", "ft")
 
@@ -55,8 +54,9 @@ def _programs(model, tower: str, site: str, logits: str, width: int, tokens: int
     fns = {"none": (functools.partial(_encode, model, tower, lambda p: {}), {}),
            "mrepe": (functools.partial(_encode, model, tower,
                                        EditEq5Eq7(site, logits)), eq57),
-           "ap": (functools.partial(_encode, model, tower, lambda p: {site: Replace(p["mean"])}),
-                  {"mean": rng.normal(size=width).astype(np.float32)}),
+           "ap": (functools.partial(_encode, model, tower, EditAP(site)),
+                  {"mean": rng.normal(size=width).astype(np.float32),
+                   "where": np.broadcast_to(np.arange(tokens) == 0, (n, tokens))}),
            "ft": (functools.partial(_encode_ft, model, tower),
                   {"w": np.zeros((width, width), np.float32), "b": np.zeros(width, np.float32)})}
     return fns

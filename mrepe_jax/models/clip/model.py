@@ -101,6 +101,10 @@ class CLIPVisionTransformer(nn.Module):
     def run_layers(self, h, sites: Sites, start=0, stop=None, mask=None):
         return self.encoder(h, sites, None, start, stop)
 
+    def pool_index(self, inputs):
+        """The CLS token, position 0 of every example: ``[B]``."""
+        return jnp.zeros(inputs.shape[:1], jnp.int32)
+
     def readout(self, h, sites: Sites, inputs=None):
         """CLS token -> ``post_layernorm`` -> ``pooled`` (``inputs`` unused: the position is fixed)."""
         return sites(self, f"{self.tower}.pooled", self.post_layernorm(h[:, 0]))
@@ -213,6 +217,12 @@ class ContrastiveTowers(SitedModel):
         ``inputs`` are the tower's inputs (the text tower pools at their EOS token)."""
         enc, proj = self._tower(tower)
         return sites(self, f"{tower}.proj", proj(enc.readout(h, sites, inputs=inputs)))
+
+    def readout_index(self, tower: str, inputs, sites: Sites = Sites()):
+        """``[B]``: the token position whose residual stream the readout pools (vision and audio:
+        the CLS token 0; text: the EOS token, read off the ids). An edit there is what reaches the
+        embedding from the last layer."""
+        return self._tower(tower)[0].pool_index(inputs)
 
     def from_pooled(self, tower: str, pooled, sites: Sites = Sites()):
         """The tail of ``tower`` from its ``pooled`` site: edits at ``{tower}.pooled`` apply to the

@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from mrepe_jax.data.source_base import to_rgb_uint8
+
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 # transformers 5's ``ProcessorMixin.save_pretrained`` writes no preprocessor_config.json: the image
 # processor's settings sit under the "image_processor" key of processor_config.json instead.
@@ -188,42 +190,6 @@ def _parse_size(size, default_to_square: bool = False) -> int | tuple[int, int]:
     )
 
 
-def _to_rgb_uint8(image, index: int) -> np.ndarray:
-    """One image (PIL, or a uint8 ``HW`` / ``HWC`` array with C in 1, 3, 4) -> ``[H, W, 3]`` uint8.
-
-    Transparency is composited onto white, exactly as transformers' ``convert_to_rgb``: with
-    ``PIL.Image.alpha_composite`` for PIL images, and ``round(a*rgb + (1-a)*255)`` for arrays.
-    """
-    if isinstance(image, Image.Image):
-        if "A" in image.getbands() or image.info.get("transparency") is not None:
-            rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise TypeError(
-                f"image {index}: arrays must be uint8 HWC, got dtype {image.dtype}; convert floats "
-                "with (x * 255).round().astype(np.uint8) or pass a PIL image"
-            )
-        if image.ndim == 2:
-            image = image[..., None]
-        if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-            raise ValueError(
-                f"image {index}: expected a HW or HWC array with 1, 3 or 4 channels (channels "
-                f"last), got shape {image.shape}"
-            )
-        if image.shape[-1] == 1:
-            return np.repeat(image, 3, axis=-1)
-        if image.shape[-1] == 4:
-            alpha = image[..., 3:4] / 255
-            return np.round(alpha * image[..., :3] + (1 - alpha) * 255).astype(np.uint8)
-        return image
-    raise TypeError(
-        f"image {index}: expected a PIL image or a uint8 numpy array, got {type(image).__name__}"
-    )
-
-
 def _resize_hw(h: int, w: int, size: int | tuple[int, int]) -> tuple[int, int]:
     """HF's ``get_resize_output_image_size(default_to_square=False)``: the long edge truncates."""
     if not isinstance(size, int):
@@ -250,7 +216,7 @@ def _center_crop(x: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
 def preprocess_image(image, cfg: ImagePreprocessConfig, index: int = 0) -> np.ndarray:
     """One image -> ``[H, W, 3]`` float32 (see the module docstring for the steps)."""
     if cfg.do_convert_rgb:
-        x = _to_rgb_uint8(image, index)
+        x = to_rgb_uint8(image, index)
     else:
         x = np.asarray(image)
         if x.ndim != 3 or x.shape[-1] != 3:

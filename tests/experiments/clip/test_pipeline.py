@@ -14,6 +14,7 @@ from bench import common
 from configs.clip import CIFAR10
 from launch import run as launch_run
 from mrepe_jax.reading.bundles import load_bundle
+from mrepe_jax.report.workdir import WorkdirError
 
 tfds = pytest.importorskip("tensorflow_datasets")
 tf = pytest.importorskip("tensorflow")
@@ -141,20 +142,96 @@ def _write_folder(root, classes, per_split):
     (root / "other").mkdir()  # a class folder the config does not list is skipped
 
 
-def test_clip_experiment_on_a_local_folder(hf_clip, tmp_path):
-    data = tmp_path / "data"
-    _write_folder(data, ("cat", "dog", "ship"), {"train": 16, "val": 8, "test": 8})
-    (data / "captions.txt").write_text("\n".join(_captions(400, seed=1)) + "\n")
-    work = tmp_path / "work"
-    launch(work, f"--config.model.name={hf_clip}", *SMALL, "--config.images.source=folder",
-           f"--config.images.path={data}", "--config.images.classes=('cat', 'dog', 'ship')",
-           "--config.captions.source=file",
-           f"--config.captions.path={data / 'captions.txt'}")
+def _folder_args(data):
+    return ["--config.images.source=folder", f"--config.images.path={data}",
+            "--config.images.classes=('cat', 'dog', 'ship')", "--config.captions.source=file",
+            f"--config.captions.path={data / 'captions.txt'}"]
+
+
+def _folder_data(root):
+    _write_folder(root, ("cat", "dog", "ship"), {"train": 16, "val": 8, "test": 8})
+    (root / "captions.txt").write_text("\n".join(_captions(400, seed=1)) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_run(hf_clip, tmp_path_factory):
+    """One finished run on a local folder: ``(data dir, workdir)``."""
+    data = _folder_data(tmp_path_factory.mktemp("data"))
+    work = tmp_path_factory.mktemp("run") / "work"
+    launch(work, f"--config.model.name={hf_clip}", *SMALL, *_folder_args(data))
+    return data, work
+
+
+def test_clip_experiment_on_a_local_folder(hf_clip, folder_run):
+    data, work = folder_run
     results, report = _check_run(work, hf_clip, {"vision": {"object": ("cat", "dog", "ship")},
                                                  "text": {"colour": COLOURS, "animal": ANIMALS}})
     assert f"folder {data}" in report
+    assert results["data"]["image_counts"] == {"train": 48, "validation": 24, "test": 24}
     # Three tints: the vision tower tells the classes apart somewhere.
     assert results["identification"]["mrepe"]["vision"]["object"] > 0.9
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_run_of_another_model_into_a_finished_workdir_refuses_before_writing(folder_run, tmp_path):
+    data, work = folder_run
+    other = tmp_path / "other_clip"
+    common.write_hf_clip(other, seed=1)
+    before = _snapshot(work)
+    with pytest.raises(WorkdirError, match=r"holds a run with other settings \(config.model.name: .*"
+                                           r"model.weights_sha256: .*nothing was written"):
+        launch(work, f"--config.model.name={other}", *SMALL, *_folder_args(data))
+    assert _snapshot(work) == before
+    # A run that stopped before writing leaves only its claim, which another run may take over.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "leftover.txt").write_text("x")
+    with pytest.raises(WorkdirError, match=r"already holds files \(leftover.txt\) but no run.json"):
+        launch(fresh, f"--config.model.name={other}", *SMALL, *_folder_args(data))
+
+
+@pytest.fixture
+def no_stage(monkeypatch):
+    """Fails the test if the first stage starts: the checks must come before it."""
+    from mrepe_jax.experiments.clip import pipeline
+
+    def started(*args, **kwargs):
+        raise AssertionError("the image stage started before the data was checked")
+
+    monkeypatch.setattr(pipeline, "_image_stage", started)
+
+
+def test_a_too_small_folder_fails_before_the_first_stage_naming_the_batch_size(hf_clip, tmp_path, no_stage):
+    data = _folder_data(tmp_path / "data")
+    work = tmp_path / "work"
+    with pytest.raises(ValueError, match=r"alignment fits its mrepe, linear maps on 48 train pairs .*"
+                                         r"the folder's train split holds 48 images\), fewer than one batch "
+                                         r"of align.map.batch_size=128: set --config.align.map.batch_size=48"):
+        launch(work, f"--config.model.name={hf_clip}", *SMALL, *_folder_args(data),
+               "--config.align.map.batch_size=128")
+    assert not work.exists()
+
+
+def test_a_truncated_image_fails_before_the_first_stage_naming_it(hf_clip, tmp_path, no_stage):
+    data = _folder_data(tmp_path / "data")
+    broken = data / "test" / "dog" / "005.png"
+    broken.write_bytes(broken.read_bytes()[:200])
+    with pytest.raises(ValueError, match=rf"could not read image {broken}: .*truncated"):
+        launch(tmp_path / "work", f"--config.model.name={hf_clip}", *SMALL, *_folder_args(data))
+    assert not (tmp_path / "work").exists()
+
+
+def test_captions_naming_no_family_word_fail_before_the_first_stage(hf_clip, tmp_path, no_stage):
+    data = _folder_data(tmp_path / "data")
+    # Every animal is named, of the colours only blue.
+    (data / "captions.txt").write_text("".join(f"a blue {a} in a field.\n" for a in ANIMALS * 20))
+    with pytest.raises(ValueError, match=r"no train caption names \['red', 'green', 'yellow', 'white', "
+                                         r"'black'\] of family 'colour'.*captions.families.colour"):
+        launch(tmp_path / "work", f"--config.model.name={hf_clip}", *SMALL, *_folder_args(data))
 
 
 def test_errors_are_named(hf_clip, tmp_path, monkeypatch):

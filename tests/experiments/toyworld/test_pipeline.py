@@ -89,8 +89,10 @@ def test_pipeline_writes_results_and_report(single):
     costs = results["efficiency"]["towers"]["vision"]
     for method in ("mrepe", "ap", "ft"):
         assert costs["inference_ratio"][method] > 0 and costs["memory_ratio"][method] > 0
-    # eq 5 + 7 edits add to the forward's program; AP at the last layer makes the encoder dead code.
-    assert costs["peak_bytes"]["mrepe"] > costs["peak_bytes"]["none"] > costs["peak_bytes"]["ap"]
+    # eq 5 + 7 edits add to the forward's program; AP's readout mask is an argument, so the
+    # encoder below it still runs and its program holds at least the plain forward's buffers.
+    assert costs["peak_bytes"]["mrepe"] > costs["peak_bytes"]["none"]
+    assert costs["peak_bytes"]["ap"] >= costs["peak_bytes"]["none"]
     assert "hard" not in results  # the tiny config leaves it out; see the slow test below
     # The saved eq 4 maps load back and know where they belong.
     from mrepe_jax.align.mapped import load_map

@@ -50,9 +50,9 @@ def table5(results: dict, world: str) -> str:
         "in the first table."
         + (f" Inference and memory were measured on the {results['efficiency']['measured_on']}: "
            "the same programs on other data." if "measured_on" in results["efficiency"] else "")
-        + restored + " AP replaces every token of the last layer's "
-        "residual stream with a constant, so XLA drops the encoder below it: AP's forward is "
-        "cheaper than the model's, and its output no longer depends on the input.",
+        + restored + " AP writes a constant into the readout token of the last "
+        "layer's residual stream; which token that is (CLS / EOS) is an argument of the program, so "
+        "the encoder below still runs.",
         table(["Model", "Training Time", "Inference Time", "Memory Usage"], rows),
         "Per tower (milliseconds per forward and MiB, method / none):",
         table(["Model", "Tower", "ms", "Inference", "MiB", "Memory"], detail),
