@@ -240,6 +240,9 @@ def rss_mb() -> float:
 HF_CLIP_SHAPES = {
     "tiny": dict(image_size=32, patch_size=8, vision=(16, 32, 2, 2), text=(16, 32, 2, 2), text_positions=40,
                  projection_dim=16),
+    # The README's first example steers layer 6: the tiny widths, 8 layers deep.
+    "tiny8": dict(image_size=32, patch_size=8, vision=(16, 32, 8, 2), text=(16, 32, 8, 2),
+                  text_positions=40, projection_dim=16),
     "b32": dict(image_size=224, patch_size=32, vision=(768, 3072, 12, 12), text=(512, 2048, 12, 8),
                 text_positions=77, projection_dim=512),
 }

@@ -30,6 +30,8 @@ def get_config(arg=None):
     c.images = ml_collections.ConfigDict(dict(
         source="tfds",  # or "folder"
         name="cifar10", path="", data_dir=ml_collections.config_dict.placeholder(str), download=True,
+        # The classes read, in label order: CIFAR-10's for the TFDS default; with a folder, () takes
+        # its train split's class subfolders.
         label_key="label", family="object", classes=CIFAR10,
         templates=("a photo of a {}.", "a blurry photo of a {}.", "a photo of the small {}."),
         # TFDS split strings; a folder's split subfolders; how many examples of each to read.

@@ -99,6 +99,14 @@ def near_matches(name: str, known: Sequence[str], n: int = 5) -> list[str]:
 
 
 def _unknown(kind: str, name: str, known: Sequence[str]) -> ValueError:
+    layer = _LAYER.match(name)
+    if layer:  # a layer past the tower's last: say how many it has, not what is spelled alike
+        tower = layer.group("tower")
+        indices = {int(m.group("layer")) for m in map(_LAYER.match, known)
+                   if m and m.group("tower") == tower}
+        if indices and int(layer.group("layer")) not in indices:
+            return ValueError(f"unknown site {name!r} in {kind}: {tower} has {len(indices)} layers "
+                              f"({min(indices)}-{max(indices)})")
     close = near_matches(name, known)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ValueError(f"unknown site {name!r} in {kind}{hint} (the model has {len(known)} sites)")
@@ -311,7 +319,11 @@ class SitedModel(nn.Module):
     def site_names(self) -> tuple[str, ...]:
         raise NotImplementedError
 
+    def check_variables(self, variables) -> None:
+        """Refuses variables this model cannot run (a family checks its layer layout here)."""
+
     def apply(self, variables, *args, edits=None, capture=(), method=None, **kwargs):
+        self.check_variables(variables)
         known = self.site_names()
         sites = Sites(validate_edits(edits, known), resolve_capture(capture, known))
         if sites.capture:

@@ -5,23 +5,30 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from mrepe_jax.models.clip import save_pretrained
 from tests.models.tiny import tiny_clip
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_example_runs(tmp_path):
-    model, variables, pixels, ids, mask = tiny_clip()
-    save_pretrained(tmp_path / "clip", model.config, variables["params"])
+def test_readme_example_runs_verbatim(tmp_path, monkeypatch):
+    """The first block as written: its checkpoint path and image exist in the working directory."""
+    import numpy as np
+    from PIL import Image
+
+    from bench import common
+
+    monkeypatch.chdir(tmp_path)
+    common.write_hf_clip(tmp_path / "path" / "to" / "clip-vit-base-patch32", shape="tiny8")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)).save("cat.png")
     code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
-    code = code.replace('"path/to/clip-vit-base-patch32"', repr(str(tmp_path / "clip")))
-    code = code.replace("vision.layers.6.", "vision.layers.1.")  # the tiny model has 2 layers
-    scope = {"pixels": pixels, "input_ids": ids, "attention_mask": mask, "delta": jnp.ones(32)}
+    scope = {}
     exec(compile(code, str(README), "exec"), scope)
-    assert scope["logits"].shape == (64, 2, 2)
-    assert scope["ablated"]["image_embeds"].shape == (2, 16)
-    assert set(scope["acts"]) == {"vision.layers.0.resid_post", "vision.layers.1.resid_post"}
+    assert scope["pixels"].shape == (1, 32, 32, 3) and scope["input_ids"].shape == (2, 40)
+    assert scope["logits"].shape == (64, 1, 2)
+    assert scope["ablated"]["image_embeds"].shape == (1, 16) and scope["image_emb"].shape == (1, 16)
+    assert set(scope["acts"]) == {f"vision.layers.{i}.resid_post" for i in range(8)}
+    # The steered run moved away from the clean one.
+    assert np.abs(np.asarray(scope["steered"]["image_embeds"] - scope["outputs"]["image_embeds"])).max() > 1e-3
 
 
 def test_readme_alignment_example_runs(tmp_path):

@@ -32,8 +32,11 @@ def test_unknown_site_lists_near_matches():
     with pytest.raises(ValueError, match=r"unknown site 'vision\.layers\.1\.resid_psot' in edits; "
                                          r"did you mean vision\.layers\.1\.resid_post"):
         model.apply(v, pixels, ids, mask, edits={"vision.layers.1.resid_psot": None})
-    with pytest.raises(ValueError, match=r"unknown site 'vision\.layers\.9\.\*' in capture"):
+    with pytest.raises(ValueError, match=r"unknown site 'vision\.layers\.9\.\*' in capture: vision has "
+                                         r"2 layers \(0-1\)"):
         model.apply(v, pixels, ids, mask, capture=("vision.layers.9.*",))
+    with pytest.raises(ValueError, match=r"'text\.layers\.12\.resid_post' in edits: text has 2 layers \(0-1\)$"):
+        model.apply(v, pixels, ids, mask, edits={"text.layers.12.resid_post": None})
     with pytest.raises(ValueError, match="unknown tower"):
         sites.tower_site_names("video", 1)
 

@@ -35,3 +35,18 @@ def mean_std(values) -> tuple[float, float]:
     if v.size == 0:
         raise ValueError("mean_std of no values")
     return float(v.mean()), float(v.std())
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``successes / n`` (95% for the default ``z``):
+    unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or n."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval needs 0 <= successes <= n and n >= 1, got {successes}/{n}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # At 0 and n the bounds are exactly 0 and 1; the formula leaves a rounding error there.
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return float(lo), float(hi)

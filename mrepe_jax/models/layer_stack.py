@@ -47,6 +47,28 @@ def stack_layer_params(params: Mapping) -> dict:
     return out
 
 
+def check_layout(params: Mapping, scanned: bool, path: str = "params") -> None:
+    """Refuses params whose layer layout is not the model's: per-layer ``layers/0/...`` (the
+    checkpoint's) for a model built with ``Execution(scan_layers=True)``, or stacked ``layers/...``
+    for one without; the error names the conversion (flax's own says only that a shape differs)."""
+    for key, value in params.items():
+        where = f"{path}/{key}"
+        if key == LAYERS and isinstance(value, Mapping):
+            if scanned and _per_layer(value):
+                raise ValueError(
+                    f"{where} holds per-layer params (layers/0, layers/1, ...: the checkpoint's "
+                    "layout) but the model stacks its layers (Execution(scan_layers=True)): pass "
+                    "stack_layer_params(params) (mrepe_jax.models.stack_layer_params), or load with "
+                    "load_pretrained(..., execution=Execution(scan_layers=True)), which stacks them")
+            if not scanned and value and not _per_layer(value):
+                raise ValueError(
+                    f"{where} holds stacked layers [n, ...] but the model runs them one by one "
+                    "(Execution(scan_layers=False)): pass unstack_layer_params(params), or build "
+                    "the model with Execution(scan_layers=True)")
+        elif isinstance(value, Mapping):
+            check_layout(value, scanned, where)
+
+
 def unstack_layer_params(params: Mapping) -> dict:
     """The inverse of ``stack_layer_params`` (per-layer params pass through unchanged)."""
     out = {}

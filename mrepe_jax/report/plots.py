@@ -29,7 +29,7 @@ def heatmap(values, path: Path, *, title: str, xlabel: str, ylabel: str,
     if yticks is not None:
         ax.set_yticks(range(len(yticks)), [str(t) for t in yticks])
     if xticks is not None and len(xticks) <= 40:
-        ax.set_xticks(range(len(xticks)), [str(t) for t in xticks], fontsize=7)
+        ax.set_xticks(range(len(xticks)), [str(t) for t in xticks], fontsize=7, rotation=90)
     fig.colorbar(im, ax=ax)
     _fit_title(fig, ax, title)
     if is_primary():

@@ -14,8 +14,9 @@ COLUMNS = {"text": "Text", "vision": "Image", "audio": "Audio"}
 
 
 def _mean_std(values) -> str:
+    """``mean ± std`` over families; one family is its figure alone (a std over one is no spread)."""
     v = np.asarray(list(values), np.float64)
-    return f"{v.mean():.3f} ± {v.std():.3f}"
+    return f"{v[0]:.3f}" if v.size == 1 else f"{v.mean():.3f} ± {v.std():.3f}"
 
 
 def table1_section(ident: Mapping, model: str, towers=("text", "vision", "audio"), world: str = "") -> str:
@@ -43,14 +44,16 @@ def table1_section(ident: Mapping, model: str, towers=("text", "vision", "audio"
     return section(
         "Table 1: representation identification" + (f" — {world}" if world else ""),
         "Score: held-out one-vs-rest AUROC of the eq 1 prototype similarity, macro-averaged over a "
-        "family's values (`stages.identification`); mean ± std over the tower's concept families. "
+        "family's values (`stages.identification`); mean ± std over the tower's concept families "
+        "(a tower of one family shows its figure). "
         "Baseline: prototypes at the output embedding (`proj`). MRepE: prototypes at the site "
         "chosen on the validation split among every layer's residual stream, `pooled` and `proj`.",
         table(["Model", *columns, "Average"], rows),
         "Per family, baseline / MRepE (selected site):",
         table(["family", *[c.lower() for c in columns]], detail),
         "Mean-difference directions (eq 6, value vs rest, fitted on train): held-out AUROC of the "
-        "projection, at the best site on validation (target >= 0.95):",
+        "projection, at the best site on validation (target >= 0.95: the level this project requires "
+        "on ToyWorld, whose concepts are known to be present; on real data, a reference):",
         table(["family", *[c.lower() for c in columns]], direction),
     )
 
@@ -75,7 +78,8 @@ def causal_section(causal: Mapping, prefix: str = "", pairs: str = "") -> str:
         "cosine to the clean value's class prompt minus cosine to the corrupt value's. Top cell: "
         "largest |effect|, with a bootstrap 95% CI over pairs. "
         f"Spearman(exact, attribution) over all cells: mean {np.mean(rhos):.3f}, min {np.min(rhos):.3f} "
-        "(target >= 0.8).",
+        "(target >= 0.8: the agreement at which attribution patching can stand in for exact "
+        "patching as a screen, required on ToyWorld; on real data, a reference).",
         table(["tower", "contrast", "Spearman", "total effect", "top cell", "top effect [95% CI]"], rows),
         "Heatmaps (layer x position; the vision tower also layer x head in "
         "`patching_vision_*_layer_head.png`):",

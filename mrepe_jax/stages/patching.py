@@ -27,7 +27,8 @@ from mrepe_jax.report.plots import heatmap
 class Contrast:
     """``P`` pairs of one tower's inputs (``clean`` vs ``corrupt``: pixels, waveforms or token ids)
     differing in one concept family; ``clean_values`` / ``corrupt_values`` ``[P]`` are each side's
-    value index; text pairs carry each side's attention mask (they may differ in length)."""
+    value index; text pairs carry each side's attention mask (they may differ in length) and may
+    name each position (``position_labels``, e.g. the first clean caption's tokens) for the plots."""
 
     clean: Any
     corrupt: Any
@@ -35,6 +36,7 @@ class Contrast:
     corrupt_values: np.ndarray
     clean_mask: Any = None
     corrupt_mask: Any = None
+    position_labels: tuple[str, ...] | None = None
 
     def __post_init__(self):
         n = {len(self.clean), len(self.corrupt), len(self.clean_values), len(self.corrupt_values)}
@@ -98,9 +100,19 @@ def patching(model, params, tower: str, name: str, contrast: Contrast, prompts: 
                      "effect": float(est), "ci95": [float(lo), float(hi)]},
     }
     stem = f"{tower}_{name}"
-    heatmap(e, workdir / f"patching_{stem}_layer_position.png",
-            title=f"{tower} / {name}: exact patching (resid_pre)", xlabel="position",
-            ylabel="layer", yticks=exact.layers)
+    # Every position is swept (one compiled program for any caption length); the plot stops at
+    # the pairs' last real token, since padding after it cannot matter to the readout.
+    xticks, shown = None, e
+    if contrast.clean_mask is not None:
+        length = int(max(np.asarray(contrast.clean_mask).sum(1).max(),
+                         np.asarray(contrast.corrupt_mask).sum(1).max()))
+        shown = e[:, :length]
+        if contrast.position_labels is not None:
+            xticks = [f"{i} {t}" for i, t in enumerate(contrast.position_labels[:length])]
+    heatmap(shown, workdir / f"patching_{stem}_layer_position.png",
+            title=f"{tower} / {name}: exact patching (resid_pre)",
+            xlabel="position (token of the first clean input)" if xticks else "position",
+            ylabel="layer", yticks=exact.layers, xticks=xticks)
     if heads:  # per-head sweeps cost heads x more
         per_head = causal_effect(model, variables, tower, contrast.clean, contrast.corrupt, metric,
                                  point="attn.z", heads=True, **kw)

@@ -89,7 +89,8 @@ def attention_unit(model, tower: str, width: int, strength: float) -> float:
 
 
 def steer(model, params, tower: str, inputs, mask, labels: np.ndarray, site: str,
-          directions: np.ndarray, means: np.ndarray, scale: float, alphas, prompts: np.ndarray) -> dict:
+          directions: np.ndarray, means: np.ndarray, scale: float, alphas, prompts: np.ndarray,
+          names=None) -> dict:
     """Table 3's success rates of one tower and family.
 
     Args:
@@ -100,6 +101,7 @@ def steer(model, params, tower: str, inputs, mask, labels: np.ndarray, site: str
         (``reads.readout_reps``, train split): what AP writes there.
       scale: the site's mean norm; ``alphas``: eq 5 steps in its units.
       prompts: ``[K, D]`` unit-norm prompt embeddings of the family's values.
+      names: the values' names, which key ``per_target`` (default: their indices).
     Returns ``{"none", "ap": success, "direct": {alpha: success}, "per_target": {...}}``.
     """
     labels = np.asarray(labels)
@@ -121,7 +123,8 @@ def steer(model, params, tower: str, inputs, mask, labels: np.ndarray, site: str
     def success(pred, c):
         return success_rate(pred[keep], labels[keep], c)
 
-    per_target = {int(c): {"none": success(direct_preds[i, 0], c), "ap": success(ap_preds[i], c),
+    key = (lambda c: str(names[c])) if names is not None else int
+    per_target = {key(c): {"none": success(direct_preds[i, 0], c), "ap": success(ap_preds[i], c),
                            "direct": {str(a): success(direct_preds[i, j + 1], c)
                                       for j, a in enumerate(alphas)}}
                   for i, c in enumerate(targets)}

@@ -33,3 +33,16 @@ def test_identical_samples_give_p_one_and_errors_are_clear():
     with pytest.raises(ValueError, match="non-finite"):
         paired_permutation_test([1.0, np.nan], [0.0, 0.0], jax.random.key(0))
     assert mean_std([1.0, 3.0]) == (2.0, 1.0)
+
+
+def test_wilson_interval_matches_scipy_and_stays_in_range():
+    import scipy.stats
+
+    from mrepe_jax.metrics.stats import wilson_interval
+
+    for k, n in [(8, 10), (0, 10), (10, 10), (1, 3), (57, 200)]:
+        ref = scipy.stats.binomtest(k, n).proportion_ci(method="wilson")
+        np.testing.assert_allclose(wilson_interval(k, n), (ref.low, ref.high), atol=1e-12)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    with pytest.raises(ValueError, match="0 <= successes <= n"):
+        wilson_interval(3, 2)

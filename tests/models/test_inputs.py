@@ -110,3 +110,13 @@ def test_blip2_vision_tower_names_an_nchw_batch():
                                          r"of shape \(1, 3, 8, 8\): this batch looks NCHW .* "
                                          r"pixel_values\.transpose\(0, 2, 3, 1\)"):
         model.init(jax.random.key(0), jnp.zeros((1, 3, 8, 8)))
+
+
+def test_one_missing_tower_input_is_refused_with_the_one_tower_call(clip):
+    model, v, pixels, ids, mask = clip
+    with pytest.raises(ValueError, match=r"input_ids is None.*method='encode'"):
+        model.apply(v, pixels, None, None)
+    with pytest.raises(ValueError, match=r"pixel_values is None"):
+        model.apply(v, None, ids, mask)
+    emb, captures = model.apply(v, "vision", pixels, method="encode")
+    assert emb.shape == (2, 16) and captures == {}

@@ -34,6 +34,16 @@ def test_stacked_layout_is_the_scanned_models_and_round_trips(both):
     chex.assert_trees_all_equal(unstack_layer_params(sv["params"]), v["params"])
 
 
+def test_params_of_the_other_layout_name_the_conversion(both):
+    model, v, scanned, sv, pixels, ids, mask = both
+    with pytest.raises(ValueError, match=r"params/(text|vision)_model/encoder/layers holds per-layer params .* "
+                                         r"pass stack_layer_params\(params\)"):
+        scanned.apply(v, pixels, ids, mask)
+    with pytest.raises(ValueError, match=r"holds stacked layers \[n, \.\.\.\] .* "
+                                         r"pass unstack_layer_params\(params\)"):
+        model.apply(sv, "vision", pixels, method="encode")
+
+
 def test_scanned_equals_unrolled_outputs_captures_and_edits(both):
     model, v, scanned, sv, pixels, ids, mask = both
     d = jax.random.normal(jax.random.key(2), (32,))

@@ -65,6 +65,34 @@ class Data:
         return {f: {s: int((lab[self.parts[s]] >= 0).sum()) for s in SPLITS} for f, lab in self.labels.items()}
 
 
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config``, or a copy of it whose empty ``images.classes`` is a folder's class subfolders
+    (those of its train split). A folder run with classes its train split lacks is refused here,
+    with the flag that names the folder's own."""
+    img = config.images
+    if img.source != "folder":
+        if not img.classes:
+            raise ValueError("images.classes is empty: list the dataset's class names "
+                             "(--config.images.classes=\"('cat', 'dog')\")")
+        return config
+    found = concepts.folder_classes(img.path, img.folders.train)
+    if not found:
+        raise ValueError(f"image folder {str(img.path)!r}/{img.folders.train} has no class subfolders "
+                         "(laid out as <split>/<class>/<image>)")
+    if img.classes:
+        missing = [c for c in img.classes if c not in found]
+        if missing:
+            raise ValueError(
+                f"images.classes {missing} are not class subfolders of {str(img.path)!r}/"
+                f"{img.folders.train}, whose classes are {found}: pass "
+                f"--config.images.classes=\"{tuple(found)}\" (or a subset), or "
+                "--config.images.classes=() to take them all")
+        return config
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    resolved.images.classes = tuple(found)
+    return resolved
+
+
 def check(config: ml_collections.ConfigDict) -> Data:
     """Everything the stages will read, checked before the first one (module docstring)."""
     img, cap = config.images, config.captions

@@ -38,6 +38,7 @@ from mrepe_jax.align.train import MapTrainConfig, train_maps
 from mrepe_jax.data import concepts
 from mrepe_jax.experiments.clip import data as clip_data
 from mrepe_jax.experiments.clip import report as clip_report
+from mrepe_jax.metrics.stats import wilson_interval
 from mrepe_jax.models import hf_files
 from mrepe_jax.models.clip import CLIPModel
 from mrepe_jax.models.clip import convert as clip_convert
@@ -113,6 +114,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
             "sharded over processes yet; launch it without --num_processes")
     t0 = time.perf_counter()
     ckpt = Checkpoint(config.model)
+    config = clip_data.resolve(config)
     data = clip_data.check(config)
     workdir = workdir_lib.claim(workdir, manifest(config, ckpt, data))
     img, cap = config.images, config.captions
@@ -125,6 +127,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         clock.start("identification: images")
         images = _image_stage(ckpt, config, progress)
         results["zero_shot"] = {"vision": {img.family: images.zero_shot}}
+        results["zero_shot_detail"] = {"vision": {img.family: _accuracy_detail(
+            images.zero_shot, images.counts["test"], len(img.classes))}}
         results["data"]["images"] = clip_data.describe_images(img, images.counts)
         results["data"]["image_counts"] = images.counts
 
@@ -144,14 +148,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         n = config.steer.num_inputs
         results["steering"] = {"vision": {img.family: _steer(
             ckpt, "vision", images.pool[:n], None, images.pool_labels[:n],
-            images.readouts[img.family], images.ap_means, images.prompts, config.steer.alphas)},
+            images.readouts[img.family], images.ap_means, images.prompts, config.steer.alphas,
+            img.classes)},
             "text": {}}
         for family in cap.families:
             rows = texts.test_rows(family)[:n]
             ids, mask = ckpt.tokens([texts.captions[i] for i in rows])
             results["steering"]["text"][family] = _steer(
                 ckpt, "text", ids, mask, texts.labels[family][rows], texts.readouts[family],
-                texts.ap_means[family], texts.prompts[family], config.steer.alphas)
+                texts.ap_means[family], texts.prompts[family], config.steer.alphas,
+                cap.families[family])
 
         clock.start("causal patching")
         rng = np.random.default_rng([config.seed, 0xCA5A1])
@@ -333,13 +339,13 @@ def _align_rows(cfg, split: str) -> int:
 
 
 def _steer(ckpt: Checkpoint, tower: str, inputs, mask, labels, readout: identification.Readout,
-           ap_means: np.ndarray, prompts: np.ndarray, alphas) -> dict:
+           ap_means: np.ndarray, prompts: np.ndarray, alphas, names) -> dict:
     """``stages.steering`` at the tower's last layer, from the train split's sums there (eq 6
     directions of token means; AP writes the readout token's class means ``ap_means``)."""
     site = steering.last_resid(ckpt.model, tower)
     sums = readout.sums[site]
     return steering.steer(ckpt.model, ckpt.params, tower, inputs, mask, labels, site,
-                          sums.directions(), ap_means, sums.mean_norm(), alphas, prompts)
+                          sums.directions(), ap_means, sums.mean_norm(), alphas, prompts, names)
 
 
 def image_contrast(images: np.ndarray, labels: np.ndarray, num_pairs: int,
@@ -364,7 +370,8 @@ def caption_contrast(ckpt: Checkpoint, captions: list[str], labels: np.ndarray,
     clean = [captions[i] for i in pick]
     corrupt = [concepts.swap_word(c, values[a], values[b]) for c, a, b in zip(clean, clean_v, corrupt_v)]
     (ids_c, mask_c), (ids_x, mask_x) = ckpt.tokens(clean), ckpt.tokens(corrupt)
-    return patching.Contrast(ids_c, ids_x, clean_v, corrupt_v, mask_c, mask_x)
+    labels = tuple(t.replace("</w>", "") for t in ckpt.tokenizer.convert_ids_to_tokens(ids_c[0].tolist()))
+    return patching.Contrast(ids_c, ids_x, clean_v, corrupt_v, mask_c, mask_x, labels)
 
 
 def _table1(vision_rows: dict, text_rows: dict) -> dict:
@@ -394,6 +401,13 @@ def _save_bundles(workdir, ckpt: Checkpoint, config, towers: dict) -> list[str]:
                                 {v: directions[k] for k, v in enumerate(values)}, provenance)
             paths.append(str(st.relative_to(workdir)))
     return paths
+
+
+def _accuracy_detail(accuracy: float, n: int, num_classes: int) -> dict:
+    """Zero-shot accuracy with its 95% Wilson interval over the ``n`` test images and the chance
+    level (1 / classes)."""
+    lo, hi = wilson_interval(round(accuracy * n), n)
+    return {"accuracy": accuracy, "ci95": [lo, hi], "num_test": n, "chance": 1.0 / num_classes}
 
 
 #: Settings that change how a run executes, not what it computes: a rerun may change them.

@@ -24,13 +24,17 @@ def render(results: dict) -> str:
         f"Run on {m['platform']} ({m['cpu_count']} CPUs, devices {', '.join(m['devices'])}), "
         f"jax {m['jax']}, {m['date']}, in {results['seconds']} s."
     )
-    zero_shot = results["zero_shot"]["vision"]
     labelled = data["labelled_captions"]
+    classes = results["config"]["images"]["classes"]
     parts = [
         header,
         section("Zero-shot accuracy", "Test images, argmax of cosine similarity to the class "
-                "prompts (templates averaged).",
-                table(["family", "image accuracy"], [[f, a] for f, a in zero_shot.items()])),
+                f"prompts (templates averaged), among the {len(classes)} classes "
+                f"({', '.join(classes)}). 95% CI: Wilson score interval over the test images; "
+                "chance: one over the number of classes.",
+                table(["family", "image accuracy", "95% CI", "test images", "chance"],
+                      [[f, d["accuracy"], f"[{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]", d["num_test"],
+                        d["chance"]] for f, d in results["zero_shot_detail"]["vision"].items()])),
         table1_section(results["identification"], model["name"], towers=("text", "vision")),
         section("Labelled captions per split", "A caption counts for a family when it names "
                 "exactly one of the family's words.",
@@ -79,6 +83,11 @@ def steering_section(steer: dict) -> str:
         "units of the site's mean norm. The attention (eq 7), combined and FT rows and collateral "
         "damage are in the ToyWorld report (they need several labelled families per input).",
         table(["tower", "family", "inputs", "None", "AP", *[f"Direct a={a}" for a in alphas]], rows),
+        "Per target value (the same columns):",
+        table(["tower", "family", "target", "None", "AP", *[f"Direct a={a}" for a in alphas]],
+              [[tower, family, target, t["none"], t["ap"], *[t["direct"][a] for a in alphas]]
+               for tower, fams in steer.items() for family, r in fams.items()
+               for target, t in r["per_target"].items()]),
     )
 
 

@@ -12,10 +12,13 @@ projected embedding). Call them through ``apply(..., method=...)``; see ``Contra
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from mrepe_jax.models import inputs as inputs_lib
+from mrepe_jax.models import layer_stack
 from mrepe_jax.models.attention import causal_mask, padding_mask
 from mrepe_jax.models.clip.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from mrepe_jax.models.clip.layers import CLIPEncoder
@@ -190,6 +193,11 @@ class ContrastiveTowers(SitedModel):
     def tower_modules(self) -> dict:
         raise NotImplementedError
 
+    def check_variables(self, variables) -> None:
+        execution = getattr(self, "execution", None)
+        if execution is not None and isinstance(variables, Mapping) and "params" in variables:
+            layer_stack.check_layout(variables["params"], execution.scan_layers)
+
     def site_names(self) -> tuple[str, ...]:
         return sum((tower_site_names(t, n) for t, n in self.tower_layers().items()), ())
 
@@ -273,6 +281,12 @@ class CLIPModel(ContrastiveTowers):
         }
 
     def __call__(self, pixel_values, input_ids, attention_mask=None, sites: Sites = Sites()):
+        missing = [n for n, x in (("pixel_values", pixel_values), ("input_ids", input_ids)) if x is None]
+        if missing:
+            raise ValueError(
+                f"CLIPModel takes both towers' inputs; {' and '.join(missing)} is None. One tower "
+                "alone: model.apply(variables, 'vision', pixels, method='encode') (or 'text', ids, "
+                "mask), which returns (projected embedding, captures)")
         image_embeds = normalize(self.encode("vision", pixel_values, sites=sites))
         text_embeds = normalize(self.encode("text", input_ids, attention_mask, sites=sites))
         logits_per_text = text_embeds @ image_embeds.T * jnp.exp(self.logit_scale)

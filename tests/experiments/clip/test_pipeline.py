@@ -66,7 +66,8 @@ SMALL = ["--config.model.batch_size=32", "--config.steer.num_inputs=24",
 def launch(workdir, *overrides):
     """``python -m launch.run --config=configs/clip.py ...`` in this process (TFDS's mock lives
     here); config_flags reads the overrides from ``sys.argv``."""
-    argv = ["launch.run", "--config=configs/clip.py", f"--workdir={workdir}", *overrides]
+    # --traceback: a user error comes back as the library raised it, for pytest.raises.
+    argv = ["launch.run", "--config=configs/clip.py", f"--workdir={workdir}", "--traceback", *overrides]
     saved = sys.argv
     sys.argv = argv
     try:
@@ -169,6 +170,18 @@ def test_clip_experiment_on_a_local_folder(hf_clip, folder_run):
                                                  "text": {"colour": COLOURS, "animal": ANIMALS}})
     assert f"folder {data}" in report
     assert results["data"]["image_counts"] == {"train": 48, "validation": 24, "test": 24}
+    # The report names the classes and the images read, not the config's caps.
+    assert "train `train` (48 images), validation `val` (24 images), test `test` (24 images)" in report
+    assert "among the 3 classes (cat, dog, ship)" in report and "at most" not in report.split("Captions:")[0]
+    zs = results["zero_shot_detail"]["vision"]["object"]
+    assert zs["num_test"] == 24 and zs["chance"] == pytest.approx(1 / 3)
+    assert zs["ci95"][0] <= zs["accuracy"] <= zs["ci95"][1]
+    assert set(results["steering"]["vision"]["object"]["per_target"]) <= {"cat", "dog", "ship"}
+    assert set(results["steering"]["text"]["colour"]["per_target"]) <= set(COLOURS)
+    # One image family: its Table 1 figure alone, no "± 0.000" over one family.
+    baseline = next(line for line in report.splitlines() if line.startswith(f"| {hf_clip} (Baseline) |"))
+    text_cell, image_cell = baseline.split("|")[2:4]
+    assert "±" in text_cell and "±" not in image_cell and float(image_cell) > 0
     # Three tints: the vision tower tells the classes apart somewhere.
     assert results["identification"]["mrepe"]["vision"]["object"] > 0.9
 

@@ -24,7 +24,8 @@ def run(workdir, *flags):
 def single(tmp_path_factory):
     """The single-process run's workdir and its results (shared by the tests below)."""
     workdir = tmp_path_factory.mktemp("single") / "w"
-    proc = run(workdir, f"--compile_cache={workdir.parent / 'compile_cache'}")
+    # --progress: the stage bar is asked for (stderr is a pipe here, where it is off by default).
+    proc = run(workdir, f"--compile_cache={workdir.parent / 'compile_cache'}", "--progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir, proc
 

@@ -1,0 +1,56 @@
+"""The CLIP experiment's data checks (``experiments.clip.data``), without a model."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import clip as clip_config
+from mrepe_jax.experiments.clip import data as clip_data
+
+
+def _folder(root, classes=("nature", "person", "vehicle"), n=4):
+    for split in ("train", "val", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _config(root, **images):
+    c = clip_config.get_config()
+    c.images.source, c.images.path = "folder", str(root)
+    for k, v in images.items():
+        setattr(c.images, k, v)
+    return c
+
+
+def test_a_folder_without_classes_suggests_the_flag_and_empty_classes_take_the_folders(tmp_path):
+    root = _folder(tmp_path)
+    with pytest.raises(ValueError, match=r"images.classes \['airplane', .*\] are not class subfolders "
+                                         r".*whose classes are \['nature', 'person', 'vehicle'\]: pass "
+                                         r"--config.images.classes=\"\('nature', 'person', 'vehicle'\)\""):
+        clip_data.resolve(_config(root))  # CIFAR-10's list: the TFDS default
+    resolved = clip_data.resolve(_config(root, classes=()))
+    assert tuple(resolved.images.classes) == ("nature", "person", "vehicle")
+    chosen = _config(root, classes=("person", "vehicle"))
+    assert clip_data.resolve(chosen) is chosen
+
+
+def test_check_counts_and_fingerprints_the_images_a_run_reads(tmp_path):
+    root = _folder(tmp_path)
+    c = clip_data.resolve(_config(root, classes=()))
+    c.captions.source, c.captions.path = "file", str(tmp_path / "captions.txt")
+    words = [f"a {colour} {animal}." for colour in c.captions.families.colour
+             for animal in c.captions.families.animal]
+    (tmp_path / "captions.txt").write_text("\n".join(words * 2) + "\n")
+    c.align.map.batch_size, c.images.num.train = 8, 9
+    data = clip_data.check(c)
+    assert data.image_counts == {"train": 9, "validation": 12, "test": 12}
+    again = clip_data.check(c)
+    assert again.fingerprint == data.fingerprint
+    # Another pixel in a file the run reads changes the fingerprint; one it does not read does not.
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(root / "train" / "nature" / "3.png")
+    assert clip_data.check(c).fingerprint == data.fingerprint  # past images.num.train: not read
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(root / "test" / "person" / "0.png")
+    assert clip_data.check(c).fingerprint != data.fingerprint
