@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from mrepe_jax.align.maps import TRAINED_KINDS
+from mrepe_jax.align.train import MapTrainConfig
 from mrepe_jax.data import concepts
 from mrepe_jax.data.source_base import read_rgb
 
@@ -141,9 +142,15 @@ def _check_folder(img) -> tuple[dict[str, int], dict]:
 
 
 def _check_alignment_sizes(config, image_counts: dict[str, int] | None) -> None:
-    """The maps are fitted on ``min(train images, align.num_train)`` pairs, in batches of
-    ``align.map.batch_size``; a trained kind needs at least one batch."""
+    """The map settings are valid, and the maps are fitted on ``min(train images,
+    align.num_train)`` pairs in batches of ``align.map.batch_size``: a trained kind needs at least
+    one batch (and the suggested size divides ``align.map.memory_size``, as the maps require)."""
     align, img = config.align, config.images
+    for kind in align.map_kinds:
+        try:
+            MapTrainConfig(**{**align.map.to_dict(), "kind": kind})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"align.map (align.map_kinds {kind!r}): {e}") from None
     trained = [k for k in align.map_kinds if k in TRAINED_KINDS]
     bounds = {f"images.num.train={img.num.train}": int(img.num.train),
               f"align.num_train={align.num_train}": int(align.num_train)}
@@ -151,10 +158,13 @@ def _check_alignment_sizes(config, image_counts: dict[str, int] | None) -> None:
         bounds[f"the folder's train split holds {image_counts['train']} images"] = image_counts["train"]
     pairs = min(bounds.values())
     if trained and pairs < int(align.map.batch_size):
+        memory = int(align.map.memory_size)
+        fits = max(b for b in range(1, max(pairs, 1) + 1) if memory % b == 0)
         raise ValueError(
             f"alignment fits its {', '.join(trained)} maps on {pairs} train pairs "
             f"({'; '.join(bounds)}), fewer than one batch of align.map.batch_size="
-            f"{align.map.batch_size}: set --config.align.map.batch_size={pairs} or lower, or add images")
+            f"{align.map.batch_size}: set --config.align.map.batch_size={fits} (the largest size up to "
+            f"{pairs} that divides align.map.memory_size={memory}), or add images")
     if image_counts is not None and min(image_counts["test"], int(align.num_test)) < 2:
         raise ValueError(f"alignment scores its maps on test pairs: the test split gives "
                          f"{image_counts['test']} (align.num_test={align.num_test}); it needs 2 or more")

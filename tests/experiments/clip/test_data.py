@@ -54,3 +54,11 @@ def test_check_counts_and_fingerprints_the_images_a_run_reads(tmp_path):
     assert clip_data.check(c).fingerprint == data.fingerprint  # past images.num.train: not read
     Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(root / "test" / "person" / "0.png")
     assert clip_data.check(c).fingerprint != data.fingerprint
+
+
+def test_map_settings_are_checked_up_front_naming_align_map(tmp_path):
+    c = clip_data.resolve(_config(_folder(tmp_path), classes=()))
+    c.align.map.batch_size = 3  # 128 memory rows are no multiple of 3
+    with pytest.raises(ValueError, match=r"align.map \(align.map_kinds 'mrepe'\): MapTrainConfig.memory_size "
+                                         r"\(128\) must be a multiple of batch_size \(3\)"):
+        clip_data.check(c)

@@ -223,9 +223,10 @@ def test_a_too_small_folder_fails_before_the_first_stage_naming_the_batch_size(h
     work = tmp_path / "work"
     with pytest.raises(ValueError, match=r"alignment fits its mrepe, linear maps on 48 train pairs .*"
                                          r"the folder's train split holds 48 images\), fewer than one batch "
-                                         r"of align.map.batch_size=128: set --config.align.map.batch_size=48"):
+                                         r"of align.map.batch_size=128: set --config.align.map.batch_size=32 \(the "
+                                         r"largest size up to 48 that divides align.map.memory_size=128\)"):
         launch(work, f"--config.model.name={hf_clip}", *SMALL, *_folder_args(data),
-               "--config.align.map.batch_size=128")
+               "--config.align.map.batch_size=128", "--config.align.map.memory_size=128")
     assert not work.exists()
 
 
