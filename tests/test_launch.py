@@ -8,9 +8,9 @@ import types
 from pathlib import Path
 
 import pytest
-from absl import flags
 
 from launch import run as launch_run
+from tests.launching import launch_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,17 +59,7 @@ def stub(monkeypatch):
 
 
 def _main(*args):
-    argv = ["launch.run", "--config=configs/clip.py", *args]
-    saved = sys.argv
-    sys.argv = argv
-    try:
-        flags.FLAGS(argv)
-        launch_run.main(argv[:1])
-    finally:
-        sys.argv = saved
-        flags.FLAGS.unparse_flags()
-        for name in [n for n in flags.FLAGS if n.startswith("config.")]:  # defined per parse
-            delattr(flags.FLAGS, name)
+    launch_in_process("--config=configs/clip.py", *args)
 
 
 def test_ctrl_c_says_how_to_resume(stub, tmp_path, capsys):

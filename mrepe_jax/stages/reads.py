@@ -7,7 +7,7 @@
 
 ``keys`` names a tower's inputs in the batch: ``(input_key, mask_key)``, ``mask_key`` None for
 towers without a padding mask (ToyWorld's are ``("image", None)``, ``("input_ids",
-"attention_mask")`` and ``("audio", None)``). Both readers go through ``collect_activations``'
+"attention_mask")`` and ``("audio", None)``). Every reader goes through ``collect_activations``'
 cached step, so every stage (and every world) that reads one tower and site shares one program.
 """
 

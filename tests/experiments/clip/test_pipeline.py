@@ -2,19 +2,18 @@
 TFDS (mocked ``cifar10`` and ``coco_captions``) and with a local folder; and its errors."""
 
 import json
-import sys
 import zlib
 
 import numpy as np
 import pytest
-from absl import app, flags
+from absl import app
 from PIL import Image
 
 from bench import common
 from configs.clip import CIFAR10
-from launch import run as launch_run
 from mrepe_jax.reading.bundles import load_bundle
 from mrepe_jax.report.workdir import WorkdirError
+from tests.launching import launch_in_process
 
 tfds = pytest.importorskip("tensorflow_datasets")
 tf = pytest.importorskip("tensorflow")
@@ -65,19 +64,8 @@ SMALL = ["--config.model.batch_size=32", "--config.steer.num_inputs=24",
 
 def launch(workdir, *overrides):
     """``python -m launch.run --config=configs/clip.py ...`` in this process (TFDS's mock lives
-    here); config_flags reads the overrides from ``sys.argv``."""
-    # --traceback: a user error comes back as the library raised it, for pytest.raises.
-    argv = ["launch.run", "--config=configs/clip.py", f"--workdir={workdir}", "--traceback", *overrides]
-    saved = sys.argv
-    sys.argv = argv
-    try:
-        flags.FLAGS(argv)
-        launch_run.main(argv[:1])
-    finally:
-        sys.argv = saved
-        flags.FLAGS.unparse_flags()
-        for name in [n for n in flags.FLAGS if n.startswith("config.")]:  # defined per parse
-            delattr(flags.FLAGS, name)
+    here). ``--traceback``: a user error comes back as the library raised it, for pytest.raises."""
+    launch_in_process("--config=configs/clip.py", f"--workdir={workdir}", "--traceback", *overrides)
 
 
 def _check_run(workdir, hf_clip, towers_families):
