@@ -92,7 +92,10 @@ def main(argv):
 def _drop_if_empty(workdir: Path, existed: bool) -> None:
     """Removes a workdir this run created and wrote nothing to."""
     if not existed and workdir.is_dir() and not any(workdir.iterdir()):
-        os.rmdir(workdir)
+        try:
+            os.rmdir(workdir)
+        except OSError:  # another process of the run removed it, or wrote into it, first
+            pass
 
 
 def parse_flags(argv):
