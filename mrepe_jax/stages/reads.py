@@ -85,14 +85,11 @@ def readout_reps(model, params, tower: str, keys: tuple[str, str | None], batch:
     return parallel.gather_rows(local) if gather else local
 
 
-def readout_mask(model, params, tower: str, inputs, site: str, mask=None) -> Along:
-    """The readout token of each input as an edit's ``where`` at ``site``: a ``[N, T]`` mask named
-    ``(batch, token)``, so ``Replace(value, readout_mask(...))`` patches only what the readout reads.
-    ``T`` is the site's token count (shapes only: nothing runs)."""
-    args = (inputs,) + ((mask,) if mask is not None else ())
-    _, acts = jax.eval_shape(lambda p, *a: model.apply({"params": p}, tower, *a, method="encode",
-                                                       capture=(site,)), params, *args)
-    if len(acts[site].shape) != 3:
-        raise ValueError(f"readout_mask: {site!r} has no token axis (shape {acts[site].shape})")
+def readout_mask(model, params, tower: str, inputs) -> Along:
+    """The readout token of each input as an edit's ``where`` at the tower's residual sites: a
+    ``[N, T]`` mask named ``(batch, token)``, so ``Replace(value, readout_mask(...))`` patches only
+    what the readout reads. ``T``: the residual stream's tokens (the embedding's shape; nothing
+    runs)."""
+    h, _ = jax.eval_shape(lambda p, x: model.apply({"params": p}, tower, x, method="embed"), params, inputs)
     index = readout_index(model, params, tower, inputs)
-    return along(np.arange(acts[site].shape[1])[None] == index[:, None], "batch", "token")
+    return along(np.arange(h.shape[1])[None] == index[:, None], "batch", "token")

@@ -84,7 +84,7 @@ def test_edit_eq5_eq7_is_the_combined_intervention_and_one_static_argument(setup
 def test_ap_writes_the_targets_readout_token_mean_at_the_readout_token_only(setup):
     model, params, images, _, site, _, _, ap_means = setup
     x = images[:4]
-    where = readout_mask(model, params, "vision", x, site).value
+    where = readout_mask(model, params, "vision", x).value
     assert where.shape == (4, 5) and where[:, 0].all() and not where[:, 1:].any()  # CLS only
     p = {"mean": ap_means[2], "where": where}
     _, clean = model.apply({"params": params}, "vision", x, capture=(site,), method="encode")

@@ -113,10 +113,8 @@ def check(config: ml_collections.ConfigDict) -> Data:
     labels = {f: concepts.word_labels(captions, values) for f, values in cap.families.items()}
     parts = caption_split(len(captions))
     _check_caption_coverage(cap, captions, labels, parts)
-    digest = hashlib.sha256("\n".join(captions).encode()).hexdigest()
-    caption_print = {"source": cap.source, "name" if cap.source == "tfds" else "path":
-                     cap.name if cap.source == "tfds" else str(cap.path), "sha256": digest,
-                     "count": len(captions)}
+    caption_print = {"source": describe_captions(cap, len(captions)),
+                     "sha256": hashlib.sha256("\n".join(captions).encode()).hexdigest()}
     return Data(captions, labels, parts, image_counts, {"images": image_print, "captions": caption_print})
 
 

@@ -73,7 +73,7 @@ def tower_table(model, params, world, tower: str, train_reps: dict, train_batch,
     key_means = mean_reps(model, params, tower, TOWERS[tower], train_batch, (key_site,),
                           gather=True)[key_site]
     readouts = readout_reps(model, params, tower, TOWERS[tower], train_batch, site, gather=True)
-    where = readout_mask(model, params, tower, x, site, mask).value
+    where = readout_mask(model, params, tower, x).value
     reps = train_reps[site]
     scale_site = site_scale(reps)
     bias_unit = attention_unit(model, tower, reps.shape[1], cfg.attention_strength)
