@@ -139,9 +139,12 @@ def sweeps(mesh):
 def scanned(model, variables):
     """``(model, variables, scanned)``: with every tower's layers stacked, so that the sweep's
     layer is an array (one compiled program for all layers); models without ``execution`` come
-    back as they are (``scanned`` False) and sweep with one program per layer."""
+    back as they are (``scanned`` False) and sweep with one program per layer, as do models whose
+    class sets ``SCAN_SWEEPS = False`` (a stack that cannot run scanned, e.g. OPT's)."""
     execution = getattr(model, "execution", None)
-    if execution is None or execution.scan_layers:
+    if execution is None or not getattr(model, "SCAN_SWEEPS", True):
+        return model, variables, False
+    if execution.scan_layers:
         return model, variables, execution is not None
     stacked = dataclasses.replace(execution, scan_layers=True)
     params = stack_layer_params(variables["params"])

@@ -305,7 +305,7 @@ def default_prompt(config: Blip2Config, batch: int) -> np.ndarray:
 def generate(model: Blip2ForConditionalGeneration, params, pixel_values, input_ids=None,
              attention_mask=None, max_new_tokens: int = 20, *, edits=None,
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             return_logits: bool = False):
+             return_logits: bool = False, prefill_edits=None):
     """Greedy decoding as HF ``Blip2ForConditionalGeneration.generate(do_sample=False)``; returns
     the new tokens ``[B, max_new_tokens]`` (HF returns the prompt ids before them) and, with
     ``return_logits``, their logits ``[B, max_new_tokens, V]``.
@@ -313,7 +313,9 @@ def generate(model: Blip2ForConditionalGeneration, params, pixel_values, input_i
     One compiled program per (model, shapes, max_new_tokens, eos, pad, edit structure): the image
     features are computed once with the ``vision.*`` / ``qformer.*`` edits, written into the
     prompt embeddings, and ``opt.generate`` decodes from them with the ``lm.*`` edits (applied at
-    the prefill and at every new token; see ``opt.generate`` for the shapes they must fit).
+    the prefill and at every new token; see ``opt.generate`` for the shapes they must fit) and the
+    ``lm.*`` ``prefill_edits`` (at the prompt pass only; ``vision.*`` / ``qformer.*`` ones act
+    once anyway, as in ``edits``).
     ``eos_token_id`` / ``pad_token_id`` default to the OPT config's, as HF's generation config.
     """
     c = model.config
@@ -327,31 +329,34 @@ def generate(model: Blip2ForConditionalGeneration, params, pixel_values, input_i
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     edits = sites_lib.validate_edits(edits, model.site_names())
+    prefill_edits = sites_lib.validate_edits(prefill_edits, model.site_names())
     if isinstance(eos_token_id, list):
         eos_token_id = tuple(eos_token_id)
     return _generate(model, params, jnp.asarray(pixel_values), jnp.asarray(input_ids, jnp.int32),
-                     jnp.asarray(attention_mask, jnp.int32), edits, max_new_tokens=max_new_tokens,
+                     jnp.asarray(attention_mask, jnp.int32), edits, prefill_edits, max_new_tokens=max_new_tokens,
                      eos_token_id=eos_token_id, pad_token_id=pad_token_id, return_logits=return_logits)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_token_id", "pad_token_id",
                                              "return_logits"))
-def _generate(model, params, pixel_values, input_ids, attention_mask, edits, *, max_new_tokens,
+def _generate(model, params, pixel_values, input_ids, attention_mask, edits, prefill_edits, *, max_new_tokens,
               eos_token_id, pad_token_id, return_logits):
-    return decode(model, params, pixel_values, input_ids, attention_mask, edits,
+    return decode(model, params, pixel_values, input_ids, attention_mask, edits, prefill_edits,
                   max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                   return_logits=return_logits)
 
 
 def decode(model: QueriedLanguageModel, params, source, input_ids, attention_mask, edits=None,
-           **generate_kw):
+           prefill_edits=None, **generate_kw):
     """The traceable body of greedy decoding for any ``QueriedLanguageModel``: the prompt's
-    embeddings (image features computed once, with the non-``lm`` edits), then ``opt.generate``
-    with the ``lm`` edits. Call it inside a jit: ``opt.generate``'s own jit is then traced inline
-    and the whole decode is one program."""
+    embeddings (image features computed once, with the non-``lm`` edits of both dicts), then
+    ``opt.generate`` with the ``lm`` edits (``prefill_edits``' at the prompt pass only). Call it
+    inside a jit: ``opt.generate``'s own jit is then traced inline and the whole decode is one
+    program."""
     image_edits, lm_edits = split_edits(edits or {})
-    (embeds, _), _ = model.apply({"params": params}, source, input_ids, edits=image_edits,
-                                 method="embed_prompt")
+    image_prefill, lm_prefill = split_edits(prefill_edits or {})
+    (embeds, _), _ = model.apply({"params": params}, source, input_ids,
+                                 edits=opt.with_prefill(image_edits, image_prefill), method="embed_prompt")
     lm = OPTForCausalLM(model.config.text_config, model.dtype)
-    return opt.generate(lm, params["language_model"], inputs_embeds=embeds,
-                        attention_mask=attention_mask, edits=lm_edits, **generate_kw)
+    return opt.generate(lm, params["language_model"], inputs_embeds=embeds, attention_mask=attention_mask,
+                        edits=lm_edits, prefill_edits=lm_prefill, **generate_kw)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mrepe_jax import edits as edits_lib
 from mrepe_jax import sites as sites_lib
 from mrepe_jax.models import inputs as inputs_lib
 from mrepe_jax.models.attention import (
@@ -124,8 +125,12 @@ def site_names(num_layers: int) -> tuple[str, ...]:
 
 
 def init_cache(config: OPTConfig, batch: int, max_len: int, dtype=jnp.float32) -> tuple:
-    """An empty KV cache: per layer ``{"k", "v"}`` of shape ``[batch, max_len, heads, head_dim]``."""
-    shape = (batch, max_len, config.num_attention_heads, config.head_dim)
+    """An empty KV cache: per layer ``{"k", "v"}`` of shape ``[batch, heads, max_len, head_dim]``.
+
+    Head-major, the layout of the attention matmuls: a decoding step writes its new keys and values
+    into it in place, where a token-major cache would be transposed whole in every layer at every
+    step (``dot_product_attention`` works head-major)."""
+    shape = (batch, config.num_attention_heads, max_len, config.head_dim)
     return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
                  for _ in range(config.num_hidden_layers))
 
@@ -164,9 +169,12 @@ class OPTAttention(nn.Module):
         k = site("attn.k", proj("k_proj"))
         v = site("attn.v", proj("v_proj"))
         if kv is not None:
-            k = lax.dynamic_update_slice(kv["k"], k.astype(kv["k"].dtype), (0, cache_index, 0, 0))
-            v = lax.dynamic_update_slice(kv["v"], v.astype(kv["v"].dtype), (0, cache_index, 0, 0))
-            kv = {"k": k, "v": v}
+            kh, vh = (lax.dynamic_update_slice(kv[n], x.transpose(0, 2, 1, 3).astype(kv[n].dtype),
+                                               (0, 0, cache_index, 0)) for n, x in (("k", k), ("v", v)))
+            kv = {"k": kh, "v": vh}
+            # Token-major views for the shared attention, which transposes them straight back to
+            # head-major: XLA folds the two transposes, so the cache is read where it lies.
+            k, v = kh.transpose(0, 2, 1, 3), vh.transpose(0, 2, 1, 3)
         z = dot_product_attention(_qkv_done(site), "attn", q, k, v, mask)
         out = Dense(c.hidden_size, use_bias=c.enable_bias, dtype=self.dtype, name="out_proj")(
             z.reshape(x.shape[:-1] + (c.hidden_size,)))
@@ -305,7 +313,7 @@ class OPTForCausalLM(SitedModel):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         x = input_ids if input_ids is not None else inputs_embeds
         b, t = x.shape[:2]
-        slots = t if cache is None else cache[0]["k"].shape[1]
+        slots = t if cache is None else cache[0]["k"].shape[2]
         if attention_mask is None:
             if cache is not None:
                 raise ValueError("a cached step needs the attention_mask of every cache slot [B, max_len]")
@@ -338,14 +346,17 @@ class OPTForCausalLM(SitedModel):
         return self.model.decoder.embed_tokens.attend(h), h
 
     def __call__(self, input_ids=None, attention_mask=None, inputs_embeds=None,
-                 sites: Sites = Sites(), cache=None, cache_index=0):
-        """``{"logits" [B, T, V], "last_hidden_state" [B, T, D]}`` (+ ``"cache"`` when given one)."""
+                 sites: Sites = Sites(), cache=None, cache_index=0, last_only: bool = False):
+        """``{"logits" [B, T, V], "last_hidden_state" [B, T, D]}`` (+ ``"cache"`` when given one).
+
+        ``last_only``: both for the last token only (``[B, 1, ...]``), all a greedy step reads: a
+        prefill then skips the lm_head over the rest of the prompt (the readout has no sites)."""
         attention_mask = self._inputs(input_ids, inputs_embeds, attention_mask, cache)
         decoder = self.model.decoder
         h = decoder.embed(input_ids, inputs_embeds, attention_mask, sites, cache_index)
         mask = layer_mask(attention_mask, h.shape[1], cache_index)
         h, cache = decoder.run_layers(h, sites, mask, cache=cache, cache_index=cache_index)
-        logits, last = self.readout(h)
+        logits, last = self.readout(h[:, -1:] if last_only else h)
         out = {"logits": logits, "last_hidden_state": last}
         if cache is not None:
             out["cache"] = cache
@@ -358,9 +369,18 @@ def _eos_tuple(eos) -> tuple[int, ...]:
     return tuple(int(e) for e in (eos if isinstance(eos, Sequence) else (eos,)))
 
 
+def with_prefill(edits: dict, prefill_edits: dict) -> dict:
+    """The prompt pass's edits: ``edits`` and ``prefill_edits`` together (both, in that order,
+    where they share a site)."""
+    out = dict(edits)
+    for site, e in prefill_edits.items():
+        out[site] = (*edits_lib.as_tuple(out[site]), *edits_lib.as_tuple(e)) if site in out else e
+    return out
+
+
 def generate(model: OPTForCausalLM, params, *, input_ids=None, inputs_embeds=None, attention_mask=None,
              max_new_tokens: int, eos_token_id: int | Sequence[int] | None = None,
-             pad_token_id: int | None = None, edits=None, return_logits: bool = False):
+             pad_token_id: int | None = None, edits=None, prefill_edits=None, return_logits: bool = False):
     """Greedy decoding with a KV cache, as HF ``generate(do_sample=False)``; returns the new tokens
     ``[B, max_new_tokens]`` (and their logits ``[B, max_new_tokens, V]`` with ``return_logits``).
 
@@ -370,8 +390,10 @@ def generate(model: OPTForCausalLM, params, *, input_ids=None, inputs_embeds=Non
     every row has. ``edits`` apply at every step, prefill and each new token alike, so their
     operands must fit both ``[B, T_prompt, ...]`` and ``[B, 1, ...]`` activations (scalars, ``[D]``
     vectors, size-1 token axes); at ``attn.logits/pattern`` the key axis is the cache's
-    ``T_prompt + max_new_tokens`` slots. Compiled once per (model, shapes, max_new_tokens, eos,
-    pad, edit structure): new prompt values or edit arrays do not retrace.
+    ``T_prompt + max_new_tokens`` slots. ``prefill_edits`` apply at the prompt pass only
+    (operands fitting ``[B, T_prompt, ...]``, e.g. a ``where`` over the prompt's tokens): the new
+    tokens read what they changed through the KV cache. Compiled once per (model, shapes,
+    max_new_tokens, eos, pad, edit structure): new prompt values or edit arrays do not retrace.
     """
     c = model.config
     if (input_ids is None) == (inputs_embeds is None):
@@ -386,13 +408,15 @@ def generate(model: OPTForCausalLM, params, *, input_ids=None, inputs_embeds=Non
     pad = pad if pad is not None else (eos[0] if eos else 0)
     # Validated here, on concrete values (inside jit, NaN checks cannot see the arrays).
     edits = sites_lib.validate_edits(edits, model.site_names())
+    prefill_edits = sites_lib.validate_edits(prefill_edits, model.site_names())
     return _generate(model, params, input_ids, inputs_embeds, jnp.asarray(attention_mask, jnp.int32),
-                     edits, max_new_tokens=max_new_tokens, eos=eos, pad=int(pad),
+                     edits, prefill_edits, max_new_tokens=max_new_tokens, eos=eos, pad=int(pad),
                      return_logits=return_logits)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos", "pad", "return_logits"))
-def _generate(model, params, input_ids, inputs_embeds, attention_mask, edits, *, max_new_tokens: int,
+def _generate(model, params, input_ids, inputs_embeds, attention_mask, edits, prefill_edits, *,
+              max_new_tokens: int,
               eos: tuple[int, ...], pad: int, return_logits: bool):
     b, t = attention_mask.shape
     n = max_new_tokens
@@ -408,7 +432,7 @@ def _generate(model, params, input_ids, inputs_embeds, attention_mask, edits, *,
 
     out, _ = model.apply(variables, input_ids=input_ids, inputs_embeds=inputs_embeds,
                          attention_mask=mask, cache=init_cache(model.config, b, slots, model.dtype),
-                         cache_index=0, edits=edits)
+                         cache_index=0, edits=with_prefill(edits, prefill_edits), last_only=True)
     logits = out["logits"][:, -1]
     tok, done = pick(logits, jnp.zeros((b,), bool))
     tokens = jnp.full((b, n), pad, jnp.int32).at[:, 0].set(tok)

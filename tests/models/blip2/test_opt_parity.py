@@ -13,7 +13,7 @@ import torch
 import transformers
 from flax import traverse_util
 
-from mrepe_jax.edits import Add
+from mrepe_jax.edits import Add, Replace, along
 from mrepe_jax.models.blip2 import opt, opt_convert
 from mrepe_jax.models.convert import ConversionError, to_flax
 
@@ -215,6 +215,29 @@ def test_edits_apply_in_the_cached_path():
                                        return_logits=True)
     np.testing.assert_allclose(step_logits, uncached_logits(name, "ids", tokens, edits), atol=ATOL)
     assert np.abs(np.asarray(step_logits[:, 0]) - np.asarray(free_run(name, "ids")[1][:, 0])).max() > 1e-2
+
+
+def test_prefill_edits_act_at_the_prompt_pass_only():
+    """A ``prefill_edits`` patch of the prompt's last position acts once, in the prompt pass: the
+    cached decode equals the uncached forward with the patch at that position alone (the new tokens
+    read it through the cache). At a site it shares with a per-step edit, it applies after it."""
+    name = "relu_2layers"
+    model, params = converted(name)
+    ids, mask, _ = batch(padded=True)
+    t, site = ids.shape[1], "lm.layers.0.resid_post"
+    rng = np.random.default_rng(2)
+    value = jnp.asarray(3 * rng.normal(size=32), jnp.float32)
+    every = Add(jnp.asarray(rng.normal(size=32), jnp.float32), alpha=0.2)
+    tokens, step_logits = opt.generate(
+        model, params, input_ids=ids, attention_mask=mask, max_new_tokens=N_NEW, eos_token_id=(),
+        edits={site: every}, prefill_edits={site: Replace(value, along(np.arange(t) == t - 1, "token"))},
+        return_logits=True)
+    last = along(np.arange(t + N_NEW - 1) == t - 1, "token")
+    np.testing.assert_allclose(step_logits, uncached_logits(name, "ids", tokens, {site: (every, Replace(value, last))}),
+                               atol=ATOL)
+    plain = opt.generate(model, params, input_ids=ids, attention_mask=mask, max_new_tokens=N_NEW, eos_token_id=(),
+                         edits={site: every}, return_logits=True)[1]
+    assert np.abs(np.asarray(step_logits) - np.asarray(plain)).max() > 1e-2
 
 
 def test_generation_compiles_once():
