@@ -16,25 +16,72 @@ and the captions come back as labels (``train.captioner.named_values``), so Tabl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mrepe_jax.edits import Add, Replace, along
 from mrepe_jax.models.blip2 import QueriedLanguageModel, default_prompt
 from mrepe_jax.models.blip2 import model as blip2
+
+
+@dataclasses.dataclass(frozen=True)
+class AddAt:
+    """Eq 5 with the step already scaled: ``{site: Add(p["delta"], p["alpha"])}`` (every token).
+    A frozen dataclass, so equal instances are one static argument: one compiled program across
+    calls (a new ``functools.partial`` per call would compile again)."""
+
+    site: str
+
+    def __call__(self, p):
+        return {self.site: Add(p["delta"], p["alpha"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplaceAt:
+    """Activation patching toward a value: ``{site: Replace(p["value"])}`` for every example, its
+    axes named by ``axes`` (e.g. ``("token", "feature")`` for a class's mean query states
+    ``[Nq, D]``; None: a scalar or a feature vector)."""
+
+    site: str
+    axes: tuple[str, ...] | None = None
+
+    def __call__(self, p):
+        value = p["value"] if self.axes is None else along(p["value"], *self.axes)
+        return {self.site: Replace(value)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchPromptEnd:
+    """Activation patching at an ``lm`` site's last prompt token, at the prompt pass only
+    (``PREFILL``: ``steered_captions`` passes these edits as ``prefill_edits``): ``{site:
+    Replace(p["value"] [D], where=the last of the prompt's ``length`` tokens)}``. The caption's
+    tokens read the patched state through the KV cache."""
+
+    site: str
+    length: int
+
+    PREFILL: ClassVar[bool] = True
+
+    def __call__(self, p):
+        return {self.site: Replace(p["value"], along(np.arange(self.length) == self.length - 1, "token"))}
 
 
 @functools.partial(jax.jit, static_argnames=("model", "edits_fn", "max_new_tokens"))
 def _steered(model, params, source, interventions, *, edits_fn, max_new_tokens):
     ids = jnp.asarray(default_prompt(model.config, source.shape[0]))
     mask = jnp.ones(ids.shape, jnp.int32)
+    prefill = getattr(edits_fn, "PREFILL", False)
 
     def one(p):
-        return blip2.decode(model, params, source, ids, mask, edits=edits_fn(p),
-                            max_new_tokens=max_new_tokens)
+        edits = edits_fn(p)
+        return blip2.decode(model, params, source, ids, mask, edits=None if prefill else edits,
+                            prefill_edits=edits if prefill else None, max_new_tokens=max_new_tokens)
 
     # lax.map, not vmap: memory stays that of one intervention's decode, in one program.
     return jax.lax.map(one, interventions)
@@ -49,7 +96,8 @@ def steered_captions(model: QueriedLanguageModel, params, source, edits_fn: Call
     module-level function or a frozen dataclass with ``__call__`` (equal instances hash equal),
     so that every call reuses one program; a fresh ``functools.partial`` per call compiles anew.
     Edits at ``qformer.*`` / ``vision.*`` sites change the image tokens; ``lm.*`` edits apply at
-    every decoding step. Interventions run ``chunk`` at a time (the last chunk, or a smaller P,
+    every decoding step, or at the prompt pass only when ``edits_fn.PREFILL`` is true
+    (``PatchPromptEnd``). Interventions run ``chunk`` at a time (the last chunk, or a smaller P,
     padded with copies of the first), so sweeps of any P share one compiled program."""
     sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(interventions)}
     if len(sizes) != 1 or None in sizes:

@@ -23,7 +23,7 @@ from mrepe_jax.data.source_base import import_tfds, read_rgb
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-def _tfds_builder(tfds, name: str, data_dir: str | None):
+def tfds_builder(tfds, name: str, data_dir: str | None):
     try:
         return tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises DatasetNotFoundError and others; all mean "no such dataset"
@@ -31,7 +31,7 @@ def _tfds_builder(tfds, name: str, data_dir: str | None):
         raise FileNotFoundError(f"TFDS has no dataset {name!r} (data_dir={data_dir!r}): {first}") from e
 
 
-def _load(tfds, name: str, split: str, data_dir: str | None, download: bool, **kw):
+def tfds_load(tfds, name: str, split: str, data_dir: str | None, download: bool, **kw):
     try:
         return tfds.load(name, split=split, data_dir=data_dir, download=download,
                          shuffle_files=False, **kw)
@@ -77,7 +77,7 @@ def tfds_images(name: str, split: str, classes: Sequence[str], *, batch_size: in
     """Batches ``(images, labels)`` of a TFDS classification dataset's ``split`` (TFDS split
     syntax, e.g. ``"train[:5000]"``), the first ``limit`` examples of the listed ``classes``."""
     tfds = import_tfds("TFDS concept data")
-    builder = _tfds_builder(tfds, name, data_dir)
+    builder = tfds_builder(tfds, name, data_dir)
     feature = builder.info.features[label_key] if label_key in builder.info.features else None
     if feature is None or not hasattr(feature, "names"):
         raise ValueError(f"TFDS dataset {name!r} has no class-label feature {label_key!r}; its "
@@ -91,7 +91,7 @@ def tfds_images(name: str, split: str, classes: Sequence[str], *, batch_size: in
                              f"list all {len(names)} class names in label order, not {list(classes)}")
         names = list(classes)
     index = class_index(classes, names, where)
-    ds = _load(tfds, name, split, data_dir, download)
+    ds = tfds_load(tfds, name, split, data_dir, download)
 
     def examples():
         for ex in tfds.as_numpy(ds):
@@ -171,8 +171,8 @@ def tfds_captions(name: str, split: str, *, limit: int | None = None, data_dir: 
     """The first caption of each of the first ``limit`` examples of a TFDS image-caption dataset
     (``coco_captions``: ``captions/text``), images left undecoded."""
     tfds = import_tfds("TFDS concept data")
-    _tfds_builder(tfds, name, data_dir)
-    ds = _load(tfds, name, split, data_dir, download,
+    tfds_builder(tfds, name, data_dir)
+    ds = tfds_load(tfds, name, split, data_dir, download,
                decoders={"image": tfds.decode.SkipDecoding()})
     if limit is not None:
         ds = ds.take(limit)

@@ -58,9 +58,13 @@ def table1_section(ident: Mapping, model: str, towers=("text", "vision", "audio"
     )
 
 
-def causal_section(causal: Mapping, prefix: str = "", pairs: str = "") -> str:
+PROMPT_METRIC = "cosine to the clean value's class prompt minus cosine to the corrupt value's"
+
+
+def causal_section(causal: Mapping, prefix: str = "", pairs: str = "", metric: str = PROMPT_METRIC) -> str:
     """The eq 2 section: exact vs attribution patching per tower and contrast, and the heatmaps
-    (``prefix``: where the plots are, relative to the report). ``pairs`` says how pairs were made."""
+    (``prefix``: where the plots are, relative to the report). ``pairs`` says how pairs were made,
+    ``metric`` what the effects are effects on."""
     rows, rhos = [], []
     for tower, fams in causal.items():
         for family, r in fams.items():
@@ -75,13 +79,12 @@ def causal_section(causal: Mapping, prefix: str = "", pairs: str = "") -> str:
         "Causal effects (eq 2): exact vs attribution patching",
         (pairs or "Contrast pairs differ in one family.") + " Noising: the corrupt value patched "
         "into the clean run, one residual position at a time, `resid_pre` of every layer. Metric: "
-        "cosine to the clean value's class prompt minus cosine to the corrupt value's. Top cell: "
-        "largest |effect|, with a bootstrap 95% CI over pairs. "
+        f"{metric}. Top cell: largest |effect|, with a bootstrap 95% CI over pairs. "
         f"Spearman(exact, attribution) over all cells: mean {np.mean(rhos):.3f}, min {np.min(rhos):.3f} "
         "(target >= 0.8: the agreement at which attribution patching can stand in for exact "
         "patching as a screen, required on ToyWorld; on real data, a reference).",
         table(["tower", "contrast", "Spearman", "total effect", "top cell", "top effect [95% CI]"], rows),
-        "Heatmaps (layer x position; the vision tower also layer x head in "
-        "`patching_vision_*_layer_head.png`):",
+        "Heatmaps (layer x position" + ("; the vision tower also layer x head in "
+                                        "`patching_vision_*_layer_head.png`" if "vision" in causal else "") + "):",
         images,
     )

@@ -180,7 +180,8 @@ def table1(scores: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
 
 
 def stream_identify(read, batches, families: Mapping[str, int], sites: Sequence[str],
-                    baseline_site: str, on_batch=None) -> tuple[dict, dict[str, Readout]]:
+                    baseline_site: str, on_batch=None,
+                    groups: Mapping[str, Sequence[str]] | None = None) -> tuple[dict, dict[str, Readout]]:
     """Table 1 of one tower over streamed data, in two passes: the train split's sums, then the
     validation and test splits' scores. Holds no split's activations.
 
@@ -188,8 +189,10 @@ def stream_identify(read, batches, families: Mapping[str, int], sites: Sequence[
       read: ``batch -> {site: [B, D]}`` (e.g. ``read_batch`` bound to a model).
       batches: ``split -> iterable of (batch, {family: labels [B]})``, called once per split.
       families: ``{family: number of values}``.
-      on_batch: called as ``on_batch(split, reps, labels)`` for every batch (zero-shot counts,
-        contrast pairs, ...).
+      on_batch: called as ``on_batch(split, batch, reps, labels)`` for every batch (zero-shot
+        counts, contrast pairs, ...).
+      groups: ``{name: sites}``, subsets of ``sites`` (a model's parts, say): each row then also
+        holds ``"parts": {name: table1 row over that part's sites alone}``.
     Returns ``({family: table1 row}, {family: Readout})``.
     """
     def each(split):
@@ -226,6 +229,8 @@ def stream_identify(read, batches, families: Mapping[str, int], sites: Sequence[
                 raise ValueError(f"the {s} split gave no batches")
         try:
             rows[f] = table1(scores, lab, sites, baseline_site)
+            if groups:
+                rows[f]["parts"] = {g: table1(scores, lab, part, baseline_site) for g, part in groups.items()}
         except ValueError as e:
             raise ValueError(f"family {f!r}: {e}") from e
     return rows, readouts

@@ -74,13 +74,17 @@ def prompt_logit_diff(prompts: np.ndarray, pos_values, neg_values) -> jax.tree_u
     return jax.tree_util.Partial(_logit_diff, diff)
 
 
-def patching(model, params, tower: str, name: str, contrast: Contrast, prompts: np.ndarray,
-             workdir: Path, *, heads: bool = False, seed: int = 0, n_resamples: int = 1000,
-             mesh=None) -> dict:
-    """Exact vs attribution patching of one contrast (eq 2). Writes
-    ``patching_{tower}_{name}_layer_position.png`` (and ``..._layer_head.png`` with ``heads``)."""
+def prompt_metric(prompts: np.ndarray, contrast: Contrast) -> jax.tree_util.Partial:
+    """``prompt_logit_diff`` between each pair's clean and corrupt value: the zero-shot metric."""
+    return prompt_logit_diff(prompts, contrast.clean_values, contrast.corrupt_values)
+
+
+def patching(model, params, tower: str, name: str, contrast: Contrast, metric, workdir: Path, *,
+             heads: bool = False, seed: int = 0, n_resamples: int = 1000, mesh=None) -> dict:
+    """Exact vs attribution patching of one contrast (eq 2) under ``metric`` (a per-pair
+    ``Partial``, e.g. ``prompt_metric``). Writes ``patching_{tower}_{name}_layer_position.png``
+    (and ``..._layer_head.png`` with ``heads``)."""
     variables = {"params": params}
-    metric = prompt_logit_diff(prompts, contrast.clean_values, contrast.corrupt_values)
     kw: dict = {"mesh": mesh}
     if contrast.clean_mask is not None:
         kw["text_mask"] = (contrast.clean_mask, contrast.corrupt_mask)
@@ -102,13 +106,14 @@ def patching(model, params, tower: str, name: str, contrast: Contrast, prompts: 
     stem = f"{tower}_{name}"
     # Every position is swept (one compiled program for any caption length); the plot stops at
     # the pairs' last real token, since padding after it cannot matter to the readout.
-    xticks, shown = None, e
+    shown = e
     if contrast.clean_mask is not None:
         length = int(max(np.asarray(contrast.clean_mask).sum(1).max(),
                          np.asarray(contrast.corrupt_mask).sum(1).max()))
         shown = e[:, :length]
-        if contrast.position_labels is not None:
-            xticks = [f"{i} {t}" for i, t in enumerate(contrast.position_labels[:length])]
+    xticks = None
+    if contrast.position_labels is not None:
+        xticks = [f"{i} {t}" for i, t in enumerate(contrast.position_labels[:shown.shape[1]])]
     heatmap(shown, workdir / f"patching_{stem}_layer_position.png",
             title=f"{tower} / {name}: exact patching (resid_pre)",
             xlabel="position (token of the first clean input)" if xticks else "position",

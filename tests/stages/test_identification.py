@@ -74,3 +74,24 @@ def test_bad_labels_and_missing_values_are_named():
         ident.Readout.from_sums(ident.accumulate(None, {"s": x}, np.where(y == 2, 0, y), 3), "colour")
     with pytest.raises(ValueError, match="value 1 has 0 examples in the held-out split"):
         ident.macro_auroc(np.zeros((4, 3)), np.array([0, 0, 2, 2]))
+
+
+def test_stream_identify_rows_per_part_pick_within_the_part():
+    """With ``groups``, each part's row picks its best site among the part's own sites, and the
+    overall row is the best of all."""
+    splits = {"train": _data(300, seed=7, signal=2.0), "validation": _data(150, seed=8, signal=2.0),
+              "test": _data(150, seed=9, signal=2.0)}
+    noise = {s: np.random.default_rng(10 + i).normal(size=(len(y), 6)).astype(np.float32)
+             for i, (s, (_, y)) in enumerate(splits.items())}
+
+    def batches(split):
+        x, y = splits[split]
+        for lo in range(0, len(y), 64):
+            yield {"good": x[lo:lo + 64], "noise": noise[split][lo:lo + 64]}, {"f": y[lo:lo + 64]}
+
+    rows, _ = ident.stream_identify(lambda b: b, batches, {"f": 3}, ("noise", "good"), "noise",
+                                    groups={"A": ("noise",), "B": ("good",)})
+    row = rows["f"]
+    assert row["mrepe_site"] == "good" and row["parts"]["A"]["mrepe_site"] == "noise"
+    assert row["parts"]["B"]["mrepe"] == row["mrepe"] > 0.9 > row["parts"]["A"]["mrepe"]
+    assert row["parts"]["A"]["baseline"] == row["baseline"]

@@ -21,7 +21,8 @@ def test_text_heatmap_stops_at_the_last_real_token_with_token_labels(tmp_path, m
     contrast = patching.Contrast(ids, ids[::-1].copy(), np.array([0, 1]), np.array([1, 0]), mask,
                                  mask[::-1].copy(), ("<s>", "red", "car", "</s>", "<pad>"))
     prompts = np.eye(3, 16, dtype=np.float32)
-    out = patching.patching(model, v["params"], "text", "colour", contrast, prompts, tmp_path,
+    out = patching.patching(model, v["params"], "text", "colour", contrast,
+                            patching.prompt_metric(prompts, contrast), tmp_path,
                             n_resamples=10)
     values, kw = drawn["patching_text_colour_layer_position.png"]
     assert values.shape == (2, 4)  # 2 layers x the 4 positions up to the longest caption's EOS

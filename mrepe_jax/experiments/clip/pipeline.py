@@ -29,7 +29,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -51,26 +50,24 @@ from mrepe_jax.models.clip.preprocess import (
 from mrepe_jax.reading.bundles import params_hash, save_bundle
 from mrepe_jax.report import workdir as workdir_lib
 from mrepe_jax.report.progress import StageBar
-from mrepe_jax.stages import alignment, identification, patching, steering
+from mrepe_jax.stages import alignment, identification, patching, runtime, steering
 from mrepe_jax.stages import seeds as seeds_lib
 from mrepe_jax.stages.reads import readout_reps
 from mrepe_jax.train import zero_shot
 
 STAGES = ("identification: images", "identification: captions", "direction bundles", "alignment",
           "steering", "causal patching")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class Checkpoint:
     """A CLIP checkpoint with its tokenizer and image preprocessing, and the reads the stages make."""
 
     def __init__(self, cfg: ml_collections.ConfigDict):
-        if cfg.dtype not in DTYPES:
-            raise ValueError(f"model.dtype {cfg.dtype!r} is not one of {sorted(DTYPES)}")
+        dtype = runtime.compute_dtype(cfg.dtype)
         self.name = cfg.name
         self.directory = hf_files.resolve(cfg.name)
         model, self.params = clip_convert.load_pretrained(self.directory)
-        self.model = CLIPModel(model.config, dtype=DTYPES[cfg.dtype], execution=model.execution)
+        self.model = CLIPModel(model.config, dtype=dtype, execution=model.execution)
         self.tokenizer = load_tokenizer(self.directory)
         self.preprocess = ImagePreprocessConfig.from_dir(self.directory)
         self.max_length = model.config.text_config.max_position_embeddings
@@ -108,10 +105,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
     """Every stage (module docstring) into ``workdir``: results.json, report.md, heatmaps,
     ``directions/`` and ``maps/`` bundles. One process: on several, each would redo the whole run
     and write the same files, so that is refused."""
-    if jax.process_count() > 1:
-        raise NotImplementedError(
-            f"the clip experiment runs in one process, not {jax.process_count()}: its stages are not "
-            "sharded over processes yet; launch it without --num_processes")
+    runtime.require_one_process("clip")
     t0 = time.perf_counter()
     ckpt = Checkpoint(config.model)
     config = clip_data.resolve(config)
@@ -164,14 +158,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         kw = dict(seed=config.seed, n_resamples=config.causal.bootstrap_resamples)
         contrast = image_contrast(images.pool, images.pool_labels, config.causal.num_pairs, rng)
         results["causal"] = {"vision": {img.family: patching.patching(
-            ckpt.model, ckpt.params, "vision", img.family, contrast, images.prompts, workdir,
+            ckpt.model, ckpt.params, "vision", img.family, contrast,
+            patching.prompt_metric(images.prompts, contrast), workdir,
             heads=config.causal.heads, **kw)}, "text": {}}
         for family, values in cap.families.items():
             rows = texts.test_rows(family)  # never empty: clip_data.check refuses that up front
             contrast = caption_contrast(ckpt, [texts.captions[i] for i in rows], texts.labels[family][rows],
                                         values, config.causal.num_pairs, rng)
             results["causal"]["text"][family] = patching.patching(
-                ckpt.model, ckpt.params, "text", family, contrast, texts.prompts[family], workdir, **kw)
+                ckpt.model, ckpt.params, "text", family, contrast,
+                patching.prompt_metric(texts.prompts[family], contrast), workdir, **kw)
     results["stage_seconds"] = clock.seconds
     results["seconds"] = round(time.perf_counter() - t0, 1)
     workdir_lib.write_json(workdir / "results.json", results)

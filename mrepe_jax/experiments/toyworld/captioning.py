@@ -25,7 +25,6 @@ runs through ``control.captions.steered_captions``: one compiled decode program.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -35,11 +34,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mrepe_jax.control.captions import steered_captions
+from mrepe_jax.control.captions import AddAt, steered_captions
 from mrepe_jax.control.evaluate import collateral_accuracy, success_rate
 from mrepe_jax.control.interventions import site_scale
 from mrepe_jax.data.toyworld.concepts import UNSAFE_FAMILY
-from mrepe_jax.edits import Add
 from mrepe_jax.experiments.toyworld.safety import SAFE
 from mrepe_jax.metrics.safety import harmful_output_reduction
 from mrepe_jax.metrics.stats import paired_permutation_test
@@ -64,18 +62,6 @@ def query_reads(model, params, image_embeds, chunk: int = 256) -> np.ndarray:
     at = site(model)
     return np.concatenate([np.asarray(_query_states(model, params, at, image_embeds[i:i + chunk]).mean(1))
                            for i in range(0, len(image_embeds), chunk)])
-
-
-@dataclasses.dataclass(frozen=True)
-class AddAt:
-    """Eq 5 with the step already scaled: ``{site: Add(p["delta"], p["alpha"])}`` (every query
-    token). A frozen dataclass, so equal instances are one static argument: one compiled program
-    across calls (a new ``functools.partial`` per call would compile again)."""
-
-    site: str
-
-    def __call__(self, p):
-        return {self.site: Add(p["delta"], p["alpha"])}
 
 
 def steered_ids(model, params, world, image_embeds, deltas, alphas, chunk: int = 64) -> np.ndarray:

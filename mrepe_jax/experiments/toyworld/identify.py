@@ -93,6 +93,6 @@ def causal_analysis(model, params, world: ToyWorld, num_pairs: int, workdir: Pat
         contrast = patching.Contrast(pairs.pos[input_key], pairs.neg[input_key],
                                      pairs.pos_values, pairs.neg_values, *masks)
         out[tower][family] = patching.patching(
-            model, params, tower, family, contrast, prompts[family], workdir,
+            model, params, tower, family, contrast, patching.prompt_metric(prompts[family], contrast), workdir,
             heads=tower == "vision", seed=seed, n_resamples=n_resamples, mesh=mesh)
     return out
