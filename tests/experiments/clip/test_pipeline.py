@@ -253,5 +253,6 @@ def test_errors_are_named(hf_clip, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"image folder '/no/such/dir' does not exist"):
         launch(tmp_path, f"--config.model.name={hf_clip}", "--config.images.source=folder",
                "--config.images.path=/no/such/dir")
-    with pytest.raises(app.UsageError, match=r"names experiment 'nope'; known experiments: clip, toyworld"):
+    with pytest.raises(app.UsageError,
+                       match=r"names experiment 'nope'; known experiments: blip2, clip, toyworld"):
         launch(tmp_path, "--config.experiment=nope")
