@@ -218,6 +218,11 @@ def load_average() -> float | None:
         return None
 
 
+def rounded(x, digits: int = 4):
+    """A figure for the JSON record: ``x`` rounded to ``digits`` decimals, None as None."""
+    return None if x is None else round(float(x), digits)
+
+
 def utc_now() -> str:
     """The record's ``date``: now, UTC, to the second."""
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -219,8 +219,8 @@ def match(a, b):
     return bool((a == b).all()), float(np.mean(a == b))
 
 
-def _r(x, nd=3):
-    return None if x is None else round(float(x), nd)
+def _r(x, digits: int = 3):
+    return common.rounded(x, digits)
 
 
 def main(argv):
