@@ -1,4 +1,5 @@
-"""The exact patching sweep and a ToyWorld CLIP training step on 1, 2, 4 and 8 devices.
+"""The exact patching sweep and a ToyWorld CLIP training step on 1, 2, 4 and 8 devices; params
+sharded by the rule tables on 2-D meshes of 8.
 
 Each device count runs in a fresh subprocess (on CPU, ``--xla_force_host_platform_device_count``
 makes that many virtual devices; on a GPU/TPU host the real devices are used and counts above
@@ -9,7 +10,13 @@ the device count are skipped). For each it reports
       effects from the 1-device effects, and the per-device argument + temporary bytes of its
       compiled program (``memory_analysis``);
   (b) one data-parallel train step of the ToyWorld CLIP (state replicated, batch split): steady
-      seconds, the loss (equal at every count up to rounding) and per-device bytes.
+      seconds, the loss (equal at every count up to rounding) and per-device bytes;
+  (c) params sharded by the family's rule table (``models.*.sharding``) over ``data`` x ``model``
+      meshes of 8 devices, for a CLIP (ViT-B/32) and a BLIP-2 (``bench/generate.py``'s shape):
+      per-device param bytes at model 1, 2, 4, 8 and with FSDP over 8, and the compiled forward's
+      per-device argument + temporary bytes on (8, 1), (4, 2), (2, 4), (1, 8) and (8, 1) with FSDP;
+      and, projected from shapes alone (``jax.eval_shape``), blip2-opt-6.7b's and ViT-bigG's
+      per-device bf16 param bytes.
 
 Virtual CPU devices share the same cores, so their timings measure overhead, not speed-up: this is
 a correctness and memory check there, a speed check on real accelerators. The last stdout line is
@@ -119,7 +126,87 @@ def _per_program_bytes(traced, model, variables, clean, corrupt, metric, mesh):
     return _bytes(lowered.compile())
 
 
-def run_worker(n: int, mode: str) -> dict | None:
+# ----------------------------------------------------------------------------------------------
+# Param sharding: the rule tables (``models.*.sharding``) on 2-D meshes, without weights.
+
+MESHES = ((8, 1), (4, 2), (2, 4), (1, 8))
+
+
+def abstract_model(name: str):
+    """(model, rules, abstract params [ShapeDtypeStruct], example inputs) of ``param_shapes[name]``."""
+    import jax
+    import jax.numpy as jnp
+
+    from bench import param_shapes
+    from mrepe_jax.models.blip2 import Blip2Config, Blip2ForConditionalGeneration, default_prompt
+    from mrepe_jax.models.blip2.sharding import BLIP2_RULES
+    from mrepe_jax.models.clip import CLIPModel
+    from mrepe_jax.models.clip.sharding import CLIP_RULES
+
+    if name in param_shapes.CLIP:
+        s = param_shapes.CLIP[name]
+        model = CLIPModel(common.clip_config(s["vision"], s["text"], s["projection_dim"]))
+        size = s["vision"]["image_size"]
+        inputs = (jnp.zeros((8, size, size, 3)), jnp.zeros((8, s["text"]["max_position_embeddings"]), jnp.int32))
+        rules = CLIP_RULES
+    else:
+        config = Blip2Config.from_hf_dict(param_shapes.BLIP2[name])
+        model = Blip2ForConditionalGeneration(config)
+        size = config.vision_config.image_hw[0]
+        inputs = (jnp.zeros((8, size, size, 3)), jnp.asarray(default_prompt(config, 8)))
+        rules = BLIP2_RULES
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs)["params"])
+    return model, rules, params, inputs
+
+
+def param_worker(tiny: bool) -> dict:
+    """Per-device bytes of the params (model axis 1..8, and FSDP over 8) and of the compiled
+    forward's arguments + temporaries on each 2-D mesh of 8 devices, for the bench shapes; the
+    params of real checkpoints' shapes projected in bf16."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+
+    from mrepe_jax import parallel
+    from mrepe_jax.models import sharding
+
+    out: dict = {"bench": {}, "projected_bf16": {}}
+    for name in (("clip_tiny", "blip2_tiny") if tiny else ("clip_b32", "blip2_bench")):
+        model, rules, params, inputs = abstract_model(name)
+        row: dict = {"params_bytes": {}, "forward_bytes": {}}
+        for m in (1, 2, 4, 8):
+            sizes = {"data": 8 // m, "model": m}
+            row["params_bytes"][f"model={m}"] = sharding.per_device_bytes(
+                params, sharding.param_specs(params, rules, sizes), sizes)
+        sizes = {"data": 8, "model": 1}
+        row["params_bytes"]["fsdp=8"] = sharding.per_device_bytes(
+            params, sharding.param_specs(params, rules, sizes, fsdp=True), sizes)
+        for shape, fsdp in [(m, False) for m in MESHES] + [((8, 1), True)]:
+            mesh = parallel.make_mesh(shape, ("data", "model"))
+            specs = sharding.param_specs(params, rules, mesh, fsdp=fsdp)
+            placed = jax.tree.map(lambda x, sp, mesh=mesh: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                                  sharding=NamedSharding(mesh, sp)),
+                                  params, specs)
+            batch = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.data_sharding(mesh))
+                          for x in inputs)
+            fwd = jax.jit(lambda p, *x, model=model: model.apply({"params": p}, *x)[0])
+            key = f"{shape[0]}x{shape[1]}" + ("_fsdp" if fsdp else "")
+            row["forward_bytes"][key] = _bytes(fwd.lower(placed, *batch).compile())
+        row["params_ratio_model8"] = round(row["params_bytes"]["model=8"] / row["params_bytes"]["model=1"], 4)
+        out["bench"][name] = row
+    for name in ("clip_tiny", "blip2_tiny") if tiny else ("clip_bigG", "blip2_opt_6.7b"):
+        _, rules, params, _ = abstract_model(name)
+        params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), params)
+        row = {}
+        for (d, m), fsdp in [((1, 1), False), ((1, 8), False), ((8, 1), True), ((2, 4), True)]:
+            sizes = {"data": d, "model": m}
+            row[f"{d}x{m}" + ("_fsdp" if fsdp else "")] = sharding.per_device_bytes(
+                params, sharding.param_specs(params, rules, sizes, fsdp=fsdp), sizes)
+        out["projected_bf16"][name] = row
+    return out
+
+
+def run_worker(n: int, mode: str, params: bool = False) -> dict | None:
     env = dict(os.environ)
     import jax
 
@@ -129,7 +216,7 @@ def run_worker(n: int, mode: str) -> dict | None:
         return None
     else:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(n)))
-    return common.run_worker(__file__, ["--worker", "--mode", mode], env, f"{n} devices")
+    return common.run_worker(__file__, ["--worker", "--mode", mode] + ["--params"] * params, env, f"{n} devices")
 
 
 def main(argv=None) -> None:
@@ -137,9 +224,11 @@ def main(argv=None) -> None:
     ap.add_argument("--tiny", action="store_true", help="smoke-test sizes, 1 and 2 devices")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="default", help=argparse.SUPPRESS)
+    ap.add_argument("--params", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(SETTINGS[args.mode])))
+        result = param_worker(args.mode == "tiny") if args.params else worker(SETTINGS[args.mode])
+        print(json.dumps(result))
         return
 
     import numpy as np
@@ -164,6 +253,16 @@ def main(argv=None) -> None:
             "sweep_max_abs_diff": diff, "sweep_bytes_per_device": r["sweep_bytes_per_device"],
             "train_step_s": round(r["train_step_s"], 4), "loss": r["loss"], "loss_abs_diff": loss_diff,
             "train_bytes_per_device": r["train_bytes_per_device"]})
+    params = run_worker(8, mode, params=True)
+    if params is not None:
+        for name, row in params["bench"].items():
+            print(f"{name}: params per device " + ", ".join(f"{k} {_mib(v)}" for k, v in row["params_bytes"].items())
+                  + f" (model=8 / model=1: {row['params_ratio_model8']:.3f}); forward arguments + temporaries "
+                  + ", ".join(f"{k} {_mib(v)}" for k, v in row["forward_bytes"].items()))
+        for name, row in params["projected_bf16"].items():
+            print(f"{name} (bf16, projected): params per device "
+                  + ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in row.items()))
+        record["params"] = params
     print(json.dumps(record))
 
 

@@ -13,3 +13,10 @@ def test_bench_scaling_tiny_runs():
     two = record["rows"][1]
     assert two["sweep_max_abs_diff"] <= 1e-5 and two["loss_abs_diff"] <= 1e-6
     assert two["train_bytes_per_device"] < record["rows"][0]["train_bytes_per_device"]
+    # Params sharded by the rule tables: the model axis divides them (the replicated rest is small).
+    for name in ("clip_tiny", "blip2_tiny"):
+        row = record["params"]["bench"][name]
+        assert row["params_ratio_model8"] < 0.2
+        assert set(row["forward_bytes"]) == {"8x1", "4x2", "2x4", "1x8", "8x1_fsdp"}
+        projected = record["params"]["projected_bf16"][name]
+        assert projected["1x8"] < 0.2 * projected["1x1"]

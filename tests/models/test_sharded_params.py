@@ -1,0 +1,69 @@
+"""Params sharded by the rule tables over 2-D meshes (data x model) and with FSDP give the
+one-device outputs: CLIP's forward, BLIP-2's forward and its greedy tokens. One subprocess with 8
+virtual CPU devices; the rest of the session keeps one device."""
+
+from tests.test_parallel import run_with_devices
+
+SCRIPT = """
+    import json, warnings
+    import jax, jax.numpy as jnp, numpy as np
+    from mrepe_jax import parallel
+    from mrepe_jax.models import sharding
+    from mrepe_jax.models.blip2 import generate
+    from mrepe_jax.models.blip2.sharding import BLIP2_RULES
+    from mrepe_jax.models.clip.sharding import CLIP_RULES
+    from tests.models.tiny import tiny_clip
+    from tests.models.blip2.test_parity import converted, nhwc, prompt
+
+    warnings.simplefilter("ignore")  # the tiny vocabularies do not divide by 8: replicated, with a warning
+    clip, v, pixels, ids, mask = tiny_clip()
+    pixels8 = jnp.tile(pixels, (4, 1, 1, 1))
+    ids8, mask8 = jnp.tile(ids, (4, 1)), jnp.tile(mask, (4, 1))
+    clip_fwd = jax.jit(lambda p, x, i, m: clip.apply({"params": p}, x, i, m)[0]["image_embeds"])
+    b2, b2p = converted("xattn2_opt2")
+    px, bids, bmask = prompt(batch_images=3)
+    px = np.concatenate([nhwc(px)] * 3)[:8]
+    bids, bmask = np.concatenate([bids] * 3)[:8], np.concatenate([bmask] * 3)[:8]
+    b2_fwd = jax.jit(lambda p, x, i, m: b2.apply({"params": p}, x, i, m)[0]["logits"])
+
+    def run(clip_params, b2_params, mesh):
+        inputs = (pixels8, ids8, mask8) if mesh is None else parallel.shard_batch((pixels8, ids8, mask8), mesh)
+        b2_in = (px, bids, bmask) if mesh is None else parallel.shard_batch((px, bids, bmask), mesh)
+        return (np.asarray(clip_fwd(clip_params, *inputs)), np.asarray(b2_fwd(b2_params, *b2_in)),
+                np.asarray(generate(b2, b2_params, b2_in[0], b2_in[1], b2_in[2], max_new_tokens=6,
+                                    eos_token_id=())))
+
+    base = run(v["params"], b2p, None)
+    res = {"tokens_distinct": int(len(np.unique(base[2])))}
+    for name, shape, fsdp in [("8x1", (8, 1), False), ("2x4", (2, 4), False), ("1x8", (1, 8), False),
+                              ("2x4_fsdp", (2, 4), True), ("8x1_fsdp", (8, 1), True)]:
+        mesh = parallel.make_mesh(shape, ("data", "model"))
+        kw = dict(fsdp=fsdp, fsdp_min_size=256, indivisible="replicate")
+        cp = sharding.shard_params(v["params"], CLIP_RULES, mesh, **kw)
+        bp = sharding.shard_params(b2p, BLIP2_RULES, mesh, **kw)
+        out = run(cp, bp, mesh)
+        k = cp["vision_model"]["encoder"]["layers"]["0"]["mlp"]["fc1"]["kernel"]
+        res[name] = {"clip_err": float(np.abs(out[0] - base[0]).max()),
+                     "blip2_err": float(np.abs(out[1] - base[1]).max()),
+                     "tokens_equal": bool((out[2] == base[2]).all()),
+                     "fc1_spec": str(k.sharding.spec),
+                     "fc1_shard": list(k.addressable_shards[0].data.shape),
+                     "bytes": sharding.per_device_bytes(bp, sharding.param_specs(bp, BLIP2_RULES, mesh, **kw), mesh)}
+    res["bytes_one"] = sharding.per_device_bytes(b2p, sharding.param_specs(b2p, BLIP2_RULES, {"model": 1}),
+                                                 {"model": 1})
+    print(json.dumps(res))
+"""
+
+
+def test_sharded_params_give_the_one_device_outputs():
+    res = run_with_devices(SCRIPT)
+    assert res["tokens_distinct"] > 2
+    for name in ("8x1", "2x4", "1x8", "2x4_fsdp", "8x1_fsdp"):
+        r = res[name]
+        assert r["clip_err"] < 1e-5 and r["blip2_err"] < 1e-4 and r["tokens_equal"], (name, r)
+    assert res["1x8"]["fc1_spec"] == "P(None, 'model')" and res["1x8"]["fc1_shard"] == [32, 8]
+    assert res["8x1_fsdp"]["fc1_spec"] == "P(None, 'data')"
+    assert res["8x1"]["fc1_shard"] == [32, 64]  # no model axis, no FSDP: whole
+    # Per-device bytes of BLIP-2's params: the model axis divides them; the replicated rest is small.
+    assert res["1x8"]["bytes"] < 0.35 * res["bytes_one"] and res["8x1"]["bytes"] == res["bytes_one"]
+    assert res["8x1_fsdp"]["bytes"] < 0.5 * res["bytes_one"]
