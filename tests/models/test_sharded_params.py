@@ -1,5 +1,6 @@
 """Params sharded by the rule tables over 2-D meshes (data x model) and with FSDP give the
-one-device outputs: CLIP's forward, BLIP-2's forward and its greedy tokens. One subprocess with 8
+one-device outputs: CLIP's forward (also edited and captured) and eq 2's exact and attribution
+patching, BLIP-2's forward and its greedy tokens. One subprocess with 8
 virtual CPU devices; the rest of the session keeps one device."""
 
 from tests.test_parallel import run_with_devices
@@ -49,6 +50,28 @@ SCRIPT = """
                      "fc1_spec": str(k.sharding.spec),
                      "fc1_shard": list(k.addressable_shards[0].data.shape),
                      "bytes": sharding.per_device_bytes(bp, sharding.param_specs(bp, BLIP2_RULES, mesh, **kw), mesh)}
+    # Eq 2 (exact sweep and attribution) and an edited, captured forward on model-sharded params:
+    # GSPMD partitions the programs; the patches are not split over data here (no mesh argument).
+    from mrepe_jax.edits import Add
+    from mrepe_jax.reading import causal
+    rng = np.random.default_rng(1)
+    clean = jnp.asarray(rng.normal(size=(4, 16, 16, 3)), jnp.float32)
+    corrupt = jnp.asarray(rng.normal(size=(4, 16, 16, 3)), jnp.float32)
+    metric = jax.tree_util.Partial(lambda w, e: e @ w, jnp.linspace(-1, 1, 16))
+    edits = {"vision.layers.1.resid_post": Add(jnp.linspace(0, 1, 32), 0.5)}
+    site = "vision.layers.0.mlp.hidden"
+    def probe(p):
+        exact = causal.causal_effect(clip, {"params": p}, "vision", clean, corrupt, metric)
+        attrib = causal.attribution_effect(clip, {"params": p}, "vision", clean, corrupt, metric)
+        out, acts = clip.apply({"params": p}, pixels8, ids8, mask8, edits=edits, capture=(site,))
+        return (np.asarray(exact.per_example), np.asarray(attrib.per_example), np.asarray(out["image_embeds"]),
+                np.asarray(acts[site]))
+    one = probe(v["params"])
+    mesh = parallel.make_mesh((2, 4), ("data", "model"))
+    many = probe(sharding.shard_params(v["params"], CLIP_RULES, mesh, fsdp=True, fsdp_min_size=256,
+                                       indivisible="replicate"))
+    res["eq2_edit_capture_errs"] = [float(np.abs(a - b).max()) for a, b in zip(one, many)]
+    res["eq2_scale"] = float(np.abs(one[0]).max())
     res["bytes_one"] = sharding.per_device_bytes(b2p, sharding.param_specs(b2p, BLIP2_RULES, {"model": 1}),
                                                  {"model": 1})
     print(json.dumps(res))
@@ -58,6 +81,7 @@ SCRIPT = """
 def test_sharded_params_give_the_one_device_outputs():
     res = run_with_devices(SCRIPT)
     assert res["tokens_distinct"] > 2
+    assert res["eq2_scale"] > 1e-3 and max(res["eq2_edit_capture_errs"]) < 1e-5, res["eq2_edit_capture_errs"]
     for name in ("8x1", "2x4", "1x8", "2x4_fsdp", "8x1_fsdp"):
         r = res[name]
         assert r["clip_err"] < 1e-5 and r["blip2_err"] < 1e-4 and r["tokens_equal"], (name, r)
