@@ -23,7 +23,8 @@ tied lm_head with them), norms, biases of row-parallel layers and position embed
   applies, and replicates what it would have split.
 
 ``param_specs`` needs only shapes and axis sizes, so ``jax.eval_shape`` params and a dict of axis
-sizes project a model's per-device bytes without its weights (``per_device_bytes``).
+sizes project a model's per-device bytes without its weights (``per_device_bytes``);
+``abstract_params`` is the sharded target a checkpoint restores into on any mesh.
 """
 
 from __future__ import annotations
@@ -108,6 +109,15 @@ def shard_params(params: Any, rules: Rules, mesh, **kw) -> Any:
     specs = param_specs(params, rules, mesh, **kw)
     return jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                                                is_leaf=lambda x: isinstance(x, P)))
+
+
+def abstract_params(params: Any, rules: Rules, mesh, **kw) -> Any:
+    """``params``' shapes and dtypes as ``jax.ShapeDtypeStruct`` leaves carrying the rule table's
+    shardings on ``mesh``: the target that orbax (``StandardRestore``, ``train.loop.restore_latest``)
+    restores a checkpoint into, whatever mesh saved it."""
+    specs = param_specs(params, rules, mesh, **kw)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=NamedSharding(mesh, s)),
+                        params, specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def per_device_bytes(params: Any, specs: Any, mesh) -> int:

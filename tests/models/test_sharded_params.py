@@ -1,6 +1,7 @@
 """Params sharded by the rule tables over 2-D meshes (data x model) and with FSDP give the
 one-device outputs: CLIP's forward (also edited and captured) and eq 2's exact and attribution
-patching, BLIP-2's forward and its greedy tokens. One subprocess with 8
+patching, BLIP-2's forward and its greedy tokens; a checkpoint saved on one mesh restores onto
+another. One subprocess with 8
 virtual CPU devices; the rest of the session keeps one device."""
 
 from tests.test_parallel import run_with_devices
@@ -72,6 +73,22 @@ SCRIPT = """
                                        indivisible="replicate"))
     res["eq2_edit_capture_errs"] = [float(np.abs(a - b).max()) for a, b in zip(one, many)]
     res["eq2_scale"] = float(np.abs(one[0]).max())
+    # A checkpoint written from (8, 1) with FSDP restores onto (2, 4) sharded by the table.
+    import tempfile
+    import orbax.checkpoint as ocp
+    saved_on = parallel.make_mesh((8, 1), ("data", "model"))
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = ocp.StandardCheckpointer()
+        ckpt.save(d + "/params", sharding.shard_params(v["params"], CLIP_RULES, saved_on, fsdp=True,
+                                                       fsdp_min_size=256, indivisible="replicate"))
+        ckpt.wait_until_finished()
+        target = sharding.abstract_params(v["params"], CLIP_RULES, mesh, indivisible="replicate")
+        restored = ckpt.restore(d + "/params", target)
+    k = restored["text_model"]["encoder"]["layers"]["0"]["mlp"]["fc1"]["kernel"]
+    res["restored_spec"] = str(k.sharding.spec)
+    res["restored_mesh"] = dict(k.sharding.mesh.shape)
+    restored_out = np.asarray(clip_fwd(restored, *parallel.shard_batch((pixels8, ids8, mask8), mesh)))
+    res["restored_err"] = float(np.abs(restored_out - base[0]).max())
     res["bytes_one"] = sharding.per_device_bytes(b2p, sharding.param_specs(b2p, BLIP2_RULES, {"model": 1}),
                                                  {"model": 1})
     print(json.dumps(res))
@@ -81,6 +98,8 @@ SCRIPT = """
 def test_sharded_params_give_the_one_device_outputs():
     res = run_with_devices(SCRIPT)
     assert res["tokens_distinct"] > 2
+    assert res["restored_err"] < 1e-5 and res["restored_mesh"] == {"data": 2, "model": 4}
+    assert res["restored_spec"] == "P(None, 'model')"
     assert res["eq2_scale"] > 1e-3 and max(res["eq2_edit_capture_errs"]) < 1e-5, res["eq2_edit_capture_errs"]
     for name in ("8x1", "2x4", "1x8", "2x4_fsdp", "8x1_fsdp"):
         r = res[name]
