@@ -163,6 +163,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, jax.P())
 
 
+def on_mesh(x: Any, mesh: Mesh) -> bool:
+    """Whether ``x`` is an array already laid out by a ``NamedSharding`` over ``mesh``."""
+    sharding = getattr(x, "sharding", None)
+    return isinstance(sharding, NamedSharding) and sharding.mesh == mesh
+
+
 def data_axis_size(mesh: Mesh, axis: str = DATA) -> int:
     _check_axis(mesh, axis)
     return int(mesh.shape[axis])

@@ -393,13 +393,15 @@ def attribution_effect(
     batch = np.shape(inputs[0])[0]
     metric = as_metric(metric)
     if mesh is not None:
-        # Examples split over the data axis (when they divide it), everything else replicated;
-        # XLA partitions the computation. Not shard_map, and no padding: a metric may hold
+        # Examples split over the data axis (when they divide it), everything else replicated,
+        # except params already sharded on this mesh (``models.sharding``), which stay as they
+        # are; XLA partitions the computation. Not shard_map, and no padding: a metric may hold
         # per-example arrays (one prompt pair per example), which must keep the global batch.
         split = batch % parallel.data_axis_size(mesh) == 0
         sharding = parallel.data_sharding(mesh) if split else parallel.replicated(mesh)
         inputs = jax.device_put(tuple(None if x is None else np.asarray(x) for x in inputs), sharding)
-        variables, metric = jax.device_put((variables, metric), parallel.replicated(mesh))
+        variables, metric = jax.device_put((variables, metric), jax.tree.map(
+            lambda x: x.sharding if parallel.on_mesh(x, mesh) else parallel.replicated(mesh), (variables, metric)))
     every, base_metric, src_metric = programs.attribution_jit(
         model, variables, tower, metric, plan.sites, plan.axes, plan.heads, *inputs)
     # every position: [B, L, T(, H)]

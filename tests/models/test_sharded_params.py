@@ -72,6 +72,24 @@ SCRIPT = """
     many = probe(sharding.shard_params(v["params"], CLIP_RULES, mesh, fsdp=True, fsdp_min_size=256,
                                        indivisible="replicate"))
     res["eq2_edit_capture_errs"] = [float(np.abs(a - b).max()) for a, b in zip(one, many)]
+    # With the mesh: the exact sweep's patches split over data, attribution's examples too, and the
+    # params stay sharded over model (attribution places only what is not on the mesh yet).
+    sharded = sharding.shard_params(v["params"], CLIP_RULES, mesh, indivisible="replicate")
+    for fn in (causal.causal_effect, causal.attribution_effect):
+        split = fn(clip, {"params": sharded}, "vision", clean, corrupt, metric, mesh=mesh)
+        ref = fn(clip, v, "vision", clean, corrupt, metric)
+        diff = np.asarray(split.per_example) - np.asarray(ref.per_example)
+        res[fn.__name__ + "_mesh_err"] = float(np.abs(diff).max())
+    seen = {}
+    orig_jit = causal.programs.attribution_jit
+    def spy(model, variables, *a, **k):
+        fc1 = variables["params"]["vision_model"]["encoder"]["layers"]["0"]["mlp"]["fc1"]["kernel"]
+        seen["spec"] = str(fc1.sharding.spec)
+        return orig_jit(model, variables, *a, **k)
+    causal.programs.attribution_jit = spy
+    causal.attribution_effect(clip, {"params": sharded}, "vision", clean, corrupt, metric, mesh=mesh)
+    causal.programs.attribution_jit = orig_jit
+    res["attribution_param_spec"] = seen["spec"]
     res["eq2_scale"] = float(np.abs(one[0]).max())
     # A checkpoint written from (8, 1) with FSDP restores onto (2, 4) sharded by the table.
     import tempfile
@@ -100,6 +118,10 @@ def test_sharded_params_give_the_one_device_outputs():
     assert res["tokens_distinct"] > 2
     assert res["restored_err"] < 1e-5 and res["restored_mesh"] == {"data": 2, "model": 4}
     assert res["restored_spec"] == "P(None, 'model')"
+    # The model axis splits each contraction into partial sums: rounding differs in the last ulps.
+    tol = 1e-5 * max(1.0, res["eq2_scale"])
+    assert res["causal_effect_mesh_err"] <= tol and res["attribution_effect_mesh_err"] <= tol, res
+    assert res["attribution_param_spec"] == "P(None, 'model')"
     assert res["eq2_scale"] > 1e-3 and max(res["eq2_edit_capture_errs"]) < 1e-5, res["eq2_edit_capture_errs"]
     for name in ("8x1", "2x4", "1x8", "2x4_fsdp", "8x1_fsdp"):
         r = res[name]
