@@ -104,6 +104,27 @@ def param_specs(params: Any, rules: Rules, mesh, **kw) -> Any:
                                                                    sizes, **kw), params)
 
 
+def state_specs(state: Any, rules: Rules, mesh, **kw) -> Any:
+    """``param_specs`` for a train state (params, optimizer moments, counters): each leaf takes the
+    rule of the longest tail of its path that a rule matches (``params/vision_model/...`` and
+    ``opt_state/0/mu/vision_model/...`` both as ``vision_model/...``), so the moments shard as
+    their params do; a scalar no rule matches (the step, a schedule's count) is replicated."""
+    sizes = _axis_sizes(mesh)
+
+    def one(key_path, x):
+        keys = path_of(key_path).split("/")
+        for i in range(len(keys)):
+            tail = "/".join(keys[i:])
+            if any(re.search(pattern, tail) for pattern, _ in rules):
+                return spec_for(tail, tuple(np.shape(x)), rules, sizes, **kw)
+        if np.ndim(x) == 0:
+            return P()
+        raise ValueError(f"no sharding rule matches any tail of the state's {path_of(key_path)!r} of shape "
+                         f"{tuple(np.shape(x))}: add one to the family's rule table")
+
+    return jax.tree_util.tree_map_with_path(one, state)
+
+
 def shard_params(params: Any, rules: Rules, mesh, **kw) -> Any:
     """``params`` placed on ``mesh`` by the rule table (``param_specs``)."""
     specs = param_specs(params, rules, mesh, **kw)

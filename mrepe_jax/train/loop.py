@@ -40,9 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax.training.train_state import TrainState
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from mrepe_jax import parallel
+from mrepe_jax.models import sharding as sharding_lib
 
 
 @dataclasses.dataclass
@@ -230,6 +233,7 @@ def fit(
     mesh=None,
     steps_per_call: int = 1,
     batch_spec: Any = None,
+    state_rules: Any = None,
 ) -> FitResult:
     """Runs ``step_fn`` from ``state.step`` (or the latest checkpoint) up to ``num_steps``.
 
@@ -249,6 +253,11 @@ def fit(
     (``parallel.process_rows``) and orbax writes the checkpoints collectively. The result equals
     the single-device one up to float reassociation.
 
+    ``state_rules``: with a ``mesh``, a family's sharding rule table (``models.*.sharding``): the
+    state (params and optimizer moments alike, ``models.sharding.state_specs``) is sharded by it
+    over the mesh's ``model`` axis instead of replicated (a dimension the axis does not divide stays
+    whole, with a warning naming it); checkpoints are saved and restored so.
+
     ``steps_per_call``: at most this many steps per compiled call (a ``lax.scan``; the call's
     batches are on the device together, so keep it small for large batches). The count used is
     the largest that divides ``checkpoint_every`` and the run's first and last step
@@ -267,8 +276,11 @@ def fit(
                          f"{num_steps}, {checkpoint_every} and {steps_per_call}")
     run = {"num_steps": int(num_steps), **json.loads(json.dumps(dict(run_config or {})))}
     init = state if callable(state) else (lambda: state)
+    if state_rules is not None and mesh is None:
+        raise ValueError("fit: state_rules shard the state over a mesh; pass mesh= as well")
     loop = _Loop(step_fn, batch_fn, num_steps, checkpoint_every, stop_after, run, desc,
-                 progress and parallel.is_primary(), mesh, steps_per_call, batch_spec)
+                 progress and parallel.is_primary(), mesh, steps_per_call, batch_spec,
+                 None if state_rules is None else tuple(state_rules))
     if checkpoint_dir is None:
         return loop.train(loop.place(init()), None)
     manager = checkpoint_manager(checkpoint_dir)
@@ -301,14 +313,15 @@ def _check_spec(batch, spec, what: str):
 
 
 @functools.lru_cache(maxsize=16)
-def _guarded(step_fn, mesh, steps: int):
+def _guarded(step_fn, mesh, steps: int, state_sharding=None):
     """``step_fn`` jit'd over ``steps`` steps per call, each with its finiteness flags:
     ``(state, batches) -> (state, (metrics, flags))``, ``batches`` a tuple of ``steps`` batches and
     every metric and flag stacked over the steps. Several steps run as one ``lax.scan``: a call's
     host work (dispatching a state of hundreds of leaves, moving the batch) is paid once per call,
     which on a small model and a 2-core CPU is a fifth of a step. Data-parallel over ``mesh`` when
-    given (state replicated, each batch split over ``data``); cached, so that runs of the same
-    step function (a resumed run, a second fit in one process) reuse one compiled program."""
+    given (state replicated, or laid out by ``state_sharding``: a hashable ``(treedef, leaf
+    shardings)``; each batch split over ``data``); cached, so that runs of the same step function
+    (a resumed run, a second fit in one process) reuse one compiled program."""
 
     def one(state, batch):
         state, metrics = step_fn(state, batch)
@@ -323,6 +336,10 @@ def _guarded(step_fn, mesh, steps: int):
     if mesh is None:
         return jax.jit(guarded, donate_argnums=0)
     rep, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    if state_sharding is not None:
+        treedef, leaves = state_sharding
+        state_out = jax.tree.unflatten(treedef, leaves)
+        return jax.jit(guarded, donate_argnums=0, in_shardings=(state_out, data), out_shardings=(state_out, rep))
     return jax.jit(guarded, donate_argnums=0, in_shardings=(rep, data), out_shardings=rep)
 
 
@@ -341,17 +358,37 @@ class _Loop:
     mesh: Any = None
     steps_per_call: int = 1
     batch_spec: Any = None
+    state_rules: Any = None
+
+    def shardings(self, state):
+        """The state's shardings on the mesh: replicated, or by ``state_rules``."""
+        if self.state_rules is None:
+            return jax.tree.map(lambda _: parallel.replicated(self.mesh), state)
+        with warnings.catch_warnings():
+            # Once per placement is enough: the table's own warning names each dimension left whole.
+            warnings.simplefilter("once")
+            specs = sharding_lib.state_specs(state, self.state_rules, self.mesh, indivisible="replicate")
+        return jax.tree.map(lambda s: NamedSharding(self.mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
     def place(self, state):
-        """``state`` replicated over the mesh (a global array in every process)."""
-        return state if self.mesh is None else jax.device_put(state, parallel.replicated(self.mesh))
+        """``state`` on the mesh (a global array in every process), replicated or by ``state_rules``."""
+        return state if self.mesh is None else jax.device_put(state, self.shardings(state))
 
     def abstract(self, state):
-        """The restore target: shapes, dtypes and (with a mesh) the replicated sharding."""
+        """The restore target: shapes, dtypes and (with a mesh) the state's shardings."""
         if self.mesh is None:
             return state
         # eval_shape: a concrete state's Python scalars (TrainState.create's step) get JAX's dtype.
-        return spec_of(jax.eval_shape(lambda: state), parallel.replicated(self.mesh))
+        shapes = jax.eval_shape(lambda: state)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                            self.shardings(shapes))
+
+    def state_sharding(self, state):
+        """``_guarded``'s hashable key of the state's layout (None: replicated)."""
+        if self.mesh is None or self.state_rules is None:
+            return None
+        leaves, treedef = jax.tree.flatten(self.shardings(state))
+        return treedef, tuple(leaves)
 
     def batch(self, i):
         batch = self.batch_fn(i)
@@ -386,7 +423,9 @@ class _Loop:
             raise ValueError(f"{self.desc}: the state is at step {start}, past num_steps={self.num_steps}")
         end = self.num_steps if self.stop_after is None else min(self.num_steps, start + self.stop_after)
         k = steps_per_call_for(self.steps_per_call, self.checkpoint_every, start, end)
-        step = _guarded(self.step_fn, self.mesh, k)
+        layout = self.state_sharding(state)
+        # Replicated: the three-argument key, so the program is the one a caller looks up the same way.
+        step = _guarded(self.step_fn, self.mesh, k) if layout is None else _guarded(self.step_fn, self.mesh, k, layout)
         history, last_saved = [], start if manager is not None and start > 0 else None
         names = _flag_names(state)  # read before the loop: the loop donates each state's buffers
 

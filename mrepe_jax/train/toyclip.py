@@ -202,9 +202,12 @@ def run_config(world: ToyWorld, cfg: ml_collections.ConfigDict) -> dict:
 
 
 def train(world: ToyWorld, cfg: ml_collections.ConfigDict, checkpoint_dir=None, stop_after=None,
-          progress: bool = True, pool: Pool | None = None, mesh=None) -> tuple[TriModalCLIP, FitResult]:
+          progress: bool = True, pool: Pool | None = None, mesh=None,
+          state_rules=None) -> tuple[TriModalCLIP, FitResult]:
     """Trains (or resumes) the tri-modal CLIP on ``world``; ``cfg`` is ``config.model``+``train``.
-    With a ``mesh``, data-parallel over its ``data`` axis (each process draws only its rows)."""
+    With a ``mesh``, data-parallel over its ``data`` axis (each process draws only its rows), and
+    with ``state_rules`` (``models.trimodal.sharding.TRIMODAL_RULES``) its state sharded over the
+    mesh's ``model`` axis (``loop.fit``)."""
     model = TriModalCLIP(model_config(world, cfg))
 
     def make_pool():
@@ -216,5 +219,5 @@ def train(world: ToyWorld, cfg: ml_collections.ConfigDict, checkpoint_dir=None, 
                  checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
                  stop_after=stop_after, run_config=run_config(world, cfg), desc="toyworld clip",
                  progress=progress, mesh=mesh, steps_per_call=cfg.get("steps_per_call", 1),
-                 batch_spec=batch_spec(model, world, cfg.batch_size, cfg.prompt_fraction))
+                 batch_spec=batch_spec(model, world, cfg.batch_size, cfg.prompt_fraction), state_rules=state_rules)
     return model, result
