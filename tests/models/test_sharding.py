@@ -111,3 +111,17 @@ def test_a_mesh_without_a_model_axis_replicates_what_the_table_splits(families):
     params, rules = families["clip"]
     specs = _flat(sharding.param_specs(params, rules, {"data": 8}))
     assert all(set(s) <= {None} for s in specs.values())
+
+
+def test_a_train_states_moments_shard_as_their_params_and_counters_replicate():
+    kernel = np.zeros((8, 8))
+    params = {"vision_model": {"encoder": {"layers": {"0": {"mlp": {"fc1": {"kernel": kernel}}}}}}}
+    state = {"step": np.int32(0), "params": params,
+             "opt_state": ({"mu": params, "nu": params}, {"count": np.int32(0)})}
+    specs = _flat(sharding.state_specs(state, CLIP_RULES, {"data": 2, "model": 4}))
+    tail = "vision_model/encoder/layers/0/mlp/fc1/kernel"
+    assert specs["params/" + tail] == specs["opt_state/0/mu/" + tail] == specs["opt_state/0/nu/" + tail] \
+        == P(None, "model")
+    assert specs["step"] == specs["opt_state/1/count"] == P()
+    with pytest.raises(ValueError, match=r"no sharding rule matches any tail of the state's 'extra' of shape \(3,\)"):
+        sharding.state_specs({"extra": np.zeros(3)}, CLIP_RULES, {"model": 2})
