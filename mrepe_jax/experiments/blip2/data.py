@@ -1,9 +1,10 @@
 """The BLIP-2 experiment's data: images with their captions (TFDS ``coco_captions`` or a folder +
 JSONL), labelled by the concept words their captions name, checked before any model runs.
 
-``load(cfg)`` reads every split's captions (no image decoded), labels each image per family
+``load(cfg)`` reads every split's captions, labels each image per family
 (``data.captioned.caption_labels``) and refuses, naming the config field to change: a source it
-cannot read, concept words that no caption contains, and a family value with no image in a split
+cannot read, an image file that does not decode (a folder's images are each decoded once here;
+TFDS images are not), concept words that no caption contains, and a family value with no image in a split
 (Table 1 needs every value in train, validation and test). ``images(cfg, data, split, batch)``
 then streams the same images, batch by batch, in the same order.
 
@@ -22,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from mrepe_jax.data import captioned
+from mrepe_jax.data.source_base import read_rgb
 
 SPLITS = ("train", "validation", "test")
 SOURCES = ("tfds", "folder")
@@ -81,6 +83,11 @@ def load(cfg: ml_collections.ConfigDict) -> Data:
         if len(values) < 2 or len(set(values)) != len(values):
             raise ValueError(f"data.families.{f} must list two or more distinct words, got {list(values)}")
     records = _split_records(cfg)
+    if cfg.source == "folder":
+        # Every image a run will read is decoded once here, so that a truncated or unreadable file
+        # stops it before the workdir is claimed, not halfway through a stage.
+        for r in (r for s in SPLITS for r in records[s]):
+            read_rgb(r.key)
     labels = {s: {f: captioned.caption_labels([r.captions for r in records[s]], v) for f, v in families.items()}
               for s in SPLITS}
     every = [c for s in SPLITS for r in records[s] for c in r.captions]

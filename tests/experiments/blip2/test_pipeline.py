@@ -171,6 +171,12 @@ def test_errors_are_named_before_any_stage(hf_blip2, tmp_path, monkeypatch, no_s
     with pytest.raises(ValueError, match=r"steer.lm_layer 5 is out of range: OPT has 2 layers \(0-1\)"):
         launch(tmp_path / "w", f"--config.model.name={hf_blip2}", *SMALL, *_folder_args(data),
                "--config.steer.lm_layer=5")
+    broken = data / "img" / "007.png"
+    good = broken.read_bytes()
+    broken.write_bytes(good[:200])
+    with pytest.raises(ValueError, match=rf"could not read image {broken}: .*truncated"):
+        launch(tmp_path / "w", f"--config.model.name={hf_blip2}", *SMALL, *_folder_args(data))
+    broken.write_bytes(good)
     bad = data / "bad.jsonl"
     bad.write_text('{"image": "img/000.png", "captions": []}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: \"captions\" must be a non-empty list"):
