@@ -225,12 +225,15 @@ class QueriedLanguageModel(SitedModel):
         c = self.config
         return {"qformer": c.qformer_config.num_hidden_layers, "lm": c.text_config.num_hidden_layers}
 
+    def queries(self, batch: int):
+        """The learned query tokens broadcast over a batch, ``[B, Nq, D_q]``."""
+        queries = self.query_tokens.astype(self.dtype)
+        return jnp.broadcast_to(queries, (batch,) + queries.shape[1:])
+
     def query_features(self, image_embeds, sites: Sites = Sites()):
         """Q-Former over the broadcast query tokens (every image token attended to) ->
         ``language_projection``: ``{"image_features", "qformer_outputs"}``."""
-        queries = self.query_tokens.astype(self.dtype)
-        queries = jnp.broadcast_to(queries, (image_embeds.shape[0],) + queries.shape[1:])
-        qformer = self.qformer(queries, image_embeds, None, sites=sites)
+        qformer = self.qformer(self.queries(image_embeds.shape[0]), image_embeds, None, sites=sites)
         return {"image_features": self.language_projection(qformer["last_hidden_state"]),
                 "qformer_outputs": qformer}
 
@@ -244,10 +247,15 @@ class QueriedLanguageModel(SitedModel):
             raise ValueError(f"input_ids of shape {tuple(input_ids.shape)} must be [batch, tokens]")
         check_image_tokens(input_ids, c, source.shape[0])
         image = self.image_features(source, sites)
+        return self.prompt_embeds(input_ids, image["image_features"]), image
+
+    def prompt_embeds(self, input_ids, features):
+        """The prompt's token embeddings with the projected queries ``features`` written at its
+        image tokens (``merge_image_features``)."""
+        c = self.config
         embed_tokens = self.language_model.model.decoder.embed_tokens
         embeds = embed_tokens(inputs_lib.safe_ids(input_ids, c.text_config.vocab_size))
-        embeds = merge_image_features(input_ids, embeds, image["image_features"], c.image_token_index)
-        return embeds, image
+        return merge_image_features(input_ids, embeds, features, c.image_token_index)
 
     def __call__(self, source, input_ids, attention_mask=None, sites: Sites = Sites()):
         embeds, image = self.embed_prompt(source, input_ids, sites)

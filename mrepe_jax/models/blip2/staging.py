@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mrepe_jax.models.blip2 import opt
-from mrepe_jax.models.blip2.model import Blip2Config, QueriedLanguageModel, merge_image_features
+from mrepe_jax.models.blip2.model import Blip2Config, QueriedLanguageModel
 from mrepe_jax.models.blip2.qformer import qformer_site_names
 from mrepe_jax.sites import Sites
 
@@ -76,18 +76,16 @@ class Blip2Stages(QueriedLanguageModel):
                              "vision tower runs once, before: image_embeds)")
 
     def _lm_embeds(self, features, sites: Sites):
-        ids = jnp.broadcast_to(jnp.asarray(self.prompt_ids()), (features.shape[0], len(self.prompt_ids())))
-        decoder = self.language_model.model.decoder
-        embeds = merge_image_features(ids, decoder.embed_tokens(ids), features, self.config.image_token_index)
-        return decoder.embed(None, embeds, jnp.ones(ids.shape, jnp.int32), sites)
+        prompt = self.prompt_ids()
+        ids = jnp.broadcast_to(jnp.asarray(prompt), (features.shape[0], len(prompt)))
+        embeds = self.prompt_embeds(ids, features)
+        return self.language_model.model.decoder.embed(None, embeds, jnp.ones(ids.shape, jnp.int32), sites)
 
     def embed(self, tower: str, inputs, sites: Sites = Sites()):
         """The residual stream entering layer 0 of ``tower``."""
         self._check_tower(tower)
         if tower == "qformer":
-            queries = self.query_tokens.astype(self.dtype)
-            queries = jnp.broadcast_to(queries, (inputs.shape[0],) + queries.shape[1:])
-            return self.qformer.embed(queries, sites)
+            return self.qformer.embed(self.queries(inputs.shape[0]), sites)
         return self._lm_embeds(inputs.astype(self.dtype), sites)
 
     def layer_mask(self, tower: str, inputs, attention_mask=None, sites: Sites = Sites()):
@@ -124,7 +122,7 @@ class Blip2Stages(QueriedLanguageModel):
 
     def features(self, image_embeds, sites: Sites = Sites()):
         """The projected queries ``[B, Nq, D_lm]``: the ``lm`` tower's inputs."""
-        return self.query_features(image_embeds.astype(self.dtype), sites)["image_features"]
+        return self.image_features(image_embeds, sites)["image_features"]
 
 
 def stages_of(model, prompt: tuple[int, ...] | None = None) -> Blip2Stages:
