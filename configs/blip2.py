@@ -48,4 +48,10 @@ def get_config(arg=None):
     # Eq 2: image pairs of two values of a family; the metric is the logit difference of the two
     # words at the first token generated after `prompt`.
     c.causal = ml_collections.ConfigDict(dict(num_pairs=8, prompt="a picture of a", bootstrap_resamples=1000))
+    # The mesh (DESIGN.md section 7): shape (data, model), None puts every device on data. A model
+    # axis over 1 loads the params straight into shards by the family's rule table
+    # (models/blip2/sharding.py); fsdp=True also shards large params over data. For a model that no
+    # one device holds (blip2-opt-6.7b on 16 GB cores): --config.mesh.shape="(1,8)".
+    c.mesh = ml_collections.ConfigDict({"shape": ml_collections.config_dict.placeholder(tuple),
+                                        "axes": ("data", "model"), "fsdp": False})
     return c

@@ -60,4 +60,9 @@ def get_config(arg=None):
     # alpha in units of the site's mean norm (0.1: the paper's).
     c.steer = ml_collections.ConfigDict(dict(num_inputs=128, alphas=(0.1, 0.3, 1.0)))
     c.causal = ml_collections.ConfigDict(dict(num_pairs=16, heads=True, bootstrap_resamples=1000))
+    # The mesh (DESIGN.md section 7): shape (data, model), None puts every device on data. A model
+    # axis over 1 loads the params straight into shards by the family's rule table
+    # (models/clip/sharding.py); fsdp=True also shards large params over data.
+    c.mesh = ml_collections.ConfigDict({"shape": ml_collections.config_dict.placeholder(tuple),
+                                        "axes": ("data", "model"), "fsdp": False})
     return c

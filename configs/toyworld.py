@@ -66,9 +66,11 @@ def get_config(arg=None):
     # only: the same trajectory (to float rounding), and a resume may change it.
     t.steps_per_call = 10
 
-    # Data parallelism: shape None puts every device (of every process) on the data axis.
+    # The mesh: shape (data, model); None puts every device (of every process) on data. A model
+    # axis over 1 shards the CLIP's params (and Adam's moments) by its rule table
+    # (models/trimodal/sharding.py); fsdp=True also shards large params over data.
     c.mesh = ml_collections.ConfigDict({"shape": ml_collections.config_dict.placeholder(tuple),
-                                        "axes": ("data",)})
+                                        "axes": ("data", "model"), "fsdp": False})
 
     c.eval = e = ml_collections.ConfigDict()
     e.num_test = 1024

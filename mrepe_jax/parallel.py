@@ -30,8 +30,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 
 DATA = "data"
 MODEL = "model"
-# Axis names a config may use: ``data`` splits batches (and patch sweeps); ``model`` is reserved for
-# tensor parallelism of large towers (every stage here replicates over it today).
+# Axis names a config may use: ``data`` splits batches (and patch sweeps); ``model`` splits the
+# parameters of large towers (tensor parallelism, by the rule tables of ``models.sharding``).
 AXES = (DATA, MODEL)
 
 
@@ -167,6 +167,15 @@ def on_mesh(x: Any, mesh: Mesh) -> bool:
     """Whether ``x`` is an array already laid out by a ``NamedSharding`` over ``mesh``."""
     sharding = getattr(x, "sharding", None)
     return isinstance(sharding, NamedSharding) and sharding.mesh == mesh
+
+
+def keep_or_replicate(tree: Any, mesh: Mesh) -> Any:
+    """``tree`` on ``mesh``: leaves already laid out over it (params sharded by a family's rule
+    table, ``models.sharding``) stay as they are, every other leaf is replicated. What a stage
+    does with the params and constants it is handed, so that a model sharded over ``model`` is
+    never gathered back onto each device."""
+    return jax.device_put(tree, jax.tree.map(
+        lambda x: x.sharding if on_mesh(x, mesh) else replicated(mesh), tree))
 
 
 def data_axis_size(mesh: Mesh, axis: str = DATA) -> int:

@@ -22,6 +22,9 @@ tied lm_head with them), norms, biases of row-parallel layers and position embed
 - Axes the mesh lacks (a 1-D ``data`` mesh has no ``model``) count as size 1: the table still
   applies, and replicates what it would have split.
 
+A ``Layout`` bundles a table with its strategy (FSDP or not, what an indivisible dimension does):
+what a config's ``mesh`` section chooses, and what ``train.loop.fit(state_rules=)`` takes.
+
 ``param_specs`` needs only shapes and axis sizes, so ``jax.eval_shape`` params and a dict of axis
 sizes project a model's per-device bytes without its weights (``per_device_bytes``);
 ``abstract_params`` is the sharded target a checkpoint restores into on any mesh.
@@ -29,6 +32,7 @@ sizes project a model's per-device bytes without its weights (``per_device_bytes
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -113,7 +117,11 @@ def state_specs(state: Any, rules: Rules, mesh, **kw) -> Any:
 
     def one(key_path, x):
         keys = path_of(key_path).split("/")
-        for i in range(len(keys)):
+        # The tail after the state's own attributes (``.params``, ``.mu``) first: that is the
+        # parameter's own path, so a warning about it reads the same for its moments (and is
+        # shown once).
+        own = max((i + 1 for i, k in enumerate(keys) if k.startswith(".")), default=0)
+        for i in [own] * (own < len(keys)) + [i for i in range(len(keys)) if i != own]:
             tail = "/".join(keys[i:])
             if any(re.search(pattern, tail) for pattern, _ in rules):
                 return spec_for(tail, tuple(np.shape(x)), rules, sizes, **kw)
@@ -151,3 +159,52 @@ def per_device_bytes(params: Any, specs: Any, mesh) -> int:
         shard = [math.ceil(d / sizes.get(a, 1)) if a is not None else d for d, a in zip(shape, tuple(spec))]
         total += math.prod(shard) * np.dtype(x.dtype).itemsize
     return int(total)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A family's rule table with its strategy: ``fsdp`` (and the size from which a parameter is
+    FSDP-sharded) and ``indivisible`` (``spec_for``). Frozen and hashable, so that programs
+    compiled for one layout are reused (``train.loop``). ``indivisible`` defaults to
+    ``"replicate"`` here: a real checkpoint's odd vocabulary should not stop a run."""
+
+    rules: tuple
+    fsdp: bool = False
+    fsdp_min_size: int = 2 ** 18
+    indivisible: str = "replicate"
+
+    def __post_init__(self):
+        object.__setattr__(self, "rules", tuple((str(r), s) for r, s in self.rules))
+        if self.indivisible not in INDIVISIBLE:
+            raise ValueError(f"indivisible must be one of {INDIVISIBLE}, got {self.indivisible!r}")
+
+    @classmethod
+    def of(cls, rules_or_layout) -> Layout:
+        """A ``Layout`` as is, or a bare rule table with the defaults."""
+        return rules_or_layout if isinstance(rules_or_layout, Layout) else cls(tuple(rules_or_layout))
+
+    def _kw(self) -> dict:
+        return dict(fsdp=self.fsdp, fsdp_min_size=self.fsdp_min_size, indivisible=self.indivisible)
+
+    def splits(self, mesh) -> bool:
+        """Whether this layout shards anything on ``mesh``: a ``model`` axis over 1, or FSDP with a
+        ``data`` axis over 1. Otherwise every parameter would be replicated anyway."""
+        sizes = _axis_sizes(mesh)
+        return sizes.get(MODEL, 1) > 1 or (self.fsdp and sizes.get(DATA, 1) > 1)
+
+    def param_specs(self, params: Any, mesh) -> Any:
+        return param_specs(params, self.rules, mesh, **self._kw())
+
+    def state_specs(self, state: Any, mesh) -> Any:
+        return state_specs(state, self.rules, mesh, **self._kw())
+
+    def place(self, params: Any, mesh) -> Any:
+        """``params`` sharded on ``mesh`` when the layout splits anything there, else as they are
+        (host arrays stay host arrays: the one-device path does not change)."""
+        return shard_params(params, self.rules, mesh, **self._kw()) if self.splits(mesh) else params
+
+    def abstract(self, params: Any, mesh) -> Any:
+        return abstract_params(params, self.rules, mesh, **self._kw())
+
+    def per_device_bytes(self, params: Any, mesh) -> int:
+        return per_device_bytes(params, self.param_specs(params, mesh), mesh)

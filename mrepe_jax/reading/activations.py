@@ -234,8 +234,10 @@ def _compiled(make_step, apply_fn, capture, reduce, mask_key, mesh):
     step = make_step(apply_fn, capture, reduce, mask_key)
     if mesh is None:
         return jax.jit(step)
-    rep, dat = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    return jax.jit(step, in_shardings=(rep, rep, dat, dat, dat), out_shardings=rep)
+    # No in_shardings: the arguments arrive placed (statistics replicated, batches split over
+    # data by ``_Stepper``, params as ``parallel.keep_or_replicate`` left them), so params sharded
+    # over ``model`` stay sharded and GSPMD partitions the step around them.
+    return jax.jit(step, out_shardings=parallel.replicated(mesh))
 
 
 class _Stepper:
@@ -251,7 +253,7 @@ class _Stepper:
         self.ndev = 1 if mesh is None else parallel.data_axis_size(mesh) // jax.process_count()
         self.size = 0
         self.step = _compiled(make_step, apply_fn, capture, reduce, mask_key, mesh)
-        self.params = params if mesh is None else jax.device_put(params, parallel.replicated(mesh))
+        self.params = params if mesh is None else parallel.keep_or_replicate(params, mesh)
 
     def steps(self, batches: Iterable[Batch], labels_of):
         """``(index, rows, batch, args)`` per step: this process's ``rows`` real rows of ``batch``,
@@ -320,8 +322,9 @@ def stream_statistics(
         them); ``-1`` skips an example. Default: one group.
       reduce, mask_key: token reduction (module docstring); ``mask_key`` names a ``[B, T]`` mask.
       covariance: also accumulate centred second moments (``Moments.m2``).
-      mesh: if given, every batch is split over its ``data`` axis; the result equals the
-        single-device one up to float reassociation.
+      mesh: if given, every batch is split over its ``data`` axis; ``params`` already sharded
+        over it (``models.sharding.shard_params``: a 2-D ``(data, model)`` mesh) stay sharded, the
+        rest is replicated. The result equals the single-device one up to float reassociation.
       total: number of examples, for the progress bar only.
     """
     capture = (sites,) if isinstance(sites, str) else tuple(sites)

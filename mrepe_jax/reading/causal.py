@@ -400,8 +400,7 @@ def attribution_effect(
         split = batch % parallel.data_axis_size(mesh) == 0
         sharding = parallel.data_sharding(mesh) if split else parallel.replicated(mesh)
         inputs = jax.device_put(tuple(None if x is None else np.asarray(x) for x in inputs), sharding)
-        variables, metric = jax.device_put((variables, metric), jax.tree.map(
-            lambda x: x.sharding if parallel.on_mesh(x, mesh) else parallel.replicated(mesh), (variables, metric)))
+        variables, metric = parallel.keep_or_replicate((variables, metric), mesh)
     every, base_metric, src_metric = programs.attribution_jit(
         model, variables, tower, metric, plan.sites, plan.axes, plan.heads, *inputs)
     # every position: [B, L, T(, H)]

@@ -109,8 +109,9 @@ STATIC = ("model", "tower", "point", "chunk_size")
 
 
 def over_patches(mesh):
-    """``patched_metric`` with its K patches split over the mesh's ``data`` axis (``shard_map``;
-    everything else replicated), or as it is without a mesh."""
+    """``patched_metric`` with its K patches split over the mesh's ``data`` axis (``shard_map``,
+    manual over ``data`` only; the rest replicated over it, and params keep their ``model``
+    sharding), or as it is without a mesh."""
     if mesh is None:
         return patched_metric
 
@@ -123,7 +124,11 @@ def over_patches(mesh):
         spec = jax.P(parallel.DATA)
         # check_vma off: the layer stack's lax.cond joins a patched (device-varying) branch with the
         # untouched replicated residual, which the varying-axes type check would reject.
-        return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(masks)
+        # Manual over data only: any other axis (model) stays automatic inside, so params sharded
+        # over it by a rule table are not all-gathered onto every device (as a fully manual
+        # shard_map does with the arrays its body closes over).
+        return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False,
+                             axis_names=frozenset({parallel.DATA}))(masks)
 
     return sharded
 

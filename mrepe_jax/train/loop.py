@@ -253,10 +253,12 @@ def fit(
     (``parallel.process_rows``) and orbax writes the checkpoints collectively. The result equals
     the single-device one up to float reassociation.
 
-    ``state_rules``: with a ``mesh``, a family's sharding rule table (``models.*.sharding``): the
-    state (params and optimizer moments alike, ``models.sharding.state_specs``) is sharded by it
-    over the mesh's ``model`` axis instead of replicated (a dimension the axis does not divide stays
-    whole, with a warning naming it); checkpoints are saved and restored so.
+    ``state_rules``: with a ``mesh``, a family's sharding rule table (``models.*.sharding``) or a
+    ``models.sharding.Layout`` (the table with FSDP): the state (params and optimizer moments
+    alike, ``models.sharding.state_specs``) is sharded by it over the mesh's ``model`` (and, with
+    FSDP, ``data``) axis instead of replicated (a dimension the axis does not divide stays whole,
+    with a warning naming it); checkpoints are saved and restored so, onto whatever mesh the
+    resuming run has.
 
     ``steps_per_call``: at most this many steps per compiled call (a ``lax.scan``; the call's
     batches are on the device together, so keep it small for large batches). The count used is
@@ -280,7 +282,7 @@ def fit(
         raise ValueError("fit: state_rules shard the state over a mesh; pass mesh= as well")
     loop = _Loop(step_fn, batch_fn, num_steps, checkpoint_every, stop_after, run, desc,
                  progress and parallel.is_primary(), mesh, steps_per_call, batch_spec,
-                 None if state_rules is None else tuple(state_rules))
+                 None if state_rules is None else sharding_lib.Layout.of(state_rules))
     if checkpoint_dir is None:
         return loop.train(loop.place(init()), None)
     manager = checkpoint_manager(checkpoint_dir)
@@ -359,15 +361,23 @@ class _Loop:
     steps_per_call: int = 1
     batch_spec: Any = None
     state_rules: Any = None
+    layouts: dict = dataclasses.field(default_factory=dict, compare=False)
 
     def shardings(self, state):
-        """The state's shardings on the mesh: replicated, or by ``state_rules``."""
+        """The state's shardings on the mesh: replicated, or by ``state_rules`` (worked out once per
+        state structure and shapes, so that the table's warnings are shown once per run)."""
         if self.state_rules is None:
             return jax.tree.map(lambda _: parallel.replicated(self.mesh), state)
+        key = (jax.tree.structure(state), tuple(np.shape(x) for x in jax.tree.leaves(state)))
+        if key not in self.layouts:
+            self.layouts[key] = self._rule_shardings(state)
+        return self.layouts[key]
+
+    def _rule_shardings(self, state):
         with warnings.catch_warnings():
             # Once per placement is enough: the table's own warning names each dimension left whole.
             warnings.simplefilter("once")
-            specs = sharding_lib.state_specs(state, self.state_rules, self.mesh, indivisible="replicate")
+            specs = self.state_rules.state_specs(state, self.mesh)
         return jax.tree.map(lambda s: NamedSharding(self.mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
     def place(self, state):

@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mrepe_jax import parallel
 from mrepe_jax.models import hf_files
 from mrepe_jax.models.blip2 import Blip2ForConditionalGeneration, default_prompt
 from mrepe_jax.models.blip2 import convert as blip2_convert
 from mrepe_jax.models.blip2.preprocess import Blip2Preprocessor
+from mrepe_jax.models.blip2.sharding import BLIP2_RULES
 from mrepe_jax.models.blip2.staging import Blip2Stages, image_embeds, stages_of
 from mrepe_jax.reading.bundles import params_hash
 from mrepe_jax.stages import runtime
@@ -54,13 +56,16 @@ class Checkpoint:
     memory, which a 2.7b or 6.7b model needs on a 16 GB device. ``hash`` is the checkpoint's own
     weights'."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict):
+    def __init__(self, cfg: ml_collections.ConfigDict, mesh_cfg: ml_collections.ConfigDict | None = None):
         dtype = runtime.compute_dtype(cfg.dtype)
         self.name = cfg.name
         self.directory = hf_files.resolve(cfg.name)
         model, params = blip2_convert.load_pretrained(self.directory)
         self.hash = params_hash(params)
-        self.params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+        # Cast on the host, then straight into the mesh's shards (models/blip2/sharding.py): a
+        # model that fits no single device is never gathered onto one.
+        self.mesh = None if mesh_cfg is None else runtime.mesh(mesh_cfg)
+        self.params = runtime.place_params(params, runtime.layout(mesh_cfg or {}, BLIP2_RULES), self.mesh, dtype)
         self.model = Blip2ForConditionalGeneration(model.config, dtype=dtype,
                                                    execution=model.execution)
         self.processor = Blip2Preprocessor.from_dir(self.directory)
@@ -81,8 +86,10 @@ class Checkpoint:
         under the captioning prompt (module docstring)."""
         ids = default_prompt(self.config, len(pixels))
         sites = tuple(s for part in self.sites.values() for s in part)
-        reps, tokens = _read(self.model, self.params, jnp.asarray(pixels), jnp.asarray(ids), sites=sites,
-                             tokens_at=self.qformer_out)
+        batch = (jnp.asarray(pixels), jnp.asarray(ids))
+        if self.mesh is not None and len(ids) % parallel.data_axis_size(self.mesh) == 0:
+            batch = parallel.shard_batch(batch, self.mesh)
+        reps, tokens = _read(self.model, self.params, *batch, sites=sites, tokens_at=self.qformer_out)
         return {s: np.asarray(r) for s, r in reps.items()}, np.asarray(tokens)
 
     def image_embeds(self, pixels: np.ndarray, chunk: int | None = None) -> np.ndarray:

@@ -50,7 +50,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
     ``directions/`` bundles. One process (as the CLIP experiment)."""
     runtime.require_one_process("blip2")
     t0 = time.perf_counter()
-    ckpt = Checkpoint(config.model)
+    ckpt = Checkpoint(config.model, config.mesh)
     data = blip2_data.load(config.data)
     lm_layer = _lm_layer(ckpt, config.steer.lm_layer)
     workdir = workdir_lib.claim(workdir, manifest(config, ckpt, data))
@@ -218,7 +218,8 @@ def _patching(ckpt: Checkpoint, config, embeds: np.ndarray, labels: dict, famili
             contrast = patching.Contrast(inputs[tower][clean], inputs[tower][corrupt], a, b,
                                          position_labels=names[tower])
             out[tower][f] = patching.patching(model, ckpt.params, tower, f, contrast, metric, workdir,
-                                              seed=config.seed, n_resamples=int(cfg.bootstrap_resamples))
+                                              seed=config.seed, n_resamples=int(cfg.bootstrap_resamples),
+                                              mesh=ckpt.mesh)
     out["prompt"] = cfg.prompt
     out["word_tokens"] = {f: [str(w).replace("Ġ", "") for w in ckpt.tokenizer.convert_ids_to_tokens(t.tolist())]
                           for f, t in tokens.items()}

@@ -47,6 +47,7 @@ from mrepe_jax.models.clip.preprocess import (
     preprocess_images,
     tokenize,
 )
+from mrepe_jax.models.clip.sharding import CLIP_RULES
 from mrepe_jax.reading.bundles import params_hash, save_bundle
 from mrepe_jax.report import workdir as workdir_lib
 from mrepe_jax.report.progress import StageBar
@@ -62,17 +63,22 @@ STAGES = ("identification: images", "identification: captions", "direction bundl
 class Checkpoint:
     """A CLIP checkpoint with its tokenizer and image preprocessing, and the reads the stages make."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict):
+    def __init__(self, cfg: ml_collections.ConfigDict, mesh_cfg: ml_collections.ConfigDict | None = None):
         dtype = runtime.compute_dtype(cfg.dtype)
         self.name = cfg.name
         self.directory = hf_files.resolve(cfg.name)
-        model, self.params = clip_convert.load_pretrained(self.directory)
+        model, params = clip_convert.load_pretrained(self.directory)
+        # On a (data, model) mesh the params go straight from the files into their shards; the
+        # streamed reads, patching sweeps and map fits split their batches over data.
+        self.mesh = None if mesh_cfg is None else runtime.mesh(mesh_cfg)
+        layout = runtime.layout(mesh_cfg or {}, CLIP_RULES)
+        self.hash = params_hash(params)
+        self.params = runtime.place_params(params, layout, self.mesh)
         self.model = CLIPModel(model.config, dtype=dtype, execution=model.execution)
         self.tokenizer = load_tokenizer(self.directory)
         self.preprocess = ImagePreprocessConfig.from_dir(self.directory)
         self.max_length = model.config.text_config.max_position_embeddings
         self.batch_size = int(cfg.batch_size)
-        self.hash = params_hash(self.params)
 
     def images(self, raw: Sequence[np.ndarray]) -> np.ndarray:
         return preprocess_images(list(raw), self.preprocess)
@@ -84,7 +90,7 @@ class Checkpoint:
         """``{site: [B, D]}`` at ``sites`` (default: every candidate site), one program per tower
         and sites (the last, smaller batch of a split compiles once more)."""
         key, mask = ("image", None) if tower == "vision" else ("input_ids", "attention_mask")
-        return identification.read_batch(self.model, self.params, tower, batch, key, mask, sites)
+        return identification.read_batch(self.model, self.params, tower, batch, key, mask, sites, self.mesh)
 
     def prompts(self, values: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """``[K, D]`` unit-norm prompt embeddings, each value's templates averaged (CLIP's prompt
@@ -107,7 +113,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
     and write the same files, so that is refused."""
     runtime.require_one_process("clip")
     t0 = time.perf_counter()
-    ckpt = Checkpoint(config.model)
+    ckpt = Checkpoint(config.model, config.mesh)
     config = clip_data.resolve(config)
     data = clip_data.check(config)
     workdir = workdir_lib.claim(workdir, manifest(config, ckpt, data))
@@ -160,14 +166,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         results["causal"] = {"vision": {img.family: patching.patching(
             ckpt.model, ckpt.params, "vision", img.family, contrast,
             patching.prompt_metric(images.prompts, contrast), workdir,
-            heads=config.causal.heads, **kw)}, "text": {}}
+            heads=config.causal.heads, mesh=ckpt.mesh, **kw)}, "text": {}}
         for family, values in cap.families.items():
             rows = texts.test_rows(family)  # never empty: clip_data.check refuses that up front
             contrast = caption_contrast(ckpt, [texts.captions[i] for i in rows], texts.labels[family][rows],
                                         values, config.causal.num_pairs, rng)
             results["causal"]["text"][family] = patching.patching(
                 ckpt.model, ckpt.params, "text", family, contrast,
-                patching.prompt_metric(texts.prompts[family], contrast), workdir, **kw)
+                patching.prompt_metric(texts.prompts[family], contrast), workdir, mesh=ckpt.mesh, **kw)
     results["stage_seconds"] = clock.seconds
     results["seconds"] = round(time.perf_counter() - t0, 1)
     workdir_lib.write_json(workdir / "results.json", results)
@@ -318,10 +324,10 @@ def _alignment(ckpt: Checkpoint, config, workdir, paired: dict, class_prompts: n
         maps[kind] = train_maps(mcfg, np.stack([src] * len(seeds)), np.stack([tgt] * len(seeds)),
                                 seeds=seeds, source_site="text.proj", target_site="vision.proj",
                                 checkpoint_dir=Path(workdir) / "checkpoints" / "maps" / kind,
-                                provenance=provenance, progress=progress)
+                                provenance=provenance, progress=progress, mesh=ckpt.mesh)
     for seed, m in zip(seeds, maps["mrepe"]):
         m.save(Path(workdir) / "maps" / f"text_to_vision_proj_seed{seed}")
-    scale = min(float(np.exp(ckpt.params["logit_scale"])), 100.0)  # CLIP clamps it at 100
+    scale = min(float(np.exp(np.asarray(ckpt.params["logit_scale"]))), 100.0)  # CLIP clamps it at 100
     row = alignment.cmc_row(*reps["test"], maps, {config.images.family: class_prompts}, scale,
                             jax.random.key(seeds[0]))
     return {"Text-Image": row, "seeds": seeds, "num_train": len(src), "num_test": len(reps["test"][0]),

@@ -33,9 +33,11 @@ from mrepe_jax.experiments.toyworld import seeds as run_seeds
 from mrepe_jax.experiments.toyworld.report import document as report
 from mrepe_jax.experiments.toyworld.report.control import COLUMNS
 from mrepe_jax.models.layers import normalize
+from mrepe_jax.models.trimodal.sharding import TRIMODAL_RULES
 from mrepe_jax.reading.bundles import params_hash
 from mrepe_jax.report import workdir as workdir_lib
 from mrepe_jax.report.progress import StageBar
+from mrepe_jax.stages import runtime
 from mrepe_jax.train import toyclip, zero_shot
 from mrepe_jax.train.toyclip import MAX_LOGIT_SCALE
 
@@ -44,11 +46,20 @@ def train_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return ml_collections.ConfigDict({**config.model.to_dict(), **config.train.to_dict()})
 
 
+def clip_layout(config, mesh):
+    """The CLIP's parameter layout on ``mesh`` from ``config.mesh`` (``stages.runtime.layout``), or
+    None where it would split nothing (the params then stay replicated host arrays)."""
+    layout = runtime.layout(config.mesh, TRIMODAL_RULES)
+    return layout if mesh is not None and layout.splits(mesh) else None
+
+
 def load_or_train(world: ToyWorld, config, workdir, progress: bool = True, mesh=None):
-    """(model, params, info): the cached model when the workdir has a finished run."""
+    """(model, params, info): the cached model when the workdir has a finished run. On a mesh
+    that splits the params (``clip_layout``), they come back sharded over it, as trained."""
     t0 = time.perf_counter()
+    layout = clip_layout(config, mesh)
     model, fit = toyclip.train(world, train_config(config), workdir / "checkpoints" / "toyclip",
-                               progress=progress, mesh=mesh)
+                               progress=progress, mesh=mesh, state_rules=layout)
     seconds = time.perf_counter() - t0
     info = {
         "steps": int(fit.state.step),
@@ -57,7 +68,7 @@ def load_or_train(world: ToyWorld, config, workdir, progress: bool = True, mesh=
         "seconds_this_run": round(seconds, 1),
         "final_loss": float(fit.losses[-20:].mean()) if len(fit.losses) else None,
     }
-    return model, parallel.to_host(fit.state.params), info
+    return model, parallel.to_host(fit.state.params) if layout is None else fit.state.params, info
 
 
 def _can_reuse(same_config: bool, previous: dict, results: dict, stages) -> bool:
@@ -124,10 +135,10 @@ def _run_stages(model, params, world: ToyWorld, config, workdir, mesh, extra: tu
             n_resamples=config.identify.bootstrap_resamples, progress=progress)
     out["identification"]["seconds"] = round(time.perf_counter() - t0, 1)
 
-    provenance = {"model": "toyworld-clip", "weights_sha256": params_hash(params),
+    provenance = {"model": "toyworld-clip", "weights_sha256": params_hash(parallel.to_host(params)),
                   "data": f"ToyWorld {dataclasses.asdict(world.config)}, train split rows "
                           f"0..{sizes['train'] - 1}"}
-    scale = min(float(np.exp(params["logit_scale"])), MAX_LOGIT_SCALE)
+    scale = min(float(np.exp(parallel.to_host(params["logit_scale"]))), MAX_LOGIT_SCALE)
     announce("alignment")
     out["alignment"] = align.run(model, params, world, reps, labels, prompts, scale,
                                           config.align, workdir, mesh, provenance, progress)

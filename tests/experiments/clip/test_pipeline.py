@@ -2,7 +2,11 @@
 TFDS (mocked ``cifar10`` and ``coco_captions``) and with a local folder; and its errors."""
 
 import json
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +18,9 @@ from configs.clip import CIFAR10
 from mrepe_jax.reading.bundles import load_bundle
 from mrepe_jax.report.workdir import WorkdirError
 from tests.launching import launch_in_process
+from tests.xla_flags import with_compile_flags
 
+ROOT = Path(__file__).resolve().parents[3]
 tfds = pytest.importorskip("tensorflow_datasets")
 tf = pytest.importorskip("tensorflow")
 
@@ -256,3 +262,39 @@ def test_errors_are_named(hf_clip, tmp_path, monkeypatch):
     with pytest.raises(app.UsageError,
                        match=r"names experiment 'nope'; known experiments: blip2, clip, toyworld"):
         launch(tmp_path, "--config.experiment=nope")
+
+
+def _floats(tree, path=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k not in ("seconds", "stage_seconds"):
+                yield from _floats(v, f"{path}/{k}")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _floats(v, f"{path}[{i}]")
+    elif isinstance(tree, float):
+        yield path, tree
+
+
+@pytest.mark.slow
+def test_the_folder_run_on_a_2x4_mesh_gives_the_one_device_figures(hf_clip, folder_run, tmp_path):
+    """The same run on 8 virtual devices as a (data 2, model 4) mesh: the CLIP's params loaded
+    into shards over model, reads, patching sweeps and map fits split over data. Every figure of
+    the one-device run. Slow (~3 min on 2 cores): ``make test-slow``."""
+    data, work = folder_run
+    env = dict(os.environ, XLA_FLAGS=with_compile_flags("--xla_force_host_platform_device_count=8"),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.run", "--config=configs/clip.py", f"--workdir={tmp_path / 'mesh'}",
+         f"--config.model.name={hf_clip}", *SMALL, *_folder_args(data), "--config.mesh.shape=(2,4)"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((work / "results.json").read_text())
+    many = json.loads((tmp_path / "mesh" / "results.json").read_text())
+    keys = ("zero_shot", "identification", "alignment", "steering", "causal")
+    a, b = dict(_floats({k: one[k] for k in keys})), dict(_floats({k: many[k] for k in keys}))
+    assert a.keys() == b.keys() and len(a) > 100
+    worst = max(a, key=lambda p: abs(a[p] - b[p]))
+    print("largest difference:", worst, a[worst], b[worst])
+    for path, x in a.items():
+        assert abs(b[path] - x) <= 1e-4, (path, x, b[path])

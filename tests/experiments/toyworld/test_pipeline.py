@@ -1,7 +1,9 @@
 """The ToyWorld pipeline end to end on the tiny config: files written, resumed on a re-run, and
-the same figures from BUILD.md's multi-host command run as two local processes."""
+the same figures from BUILD.md's multi-host command run as two local processes, and on a
+(data, model) mesh of 8 virtual devices with the CLIP sharded over model."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.multiprocess import finish, launch_two
+from tests.xla_flags import with_compile_flags
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -275,17 +278,8 @@ def figures(tree, path=""):
         yield path, tree
 
 
-@pytest.mark.slow
-def test_build_md_multi_host_command_with_the_tiny_config(single, tmp_path):
-    """Train the ToyWorld CLIP data-parallel, then stream activations, run exact and attribution
-    patching sweeps, the alignment, steering and safety stages, the captioner and the transfer
-    across architectures and the report, in two processes: the figures of one process. Slow
-    (~2.5 min, two processes on two cores): ``make test-slow``."""
-    for rc, out in finish(launch_two(tmp_path / "two")):
-        assert rc == 0, out[-3000:]
-    a = json.loads((single[0] / "results.json").read_text())
-    b = json.loads((tmp_path / "two" / "results.json").read_text())
-    assert b["mesh"] == {"processes": 2, "shape": {"data": 2}}
+def assert_same_figures(a: dict, b: dict) -> None:
+    """Every stage figure of run ``b`` is run ``a``'s, to the float noise of another device layout."""
     fa, fb = world_figures(a), world_figures(b)
     assert fa.keys() == fb.keys() and len(fa) > 50
     for path, x in fa.items():
@@ -300,6 +294,38 @@ def test_build_md_multi_host_command_with_the_tiny_config(single, tmp_path):
             assert abs(fb[path] - x) <= tol, (path, x, fb[path])
         else:
             assert fb[path] == x, path
+
+
+@pytest.mark.slow
+def test_the_tiny_config_on_a_2x4_mesh_with_the_clip_sharded_over_model(single, tmp_path):
+    """The tiny pipeline on 8 virtual devices as a (data 2, model 4) mesh: the CLIP's params and
+    Adam's moments sharded over model by its rule table, every stage run on them. The figures of
+    the one-device run. Slow (~3 min on 2 cores): ``make test-slow``."""
+    env = dict(os.environ, XLA_FLAGS=with_compile_flags("--xla_force_host_platform_device_count=8"),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.run", "--config=configs/toyworld.py:tiny", "--config.mesh.shape=(2,4)",
+         f"--workdir={tmp_path / 'mesh'}"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((single[0] / "results.json").read_text())
+    b = json.loads((tmp_path / "mesh" / "results.json").read_text())
+    assert b["mesh"] == {"processes": 1, "shape": {"data": 2, "model": 4}}
+    assert_same_figures(a, b)
+    assert a["training"]["final_loss"] == pytest.approx(b["training"]["final_loss"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_build_md_multi_host_command_with_the_tiny_config(single, tmp_path):
+    """Train the ToyWorld CLIP data-parallel, then stream activations, run exact and attribution
+    patching sweeps, the alignment, steering and safety stages, the captioner and the transfer
+    across architectures and the report, in two processes: the figures of one process. Slow
+    (~2.5 min, two processes on two cores): ``make test-slow``."""
+    for rc, out in finish(launch_two(tmp_path / "two")):
+        assert rc == 0, out[-3000:]
+    a = json.loads((single[0] / "results.json").read_text())
+    b = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert b["mesh"] == {"processes": 2, "shape": {"data": 2, "model": 1}}
+    assert_same_figures(a, b)
     assert a["training"]["final_loss"] == pytest.approx(b["training"]["final_loss"], abs=1e-6)
     # The captioner and the second CLIP train data-parallel too (checkpoints written collectively);
     # greedy captions of a 4-step captioner sit on near-ties, so only its loss is compared.
