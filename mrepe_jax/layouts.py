@@ -10,6 +10,10 @@ TOKEN_AXES = ("batch", "token", "feature")
 HEAD_AXES = ("batch", "token", "head", "feature")
 PATTERN_AXES = ("batch", "head", "query", "key")
 POOLED_AXES = ("batch", "feature")
+# Attention inside the windows of a hierarchical (Swin) tower's block: ``token``, ``query`` and
+# ``key`` are positions inside a window (``mrepe_jax.sites``).
+WINDOW_HEAD_AXES = ("batch", "window", "token", "head", "feature")
+WINDOW_PATTERN_AXES = ("batch", "window", "head", "query", "key")
 _TOWER_POINT_AXES = {"embed": TOKEN_AXES, "pooled": POOLED_AXES, "proj": POOLED_AXES}
 
 
@@ -25,5 +29,12 @@ def site_axes(name: str) -> tuple[str, ...]:
         if last in ("logits", "pattern"):
             return PATTERN_AXES
         return TOKEN_AXES
+    if len(parts) >= 6 and parts[1] == "stages" and parts[3] == "blocks":
+        last = parts[-1]
+        if last in ("q", "k", "v", "z"):
+            return WINDOW_HEAD_AXES
+        if last in ("logits", "pattern"):
+            return WINDOW_PATTERN_AXES
+        return TOKEN_AXES
     raise ValueError(f"{name!r} is not a site name ('{{tower}}.embed', '{{tower}}.layers.{{i}}.{{point}}', "
-                     "'{tower}.pooled' or '{tower}.proj')")
+                     "'{tower}.stages.{s}.blocks.{b}.{point}', '{tower}.pooled' or '{tower}.proj')")

@@ -27,9 +27,12 @@ pooled, proj                        [batch, d]
 tower                  ``embed``                                            ``layers.0.resid_pre``
 =====================  ===================================================  =======================
 vision (CLIP), audio   patch + class + position embeddings, *before*        ``pre_layrnorm(embed)``
-                       ``pre_layrnorm``
+(ToyWorld's ViT)       ``pre_layrnorm``
 vision (BLIP-2)        patch + class + position embeddings (no pre-norm)    ``embed``
+audio (CLAP's HTSAT)   patch embedding after its norm (and fusion)          ``embed`` (as
+                                                                            ``stages.0.blocks.0``)
 text                   token + position embeddings                          ``embed``
+text (CLAP's RoBERTa)  LayerNorm(token + type + position embeddings)        ``embed``
 qformer                query embeddings after the Q-Former's layernorm      ``embed``
 lm                     token embeddings (or ``inputs_embeds``) + positions  ``embed``
 =====================  ===================================================  =======================
@@ -41,6 +44,27 @@ L2-normalised.
 
 ``attn.logits`` is the raw ``Q K^T`` *before* the ``1/sqrt(d_k)`` scaling and before the causal /
 padding mask, which is where eq 7 of the paper adds its concept mask ``M_c``.
+
+Hierarchical towers (CLAP's HTSAT audio encoder, a Swin transformer) group their blocks in stages
+whose token grid and width change from stage to stage; their block sites are
+``{tower}.stages.{s}.blocks.{b}.{point}`` (``block_site``, ``hierarchical_site_names``) with the same
+``LAYER_POINTS``. Residual points keep ``[batch, token, d_stage]`` (tokens in raster order over the
+stage's grid); attention runs inside windows, so its points add a ``window`` axis:
+
+=================================  ================================================================
+site point (windowed attention)     shape
+=================================  ================================================================
+attn.q, attn.k, attn.v, attn.z      [batch, window, token, head, d_head]
+attn.logits, attn.pattern           [batch, window, head, query, key]
+=================================  ================================================================
+
+There ``window`` counts the windows of the (padded, cyclically shifted) grid in raster order and
+``token`` / ``query`` / ``key`` a position inside its window, in raster order: exactly
+transformers' ``[batch * windows, head, query, key]`` attentions with the batch axis split out.
+``attn.logits`` is again the raw ``Q K^T``, before the scaling, the relative position bias and the
+shifted-window mask. The blocks of such a tower run unrolled (static names, no ``AtLayer``
+wildcards); ``stages.{s+1}.blocks.0.resid_pre`` is stage ``s``'s patch merging of its last
+``resid_post``.
 """
 
 from __future__ import annotations
@@ -94,6 +118,23 @@ def tower_site_names(tower: str, num_layers: int, cross_attention: bool = False)
     return tuple(names)
 
 
+def block_site(tower: str, stage: int, block: int, point: str) -> str:
+    """The name of ``point`` in block ``block`` of stage ``stage`` of a hierarchical tower, e.g.
+    ``audio.stages.1.blocks.0.attn.pattern``."""
+    return f"{tower}.stages.{stage}.blocks.{block}.{point}"
+
+
+def hierarchical_site_names(tower: str, depths: Sequence[int]) -> tuple[str, ...]:
+    """Every site of a tower whose blocks are grouped in stages (``depths[s]`` blocks in stage
+    ``s``), in forward order: ``embed``, each block's ``LAYER_POINTS``, ``pooled``, ``proj``."""
+    if tower not in TOWERS:
+        raise ValueError(f"unknown tower {tower!r}; towers are {TOWERS}")
+    names = [f"{tower}.embed"]
+    for s, depth in enumerate(depths):
+        names += [block_site(tower, s, b, p) for b in range(depth) for p in LAYER_POINTS]
+    return tuple(names + [f"{tower}.pooled", f"{tower}.proj"])
+
+
 def near_matches(name: str, known: Sequence[str], n: int = 5) -> list[str]:
     return difflib.get_close_matches(name, known, n=n, cutoff=0.5)
 
@@ -107,6 +148,19 @@ def _unknown(kind: str, name: str, known: Sequence[str]) -> ValueError:
         if indices and int(layer.group("layer")) not in indices:
             return ValueError(f"unknown site {name!r} in {kind}: {tower} has {len(indices)} layers "
                               f"({min(indices)}-{max(indices)})")
+    block = _BLOCK.match(name)
+    if block:  # a stage or block past the tower's: say what it has
+        tower, stage = block["tower"], int(block["stage"])
+        depths: dict[int, int] = {}
+        for m in map(_BLOCK.match, known):
+            if m and m["tower"] == tower:
+                depths[int(m["stage"])] = max(depths.get(int(m["stage"]), 0), int(m["block"]) + 1)
+        if depths and stage not in depths:
+            return ValueError(f"unknown site {name!r} in {kind}: {tower} has {len(depths)} stages "
+                              f"(0-{max(depths)})")
+        if depths and int(block["block"]) >= depths[stage]:
+            return ValueError(f"unknown site {name!r} in {kind}: {tower} stage {stage} has "
+                              f"{depths[stage]} blocks (0-{depths[stage] - 1})")
     close = near_matches(name, known)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ValueError(f"unknown site {name!r} in {kind}{hint} (the model has {len(known)} sites)")
@@ -129,6 +183,7 @@ def resolve_capture(patterns: Iterable[str] | str, known: Sequence[str]) -> tupl
     return patterns
 
 
+_BLOCK = re.compile(r"^(?P<tower>[a-z]+)\.stages\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.(?P<point>.+)$")
 _WILDCARD = re.compile(r"^(?P<tower>[a-z]+)\.layers\.\*\.(?P<point>.+)$")
 _LAYER = re.compile(r"^(?P<tower>[a-z]+)\.layers\.(?P<layer>\d+)\.(?P<point>.+)$")
 # The name a scanned layer stack gives a site while its layer index is traced; its captures come
@@ -270,6 +325,25 @@ class LayerSites:
 
     def bind(self, module: nn.Module) -> LayerSites:
         """The same layer's sites, recorded under ``module`` (a submodule of the layer)."""
+        return dataclasses.replace(self, module=module)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSites:
+    """The sites of one block of a hierarchical tower: ``site(point, x)`` for
+    ``{tower}.stages.{stage}.blocks.{block}.{point}`` (static indices: such blocks run unrolled)."""
+
+    sites: Sites
+    module: nn.Module
+    tower: str
+    stage: int
+    block: int
+
+    def __call__(self, point: str, x):
+        return self.sites(self.module, block_site(self.tower, self.stage, self.block, point), x)
+
+    def bind(self, module: nn.Module) -> BlockSites:
+        """The same block's sites, recorded under ``module`` (a submodule of the block)."""
         return dataclasses.replace(self, module=module)
 
 

@@ -16,6 +16,19 @@ def test_site_table_covers_every_point():
     assert "qformer.layers.0.xattn.logits" in sites.tower_site_names("qformer", 1, cross_attention=True)
 
 
+def test_hierarchical_towers_name_their_blocks_by_stage():
+    from mrepe_jax.layouts import site_axes
+
+    names = sites.hierarchical_site_names("audio", (1, 2))
+    assert names[0] == "audio.embed" and names[-2:] == ("audio.pooled", "audio.proj")
+    assert len(names) == 3 + 3 * len(sites.LAYER_POINTS)
+    assert sites.block_site("audio", 1, 0, "attn.q") == "audio.stages.1.blocks.0.attn.q" in names
+    assert "audio.stages.0.blocks.1.resid_pre" not in names
+    assert site_axes("audio.stages.1.blocks.0.attn.z") == ("batch", "window", "token", "head", "feature")
+    assert site_axes("audio.stages.1.blocks.0.attn.pattern") == ("batch", "window", "head", "query", "key")
+    assert site_axes("audio.stages.1.blocks.0.mlp_out") == ("batch", "token", "feature")
+
+
 def test_every_listed_site_is_captured_with_documented_shape():
     model, v, pixels, ids, mask = tiny_clip()
     _, acts = model.apply(v, pixels, ids, mask, capture=("*",))

@@ -9,11 +9,14 @@ from jax.sharding import PartitionSpec as P
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
 from mrepe_jax.models import sharding
 from mrepe_jax.models.blip2.sharding import BLIP2_RULES
+from mrepe_jax.models.clap import convert as clap_convert
+from mrepe_jax.models.clap.sharding import CLAP_RULES
 from mrepe_jax.models.clip.sharding import CLIP_RULES
 from mrepe_jax.models.layer_stack import stack_layer_params
 from mrepe_jax.models.trimodal.sharding import TRIMODAL_RULES
 from mrepe_jax.train import toyclip
 from tests.models.blip2.test_parity import converted
+from tests.models.clap.hf_tiny import tiny_hf_clap
 from tests.models.tiny import tiny_clip
 from tests.train.test_toyclip import tiny_cfg
 
@@ -30,11 +33,12 @@ def families():
     world = ToyWorld(ToyWorldConfig())
     model = toyclip.TriModalCLIP(toyclip.model_config(world, tiny_cfg(hidden_size=32, num_heads=4)))
     tri = jax.eval_shape(lambda: toyclip.init_state(model, world, tiny_cfg(hidden_size=32, num_heads=4)).params)
+    _, clap_params = clap_convert.from_torch_model(tiny_hf_clap("fused"))
     return {"clip": (clip_vars["params"], CLIP_RULES), "blip2": (blip2_params, BLIP2_RULES),
-            "trimodal": (tri, TRIMODAL_RULES)}
+            "trimodal": (tri, TRIMODAL_RULES), "clap": (clap_params, CLAP_RULES)}
 
 
-@pytest.mark.parametrize("family", ["clip", "blip2", "trimodal"])
+@pytest.mark.parametrize("family", ["clip", "blip2", "trimodal", "clap"])
 def test_every_parameter_is_matched_and_model_8_shards_the_matmuls(families, family):
     params, rules = families[family]
     specs = _flat(sharding.param_specs(params, rules, {"data": 1, "model": 8}, indivisible="replicate"))
@@ -73,6 +77,21 @@ def test_stacked_layers_keep_the_layer_axis_whole(families):
     fsdp = _flat(sharding.param_specs(stacked, rules, {"data": 2, "model": 2}, fsdp=True, fsdp_min_size=1))
     assert fsdp["vision_model/encoder/layers/self_attn/q_proj/kernel"] == P(None, "data", "model")
     assert tuple(fsdp["vision_model/encoder/layers/layer_norm1/scale"])[0] is None  # never the layer axis
+
+
+def test_clap_splits_both_towers_and_keeps_its_windows_tables_and_norms_whole(families):
+    params, rules = families["clap"]
+    specs = _flat(sharding.param_specs(clap_convert.stack_text_layers(params), rules, {"data": 2, "model": 4},
+                                       indivisible="replicate"))
+    block = "audio_model/audio_encoder/layers/2/blocks/0"
+    assert specs[f"{block}/attention/self/query/kernel"] == P(None, "model")
+    assert specs[f"{block}/output/dense/kernel"] == P("model", None)
+    assert specs[f"{block}/attention/self/relative_position_bias_table"] == P(None, None)
+    assert specs["audio_model/audio_encoder/batch_norm/running_var"] == P(None)
+    assert specs["audio_model/audio_encoder/patch_embed/proj/kernel"] == P(None, None, None, "model")
+    assert specs["text_model/encoder/layers/attention/self/key/kernel"] == P(None, None, "model")  # stacked
+    assert specs["text_model/embeddings/word_embeddings/embedding"] == P("model", None)
+    assert specs["logit_scale_a"] == P()
 
 
 def test_fsdp_shards_the_largest_free_dimension_of_large_params_over_data(families):
