@@ -44,6 +44,20 @@ class Dense(nn.Dense):
         return y.reshape(lead + y.shape[-1:])
 
 
+class Intermediate(nn.Module):
+    """A BERT-style MLP's first half, ``act(dense(x))``, recorded at site ``mlp.hidden``: HF's
+    ``*Intermediate`` modules (the Q-Former's, RoBERTa's). ``site``: the layer's sites."""
+
+    features: int
+    act: str
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, site):
+        h = ACT_FNS[self.act](Dense(self.features, dtype=self.dtype, name="dense")(x))
+        return site.bind(self)("mlp.hidden", h)
+
+
 class DenseParams(nn.Module):
     """The ``kernel``/``bias`` of an ``nn.Dense`` (same names, shapes and initialisers), returned
     instead of applied, so that several projections of one input can run as one matmul."""

@@ -60,7 +60,7 @@ import numpy as np
 from mrepe_jax.models import inputs as inputs_lib
 from mrepe_jax.models.attention import dot_product_attention, padding_mask, split_heads, use_fused
 from mrepe_jax.models.execution import Execution
-from mrepe_jax.models.layers import ACT_FNS, Dense, layer_norm
+from mrepe_jax.models.layers import ACT_FNS, Dense, Intermediate, layer_norm
 from mrepe_jax.sites import XATTN_POINTS, LayerSites, SitedModel, Sites, layer_site, tower_site_names
 
 TOWER = "qformer"
@@ -191,19 +191,6 @@ class QFormerAttention(nn.Module):
         return DenseAddNorm(self.config, self.dtype, name="output")(z, h, site, f"{block}_out", resid)
 
 
-class QFormerIntermediate(nn.Module):
-    """``Blip2QFormerIntermediate``: ``act(dense(x))``, site ``mlp.hidden``."""
-
-    config: Blip2QFormerConfig
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, site: LayerSites):
-        c = self.config
-        h = ACT_FNS[c.hidden_act](Dense(c.intermediate_size, dtype=self.dtype, name="dense")(x))
-        return site.bind(self)("mlp.hidden", h)
-
-
 class QFormerLayer(nn.Module):
     """``Blip2QFormerLayer`` on query tokens only (``query_length == Nq``): self-attention block,
     cross-attention block when ``config.has_cross_attention(index)``, then the query MLP."""
@@ -222,7 +209,7 @@ class QFormerLayer(nn.Module):
         if c.has_cross_attention(self.index):
             h = QFormerAttention(c, self.dtype, self.execution, name="crossattention")(
                 h, site, "xattn", image_embeds, image_mask)
-        m = QFormerIntermediate(c, self.dtype, name="intermediate_query")(h, site)
+        m = Intermediate(c.intermediate_size, c.hidden_act, self.dtype, name="intermediate_query")(h, site)
         return DenseAddNorm(c, self.dtype, name="output_query")(m, h, site, "mlp_out", "resid_post")
 
 

@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mrepe_jax.models.clip.preprocess import PREPROCESSOR_CONFIG, PROCESSOR_CONFIG, read_json
+from mrepe_jax.models.clip.preprocess import processor_config
 
 TRUNCATIONS = ("fusion", "rand_trunc")
 PADDINGS = ("repeatpad", "repeat", "pad")
@@ -132,18 +132,7 @@ class AudioFeatureConfig:
     def from_dir(cls, path: str | os.PathLike) -> AudioFeatureConfig:
         """Reads ``<path>/preprocessor_config.json``, or else the ``feature_extractor`` entry of
         ``<path>/processor_config.json`` (where transformers 5's ``ClapProcessor`` saves it)."""
-        path = os.fspath(path)
-        file = os.path.join(path, PREPROCESSOR_CONFIG)
-        if os.path.isfile(file):
-            return cls.from_hf_dict(read_json(file), source=file)
-        processor_file = os.path.join(path, PROCESSOR_CONFIG)
-        if os.path.isfile(processor_file):
-            nested = read_json(processor_file).get("feature_extractor")
-            if nested is not None:
-                return cls.from_hf_dict(nested, source=f"{processor_file}['feature_extractor']")
-        raise FileNotFoundError(
-            f"no {PREPROCESSOR_CONFIG} in {path!r} (looked for {file!r}, and for a "
-            f"'feature_extractor' entry in {PROCESSOR_CONFIG})")
+        return cls.from_hf_dict(*processor_config(path, "feature_extractor"))
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The keys ``ClapFeatureExtractor(**d)`` takes, plus its type name."""

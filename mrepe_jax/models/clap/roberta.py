@@ -39,7 +39,7 @@ from mrepe_jax.models.attention import padding_mask, self_attention
 from mrepe_jax.models.clap.config import ClapTextConfig
 from mrepe_jax.models.clip.layers import CLIPEncoder
 from mrepe_jax.models.execution import Execution
-from mrepe_jax.models.layers import ACT_FNS, Dense, DenseParams, layer_norm
+from mrepe_jax.models.layers import Dense, DenseParams, Intermediate, layer_norm
 from mrepe_jax.sites import LayerSites, SitedModel, Sites, tower_site_names
 
 
@@ -110,17 +110,6 @@ class RobertaAttention(nn.Module):
         return RobertaAddNorm(self.config, self.dtype, name="output")(z, h, site, "attn_out", "resid_mid")
 
 
-class RobertaIntermediate(nn.Module):
-    config: ClapTextConfig
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, site: LayerSites):
-        c = self.config
-        h = ACT_FNS[c.hidden_act](Dense(c.intermediate_size, dtype=self.dtype, name="dense")(x))
-        return site.bind(self)("mlp.hidden", h)
-
-
 class RobertaLayer(nn.Module):
     """One post-LN layer; ``index`` is an int, or traced inside a scanned stack."""
 
@@ -135,7 +124,7 @@ class RobertaLayer(nn.Module):
         site = LayerSites(sites, self, self.tower, index, c.num_hidden_layers)
         h = site("resid_pre", h)
         h = RobertaAttention(c, self.dtype, self.execution, name="attention")(h, site, mask)
-        m = RobertaIntermediate(c, self.dtype, name="intermediate")(h, site)
+        m = Intermediate(c.intermediate_size, c.hidden_act, self.dtype, name="intermediate")(h, site)
         return RobertaAddNorm(c, self.dtype, name="output")(m, h, site, "mlp_out", "resid_post")
 
 

@@ -113,19 +113,7 @@ class ImagePreprocessConfig:
     def from_dir(cls, path: str | os.PathLike) -> ImagePreprocessConfig:
         """Reads ``<path>/preprocessor_config.json`` (HF format), or else the ``image_processor``
         entry of ``<path>/processor_config.json`` (what transformers 5 saves)."""
-        path = os.fspath(path)
-        file = os.path.join(path, PREPROCESSOR_CONFIG)
-        if os.path.isfile(file):
-            return cls.from_hf_dict(read_json(file), source=file)
-        processor_file = os.path.join(path, PROCESSOR_CONFIG)
-        if os.path.isfile(processor_file):
-            nested = read_json(processor_file).get("image_processor")
-            if nested is not None:
-                return cls.from_hf_dict(nested, source=f"{processor_file}['image_processor']")
-        raise FileNotFoundError(
-            f"no {PREPROCESSOR_CONFIG} in {path!r} (looked for {file!r}, and for an "
-            f"'image_processor' entry in {PROCESSOR_CONFIG}, where transformers 5 saves it)"
-        )
+        return cls.from_hf_dict(*processor_config(path, "image_processor"))
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The inverse of ``from_hf_dict``, in the layout transformers writes."""
@@ -156,6 +144,25 @@ class ImagePreprocessConfig:
         with open(file, "w") as f:
             json.dump(self.to_hf_dict(), f, indent=2)
         return file
+
+
+def processor_config(path: str | os.PathLike, entry: str) -> tuple[dict, str]:
+    """``(settings, source)`` of a checkpoint's preprocessing: ``<path>/preprocessor_config.json``,
+    or else the ``entry`` (``image_processor``, ``feature_extractor``) of
+    ``<path>/processor_config.json``, where transformers 5's processors save it. ``source`` names
+    where they came from, for errors."""
+    path = os.fspath(path)
+    file = os.path.join(path, PREPROCESSOR_CONFIG)
+    if os.path.isfile(file):
+        return read_json(file), file
+    processor_file = os.path.join(path, PROCESSOR_CONFIG)
+    if os.path.isfile(processor_file):
+        nested = read_json(processor_file).get(entry)
+        if nested is not None:
+            return nested, f"{processor_file}['{entry}']"
+    raise FileNotFoundError(
+        f"no {PREPROCESSOR_CONFIG} in {path!r} (looked for {file!r}, and for an {entry!r} entry in "
+        f"{PROCESSOR_CONFIG}, where transformers 5 saves it)")
 
 
 def read_json(file: str) -> Any:
