@@ -135,6 +135,20 @@ def hierarchical_site_names(tower: str, depths: Sequence[int]) -> tuple[str, ...
     return tuple(names + [f"{tower}.pooled", f"{tower}.proj"])
 
 
+def layer_sites(known: Sequence[str], tower: str, point: str) -> tuple[str, ...]:
+    """``point`` at every layer of ``tower`` among the site names ``known`` (a model's
+    ``site_names()``), in forward order: ``{tower}.layers.{i}.{point}``, or a hierarchical tower's
+    ``{tower}.stages.{s}.blocks.{b}.{point}``. What the stages call "each layer" whatever the
+    tower's shape; an error when the tower has no such site."""
+    found = tuple(n for n in known if (m := _LAYER.match(n) or _BLOCK.match(n))
+                  and m["tower"] == tower and m["point"] == point)
+    if not found:
+        towers = sorted({n.split(".")[0] for n in known})
+        raise ValueError(f"no {tower!r} layer has a {point!r} site (towers: {towers}; points: "
+                         f"{LAYER_POINTS})")
+    return found
+
+
 def near_matches(name: str, known: Sequence[str], n: int = 5) -> list[str]:
     return difflib.get_close_matches(name, known, n=n, cutoff=0.5)
 

@@ -29,6 +29,21 @@ def test_hierarchical_towers_name_their_blocks_by_stage():
     assert site_axes("audio.stages.1.blocks.0.mlp_out") == ("batch", "token", "feature")
 
 
+def test_layer_sites_are_each_layer_or_block_in_forward_order():
+    flat = sites.tower_site_names("text", 3) + sites.tower_site_names("vision", 12)
+    assert sites.layer_sites(flat, "text", "resid_post") == tuple(f"text.layers.{i}.resid_post" for i in range(3))
+    # Numeric order, not string order: layer 10 after layer 9.
+    assert sites.layer_sites(flat, "vision", "attn.logits")[-3:] == tuple(
+        f"vision.layers.{i}.attn.logits" for i in (9, 10, 11))
+    tree = sites.hierarchical_site_names("audio", (2, 1))
+    assert sites.layer_sites(tree, "audio", "resid_pre") == (
+        "audio.stages.0.blocks.0.resid_pre", "audio.stages.0.blocks.1.resid_pre", "audio.stages.1.blocks.0.resid_pre")
+    with pytest.raises(ValueError, match=r"no 'lm' layer has a 'resid_post' site \(towers: \['text', 'vision'\]"):
+        sites.layer_sites(flat, "lm", "resid_post")
+    with pytest.raises(ValueError, match="no 'text' layer has a 'xattn.q' site"):
+        sites.layer_sites(flat, "text", "xattn.q")
+
+
 def test_every_listed_site_is_captured_with_documented_shape():
     model, v, pixels, ids, mask = tiny_clip()
     _, acts = model.apply(v, pixels, ids, mask, capture=("*",))

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mrepe_jax import sites as sites_lib
 from mrepe_jax.reading.activations import collect_activations, tower_apply
 from mrepe_jax.reading.prototypes import auroc
 
@@ -28,9 +29,9 @@ Reps = Mapping[str, np.ndarray]  # {site: [B, D]}
 
 
 def candidate_sites(model, tower: str) -> tuple[str, ...]:
-    """Every layer's ``resid_post`` (token mean), ``pooled`` and ``proj``: where MRepE looks."""
-    n = model.tower_layers()[tower]
-    return tuple(f"{tower}.layers.{i}.resid_post" for i in range(n)) + (f"{tower}.pooled", f"{tower}.proj")
+    """Every layer's (or hierarchical block's) ``resid_post`` (token mean), ``pooled`` and
+    ``proj``: where MRepE looks."""
+    return sites_lib.layer_sites(model.site_names(), tower, "resid_post") + (f"{tower}.pooled", f"{tower}.proj")
 
 
 def read_batch(model, params, tower: str, batch: Mapping[str, np.ndarray], input_key: str,

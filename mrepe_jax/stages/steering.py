@@ -23,6 +23,7 @@ import numpy as np
 from mrepe_jax.control.evaluate import steered_predictions, success_rate
 from mrepe_jax.control.interventions import attention, combine, direct
 from mrepe_jax.edits import Replace, along
+from mrepe_jax.sites import layer_sites
 from mrepe_jax.stages.reads import readout_mask
 
 # The edit builders are frozen dataclasses, not functools.partials: equal instances are one static
@@ -69,16 +70,15 @@ class EditEq5Eq7:
 
 
 def last_resid(model, tower: str) -> str:
-    """The site the stage steers by default: the tower's last layer's ``resid_post``."""
-    return f"{tower}.layers.{model.tower_layers()[tower] - 1}.resid_post"
+    """The site the stage steers by default: the tower's last layer's (or block's) ``resid_post``."""
+    return layer_sites(model.site_names(), tower, "resid_post")[-1]
 
 
 def steering_sites(model, tower: str) -> tuple[str, str, str]:
     """``(resid_post, attn.logits, resid_pre)`` of the tower's last layer: where eq 5 adds, where
     eq 7 biases, and the keys eq 7 reads its concept members from."""
-    last = model.tower_layers()[tower] - 1
-    return (f"{tower}.layers.{last}.resid_post", f"{tower}.layers.{last}.attn.logits",
-            f"{tower}.layers.{last}.resid_pre")
+    known = model.site_names()
+    return tuple(layer_sites(known, tower, p)[-1] for p in ("resid_post", "attn.logits", "resid_pre"))
 
 
 def attention_unit(model, tower: str, width: int, strength: float) -> float:
