@@ -280,7 +280,7 @@ def _floats(tree, path=""):
 def test_the_folder_run_on_a_2x4_mesh_gives_the_one_device_figures(hf_clip, folder_run, tmp_path):
     """The same run on 8 virtual devices as a (data 2, model 4) mesh: the CLIP's params loaded
     into shards over model, reads, patching sweeps and map fits split over data. Every figure of
-    the one-device run. Slow (~3 min on 2 cores): ``make test-slow``."""
+    the one-device run. Slow (~1.5 min on 2 cores): ``make test-slow``."""
     data, work = folder_run
     env = dict(os.environ, XLA_FLAGS=with_compile_flags("--xla_force_host_platform_device_count=8"),
                JAX_PLATFORMS="cpu")
@@ -297,4 +297,5 @@ def test_the_folder_run_on_a_2x4_mesh_gives_the_one_device_figures(hf_clip, fold
     worst = max(a, key=lambda p: abs(a[p] - b[p]))
     print("largest difference:", worst, a[worst], b[worst])
     for path, x in a.items():
-        assert abs(b[path] - x) <= 1e-4, (path, x, b[path])
+        # Measured: at most 6e-8 (a map's CMC); rank statistics could flip on a near-tie at 1e-7.
+        assert abs(b[path] - x) <= 1e-5, (path, x, b[path])
