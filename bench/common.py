@@ -158,6 +158,15 @@ def vision_forward_flops(config, batch: int) -> int:
 from mrepe_jax.metrics.cost import time_calls, time_interleaved  # noqa: E402,F401
 
 
+def describe_timing(timed: dict, name: str, batch: int, flops: int, unit: str = "images") -> str:
+    """One contender's line from ``time_interleaved``'s result: first call, median per forward, the
+    rate in ``unit``/s and GFLOP/s (``flops``: one forward of ``batch``), every timed call."""
+    first, median, times = timed[name]
+    return (f"first call {first:.2f} s, median {median * 1e3:.1f} ms/forward -> "
+            f"{batch / median:.1f} {unit}/s, {flops / median / 1e9:.1f} GFLOP/s "
+            f"(times {[round(t * 1e3, 1) for t in times]} ms)")
+
+
 def matmul_call(n: int, dtype=None):
     """A blocking callable: one jit'd ``[n, n] @ [n, n]`` (``matmul_flops(n)`` FLOPs; fp32 unless
     ``dtype``). Its rate is the peak the model's FLOPs are measured against: what this machine's

@@ -140,10 +140,7 @@ def main(argv):
           f"{peak / 1e9:.1f} GFLOP/s")
 
     def describe(name):
-        first, median, times = timed[name]
-        return (f"first call {first:.2f} s, median {median * 1e3:.1f} ms/forward -> "
-                f"{batch / median:.1f} images/s, {flops / median / 1e9:.1f} GFLOP/s "
-                f"(times {[round(t * 1e3, 1) for t in times]} ms)")
+        return common.describe_timing(timed, name, batch, flops)
 
     ours_ips = batch / timed["ours"][1]
     ours_flops = flops / timed["ours"][1]
