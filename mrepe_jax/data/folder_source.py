@@ -9,7 +9,7 @@ Layout::
                            "labels": {"colour": "red", ...},  (optional; names or indices)
                            "split": "train"}                  (optional)
       imgs/0.png ...      any format PIL reads
-      wav/0.wav ...       16-bit PCM mono at the configured sample rate
+      wav/0.wav ...       PCM or float WAV at the configured sample rate (channels averaged)
 
 Paths are relative to ``root``. Records without ``"split"`` belong to every split. ``audio`` and
 ``labels`` must be on every record or on none, so that batches have fixed keys. The index file
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mrepe_jax.data import labelled_audio
 from mrepe_jax.data.source_base import (
     Batch,
     DataSource,
@@ -44,23 +45,11 @@ CAPTIONS_FILE = "captions.jsonl"
 
 
 def read_wav(path: str | pathlib.Path, sample_rate: int) -> np.ndarray:
-    """A 16-bit PCM mono WAV file as float32 [N] in [-1, 1); other formats are refused."""
-    try:
-        with wave.open(str(path), "rb") as f:
-            channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
-            frames = f.readframes(f.getnframes())
-    except (wave.Error, EOFError) as e:
-        raise ValueError(f"{path} is not a readable WAV file: {e}") from e
-    problems = []
-    if channels != 1:
-        problems.append(f"{channels} channels (need mono)")
-    if width != 2:
-        problems.append(f"{8 * width}-bit samples (need 16-bit PCM)")
-    if rate != sample_rate:
-        problems.append(f"sample rate {rate} Hz (need {sample_rate} Hz; resample it first)")
-    if problems:
-        raise ValueError(f"WAV file {path} has " + ", ".join(problems))
-    return np.frombuffer(frames, "<i2").astype(np.float32) / 32768.0
+    """A WAV file (PCM or float, any channel count: ``labelled_audio.read_wav``) as mono float32
+    [N] in [-1, 1); a file at another rate than ``sample_rate`` is refused (resample it first)."""
+    waveform, header = labelled_audio.read_wav(path)
+    labelled_audio.check_rate(header.sample_rate, sample_rate, False, f"WAV file {path}")
+    return waveform
 
 
 def write_wav(path: str | pathlib.Path, waveform: np.ndarray, sample_rate: int) -> None:
