@@ -138,9 +138,12 @@ def _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_i
         close = sites_lib.near_matches(point, POINTS)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown point {point!r}{hint} (points are {POINTS})")
-    axes = site_axes(sites_lib.layer_site(tower, 0, point))
+    known = model.site_names()
+    tower_sites = sites_lib.layer_sites(known, tower, point)  # each layer's (or block's) name
+    axes = site_axes(tower_sites[0])
     if heads and "head" not in axes:
-        per_head = sorted(p for p in POINTS if "head" in site_axes(sites_lib.layer_site(tower, 0, p)))
+        stem = tower_sites[0][: -len(point)]
+        per_head = sorted(p for p in POINTS if "head" in site_axes(stem + p))
         raise ValueError(f"heads=True needs a per-head point ({per_head}); {point!r} has no head axis")
     if layers is None:
         layers = range(num_layers)
@@ -156,11 +159,10 @@ def _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_i
     if not layers:
         raise ValueError("layers is empty")
     layers = tuple(i % num_layers for i in layers)
-    site_names = tuple(sites_lib.layer_site(tower, i, point) for i in layers)
-    known = set(model.site_names())
-    missing = [s for s in site_names if s not in known]
-    if missing:
-        raise ValueError(f"site {missing[0]!r} is not in this model's site table")
+    if len(tower_sites) != num_layers:
+        raise ValueError(f"the {tower!r} tower has {num_layers} layers but {len(tower_sites)} "
+                         f"{point!r} sites in this model's site table")
+    site_names = tuple(tower_sites[i] for i in layers)
     clean_shape, corrupt_shape = np.shape(clean_inputs), np.shape(corrupt_inputs)
     if clean_shape != corrupt_shape:
         raise ValueError(
@@ -168,6 +170,17 @@ def _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_i
             "differ; patching pairs positions one to one, so both must have the same shape"
         )
     return _Plan(tower, point, axes, bool(heads), layers, site_names, num_layers, direction)
+
+
+def _one_shape(acts, site_names) -> tuple[int, ...]:
+    """The one shape the swept sites share; a hierarchical tower's stages differ in tokens and
+    width, and a sweep's positions mean the same thing at every layer, so it stays in one stage."""
+    shapes = {s: tuple(acts[s].shape) for s in site_names}
+    if len(set(shapes.values())) > 1:
+        raise ValueError("the swept sites differ in shape, so their positions are not the same: "
+                         + ", ".join(f"{s} {v}" for s, v in shapes.items())
+                         + "; sweep the layers of one shape (one stage of a hierarchical tower) at a time")
+    return shapes[site_names[0]]
 
 
 def _positions(plan: _Plan, num: int, positions) -> tuple[int, ...]:
@@ -325,9 +338,9 @@ def causal_effect(
     """
     plan = _plan(model, tower, point, heads, layers, direction, clean_inputs, corrupt_inputs)
     base_in, base_mask, src_in, src_mask = _orient(plan, clean_inputs, corrupt_inputs, text_mask)
-    entering = tuple(sites_lib.layer_site(tower, i, "resid_pre") for i in plan.layers)
+    entering = tuple(sites_lib.layer_sites(model.site_names(), tower, "resid_pre")[i] for i in plan.layers)
     metric = as_metric(metric)
-    model, variables, scanned = programs.scanned(model, variables)
+    model, variables, scanned = programs.scanned(model, variables, tower)
 
     # The two unpatched runs, once: the base run's residual entering every swept layer is the
     # clean prefix that every patch of that layer reuses.
@@ -336,7 +349,7 @@ def causal_effect(
     batch = np.shape(base_in)[0]
     _check_metric(base_metric, batch)
 
-    shape = src_acts[plan.sites[0]].shape
+    shape = _one_shape(src_acts, plan.sites)
     num = _num_positions(plan, shape)
     pos = _positions(plan, num, positions)
     num_heads = _num_heads(plan, shape)
@@ -401,6 +414,9 @@ def attribution_effect(
         sharding = parallel.data_sharding(mesh) if split else parallel.replicated(mesh)
         inputs = jax.device_put(tuple(None if x is None else np.asarray(x) for x in inputs), sharding)
         variables, metric = parallel.keep_or_replicate((variables, metric), mesh)
+    _, acts = jax.eval_shape(lambda v, x, m: model.apply(v, tower, x, m, capture=plan.sites, method="encode"),
+                             variables, inputs[0], inputs[1])
+    _one_shape(acts, plan.sites)
     every, base_metric, src_metric = programs.attribution_jit(
         model, variables, tower, metric, plan.sites, plan.axes, plan.heads, *inputs)
     # every position: [B, L, T(, H)]

@@ -91,8 +91,8 @@ def patched_metric(model, variables, tower, point, layer, chunk_size, metric, h,
 
     def one(where):
         patch = edits_lib.Replace(source, where)
-        if isinstance(layer, int):
-            edit = {sites_lib.layer_site(tower, layer, point): patch}
+        if isinstance(layer, int):  # the layer's own name: a hierarchical tower's block too
+            edit = {sites_lib.layer_sites(model.site_names(), tower, point)[layer]: patch}
         else:
             edit = {sites_lib.layer_site(tower, "*", point): edits_lib.AtLayer(layer, patch)}
         out, _ = model.apply(variables, tower, h, start=layer, mask=stage_mask, edits=edit,
@@ -141,19 +141,23 @@ def sweeps(mesh):
             jax.jit(body, static_argnames=STATIC + ("layer",)))
 
 
-def scanned(model, variables):
+def scanned(model, variables, tower: str):
     """``(model, variables, scanned)``: with every tower's layers stacked, so that the sweep's
     layer is an array (one compiled program for all layers); models without ``execution`` come
-    back as they are (``scanned`` False) and sweep with one program per layer, as do models whose
-    class sets ``SCAN_SWEEPS = False`` (a stack that cannot run scanned, e.g. OPT's)."""
+    back as they are (``scanned`` False) and sweep with one program per layer, as do towers a
+    model cannot run scanned: ``SCAN_SWEEPS = False`` on its class (a stack that cannot run
+    scanned, e.g. OPT's) or ``scans(tower)`` False (a hierarchical tower whose blocks change
+    shape between stages). A model whose params stack only in part stacks them with its own
+    ``stack_params``."""
     execution = getattr(model, "execution", None)
-    if execution is None or not getattr(model, "SCAN_SWEEPS", True):
+    scans = getattr(model, "scans", lambda _: True)
+    if execution is None or not getattr(model, "SCAN_SWEEPS", True) or not scans(tower):
         return model, variables, False
     if execution.scan_layers:
         return model, variables, execution is not None
     stacked = dataclasses.replace(execution, scan_layers=True)
-    params = stack_layer_params(variables["params"])
-    return model.clone(execution=stacked), {**variables, "params": params}, True
+    stack = getattr(model, "stack_params", stack_layer_params)
+    return model.clone(execution=stacked), {**variables, "params": stack(variables["params"])}, True
 
 
 def attribution(model, variables, tower, metric, site_names, axes, heads, base_in, base_mask,

@@ -73,23 +73,43 @@ def readout_index(model, params, tower: str, inputs) -> np.ndarray:
 
 def readout_reps(model, params, tower: str, keys: tuple[str, str | None], batch: dict, site: str,
                  chunk: int = 256, gather: bool = False) -> np.ndarray:
-    """``site`` at each row's readout token, ``[N, D]``, read in chunks of ``chunk`` rows as
-    ``mean_reps`` (with ``gather``: every process's rows)."""
+    """``site`` at each row's readout token (the token mean for a tower that ``pools_mean``),
+    ``[N, D]``, read in chunks of ``chunk`` rows as ``mean_reps`` (with ``gather``: every
+    process's rows)."""
     input_key, mask_key = keys
     names = _inputs(batch, keys)
     n = len(batch[input_key])
     batches = ({k: batch[k][s:s + chunk] for k in names} for s in range(0, n, chunk))
     tokens = collect_activations(tower_apply(model, tower, input_key, mask_key), batches, (site,),
                                  params={"params": params}, reduce=every_token, mask_key=mask_key)[site]
-    local = tokens[np.arange(n), readout_index(model, params, tower, batch[input_key])]
+    if pools_mean(model, tower):
+        local = tokens.mean(1)
+    else:
+        local = tokens[np.arange(n), readout_index(model, params, tower, batch[input_key])]
     return parallel.gather_rows(local) if gather else local
 
 
-def readout_mask(model, params, tower: str, inputs) -> Along:
+def readout_mask(model, params, tower: str, inputs, site: str | None = None) -> Along:
     """The readout token of each input as an edit's ``where`` at the tower's residual sites: a
     ``[N, T]`` mask named ``(batch, token)``, so ``Replace(value, readout_mask(...))`` patches only
-    what the readout reads. ``T``: the residual stream's tokens (the embedding's shape; nothing
-    runs)."""
-    h, _ = jax.eval_shape(lambda p, x: model.apply({"params": p}, tower, x, method="embed"), params, inputs)
+    what the readout reads; every token for a tower that pools their mean (``pools_mean``). ``T``:
+    the tokens at ``site`` (default: the embedding's, which every layer of a plain tower keeps; a
+    hierarchical tower's stages have fewer). Only shapes are computed: nothing runs."""
+    if site is None:
+        h, _ = jax.eval_shape(lambda p, x: model.apply({"params": p}, tower, x, method="embed"), params, inputs)
+    else:
+        _, acts = jax.eval_shape(lambda p, x: model.apply({"params": p}, tower, x, capture=(site,),
+                                                          method="encode"), params, inputs)
+        h = acts[site]
+    tokens = np.arange(h.shape[1])[None]
+    if pools_mean(model, tower):
+        return along(np.ones((len(inputs), h.shape[1]), bool), "batch", "token")
     index = readout_index(model, params, tower, inputs)
-    return along(np.arange(h.shape[1])[None] == index[:, None], "batch", "token")
+    return along(tokens == index[:, None], "batch", "token")
+
+
+def pools_mean(model, tower: str) -> bool:
+    """Whether ``tower``'s readout pools the mean of its final tokens (CLAP's audio tower) instead
+    of reading one token: its readout "token" is then every token, and a readout representation
+    their mean."""
+    return bool(getattr(model, "pools_mean", lambda _: False)(tower))

@@ -115,7 +115,7 @@ def steer(model, params, tower: str, inputs, mask, labels: np.ndarray, site: str
            "scale": np.full((len(alphas) + 1) * len(targets), scale, np.float32)}
     direct_preds = steered_predictions(model, variables, tower, inputs, mask, EditEq5(site), eq5,
                                        family)["f"].reshape(len(targets), len(alphas) + 1, -1)
-    where = readout_mask(model, params, tower, inputs).value
+    where = readout_mask(model, params, tower, inputs, site).value
     ap = {"mean": means[targets].astype(np.float32), "where": np.stack([where] * len(targets))}
     ap_preds = steered_predictions(model, variables, tower, inputs, mask, EditAP(site), ap, family)["f"]
     keep = labels >= 0

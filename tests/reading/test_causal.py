@@ -256,7 +256,7 @@ def test_error_unknown_point(clip):
         causal_effect(model, variables, "vision", clean, corrupt, logit_diff, point="resid_pr")
     with pytest.raises(ValueError, match="no head axis"):
         causal_effect(model, variables, "vision", clean, corrupt, logit_diff, heads=True)
-    with pytest.raises(ValueError, match="not in this model's site table"):
+    with pytest.raises(ValueError, match="no 'vision' layer has a 'xattn.z' site"):
         causal_effect(model, variables, "vision", clean, corrupt, logit_diff, point="xattn.z")
 
 

@@ -53,7 +53,7 @@ from mrepe_jax.models.convert import (
     to_numpy,
 )
 from mrepe_jax.models.execution import Execution
-from mrepe_jax.models.layer_stack import stack_layer_params, unstack_layer_params
+from mrepe_jax.models.layer_stack import unstack_layer_params
 
 TEXT_LAYER = r"text_model\.encoder\.layers\.\d+"
 AUDIO = r"audio_model\.audio_encoder"
@@ -164,7 +164,7 @@ def convert_state_dict(state_dict: Mapping, config: ClapConfig, source: str = "c
 def stack_text_layers(params) -> dict:
     """Per-layer params -> the layout of ``ClapModel(execution=Execution(scan_layers=True))``: the
     text tower's layers stacked (the audio stages never are)."""
-    return {**params, "text_model": stack_layer_params(params["text_model"])}
+    return ClapModel.stack_params(params)
 
 
 def from_torch_model(hf_model) -> tuple[ClapModel, dict]:

@@ -81,6 +81,21 @@ class ClapModel(ContrastiveTowers):
         return {"audio": self.config.audio_config.num_blocks,
                 "text": self.config.text_config.num_hidden_layers}
 
+    def scans(self, tower: str) -> bool:
+        """Whether ``tower`` can run as one scanned stack (a patching sweep's traced layer): the
+        text tower can; the audio tower's blocks change shape between stages, so never."""
+        return tower != "audio"
+
+    def pools_mean(self, tower: str) -> bool:
+        """The audio tower pools the mean of its final tokens (HTSAT's avgpool), not one token."""
+        return tower == "audio"
+
+    @staticmethod
+    def stack_params(params) -> dict:
+        """Per-layer params -> the layout of ``Execution(scan_layers=True)``: the text tower's
+        layers stacked; the audio stages (also ``layers/{s}``) never are."""
+        return {**params, "text_model": layer_stack.stack_layer_params(params["text_model"])}
+
     def site_names(self) -> tuple[str, ...]:
         return (hierarchical_site_names("audio", self.config.audio_config.depths)
                 + tower_site_names("text", self.config.text_config.num_hidden_layers))
