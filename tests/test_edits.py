@@ -237,3 +237,17 @@ def test_non_finite_edits_are_refused_but_minus_inf_attention_bias_is_allowed(cl
         run(clip, {"vision.layers.0.attn.logits": AttnBias(jnp.zeros(5).at[0].set(jnp.inf))})
     out, _ = run(clip, {"vision.layers.0.attn.logits": AttnBias(jnp.zeros(5).at[0].set(-jnp.inf))})
     assert np.all(np.isfinite(out["image_embeds"]))
+
+
+def test_attn_bias_is_added_before_the_scaling():
+    """Eq 7 as the paper writes it: softmax((Q K^T + M_c) / sqrt(d_k)), recomputed from the
+    captured q and k (a bias added after the scaling gives another pattern)."""
+    model, v, pixels, ids, mask = tiny_clip()
+    pre = "vision.layers.0.attn"
+    bias = jnp.asarray([0.0, 3.0, -2.0, 1.0, 0.5])
+    _, acts = model.apply(v, pixels, ids, mask, edits={f"{pre}.logits": AttnBias(bias)},
+                          capture=(f"{pre}.q", f"{pre}.k", f"{pre}.pattern"))
+    q, k = (np.asarray(acts[f"{pre}.{p}"], np.float64) for p in "qk")
+    scores = (np.einsum("bqhd,bkhd->bhqk", q, k) + np.asarray(bias)) / np.sqrt(q.shape[-1])
+    want = np.exp(scores - scores.max(-1, keepdims=True))
+    np.testing.assert_allclose(acts[f"{pre}.pattern"], want / want.sum(-1, keepdims=True), atol=1e-5)

@@ -1,4 +1,4 @@
-"""PNG plots for reports (side effects only: data in, file out)."""
+"""PNG plots for reports: data in, file out (``lines_figure`` builds the figure ``lines`` saves)."""
 
 from __future__ import annotations
 
@@ -59,8 +59,18 @@ def _fit_title(fig, ax, title: str) -> None:
 
 def lines(series: dict, path: Path, *, title: str, xlabel: str, ylabel: str,
           logx: bool = False) -> Path:
-    """One line per ``{label: (x, y)}`` or ``{label: (x, y, yerr)}`` (error bars); a label ending
-    in ``"(dashed)"`` is drawn dashed, without that suffix in the legend."""
+    """Writes ``lines_figure(series, ...)`` to ``path`` (PNG)."""
+    fig = lines_figure(series, title=title, xlabel=xlabel, ylabel=ylabel, logx=logx)
+    if is_primary():
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def lines_figure(series: dict, *, title: str, xlabel: str, ylabel: str, logx: bool = False):
+    """The figure ``lines`` writes, returned, nothing saved (the caller closes it): one line per
+    ``{label: (x, y)}`` or ``{label: (x, y, yerr)}`` (error bars); a label ending in
+    ``"(dashed)"`` is drawn dashed, without that suffix in the legend."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, (x, y, *err) in series.items():
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -78,10 +88,7 @@ def lines(series: dict, path: Path, *, title: str, xlabel: str, ylabel: str,
     if series:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    if is_primary():
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def learning_curves(curves: dict, path: Path, *, title: str) -> Path:

@@ -45,12 +45,27 @@ def test_zero_strength_interventions_are_identities(tiny):
         np.testing.assert_array_equal(np.asarray(out[key]), np.asarray(clean[key]))
 
 
+def test_site_scale_is_the_mean_norm_over_the_last_axis_of_a_hand_built_array():
+    # [N=2, T=2, D=4] rows with whole norms 5, 10, 3, 2 over D: mean 5. Over another axis the mean
+    # differs (2.99 over N, 3.5 over T).
+    reps = np.array([[[3, 4, 0, 0], [0, 0, 6, 8]],
+                     [[1, 2, 2, 0], [0, 0, 0, 2]]], np.float32)
+    assert site_scale(reps) == pytest.approx(5.0, rel=1e-12)
+    assert site_scale(np.array([[3.0, 4.0], [6.0, 8.0], [0.0, 1.0]])) == pytest.approx(16 / 3, rel=1e-12)
+
+
 def test_direct_adds_alpha_times_scale_along_the_unit_direction(tiny):
     model, v, pixels, ids, mask, _, acts = tiny
     d = _direction()
     scale = site_scale(acts[SITE])
+    # The expectation's scale is computed here, not by site_scale: the mean over rows and tokens of
+    # sqrt(sum over D of r^2), in float64.
+    reps = np.asarray(acts[SITE], np.float64)  # [B, T, D]
+    want_scale = float(np.mean(np.sqrt(np.sum(reps * reps, axis=2))))
+    assert reps.ndim == 3 and scale == pytest.approx(want_scale, rel=1e-9)
     _, edited = model.apply(v, pixels, ids, mask, edits=direct(SITE, 5 * d, 0.1, scale), capture=(SITE,))
-    want = acts[SITE] + 0.1 * scale * d / jnp.linalg.norm(d)
+    unit = np.asarray(d, np.float64) / np.sqrt(np.sum(np.asarray(d, np.float64) ** 2))
+    want = reps + 0.1 * want_scale * unit
     np.testing.assert_allclose(np.asarray(edited[SITE]), np.asarray(want), atol=1e-5)
     default = direct(SITE, d, scale=scale)[SITE]  # the paper's alpha, 0.1
     assert float(default.alpha) == pytest.approx(0.1)

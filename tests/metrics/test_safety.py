@@ -47,6 +47,8 @@ def test_vas_is_the_mean_over_values_of_mean_scores():
 
 def test_adversarial_robustness_is_the_agreement_rate():
     assert adversarial_robustness(np.array([0, 1, 2, 3]), np.array([0, 2, 2, 1])) == 0.5
+    # Not 1/2: agreement and disagreement rates differ here, so "==" and "!=" cannot both pass.
+    assert adversarial_robustness(np.array([0, 1, 2]), np.array([0, 1, 0])) == 2 / 3
 
 
 def test_bad_metric_inputs_are_clear_errors():

@@ -25,6 +25,19 @@ def test_matches_the_exact_sign_flip_distribution(shift):
     assert abs(p - exact_p(a, b)) < 0.015, (p, exact_p(a, b))
 
 
+@pytest.mark.parametrize("n", [1, 99, 999])
+def test_a_maximal_effect_gives_the_floor_one_over_one_plus_n_never_zero(n):
+    """Every difference positive (N = 64): only the all-equal sign draws (2 in 2**64) reach the
+    observed mean, so no resample is as extreme and p is exactly the floor 1 / (1 + n) (the
+    observed assignment counts as a draw), never 0: equal to it up to float32 rounding, so
+    neither 0 (a dropped +1) nor 2 / (1 + n) passes."""
+    a = np.arange(64.0) + 10.0
+    p = paired_permutation_test(a, np.zeros(64), jax.random.key(3), num_permutations=n)
+    assert p == pytest.approx(1 / (1 + n), rel=1e-6) and p > 0  # float32 division: 1e-6
+    flipped = paired_permutation_test(np.zeros(64), a, jax.random.key(4), num_permutations=n)
+    assert flipped == pytest.approx(1 / (1 + n), rel=1e-6)  # two-sided: the sign of the effect does not matter
+
+
 def test_identical_samples_give_p_one_and_errors_are_clear():
     a = np.arange(6.0)
     assert paired_permutation_test(a, a, jax.random.key(1), 500) == 1.0

@@ -134,18 +134,25 @@ def test_subset_of_layers_and_positions(clip):
 
 
 def test_attribution_close_to_exact_for_small_perturbations(clip):
-    """First order: for r' - r0 = O(eps), exact - attribution = O(eps^2)."""
+    """First order: for r' - r0 = O(eps), exact - attribution = O(eps^2). Halving eps (0.1 ->
+    0.05) halves the effects and quarters the error: measured ratios 2.03-2.11 and 3.8-4.0
+    (asserted 1.7-2.3 and >= 3: an error of first order would halve too), and the error at 0.05
+    is 0.5-2.4 % of the effects (asserted < 5 %)."""
     model, variables, clean, _ = clip
-    corrupt = clean + 1e-3 * jax.random.normal(jax.random.PRNGKey(3), clean.shape)
+    noise = jax.random.normal(jax.random.PRNGKey(3), clean.shape)
     for point, heads in [("resid_pre", False), ("attn.z", True)]:
-        ex = causal_effect(model, variables, "vision", clean, corrupt, logit_diff, point=point,
-                           heads=heads)
-        at = attribution_effect(model, variables, "vision", clean, corrupt, logit_diff,
-                                point=point, heads=heads)
-        assert at.effects.shape == ex.effects.shape
-        scale = float(jnp.abs(ex.per_example).max())
-        assert scale > 0
-        np.testing.assert_allclose(at.per_example, ex.per_example, atol=0.05 * scale)
+        scales, errors = [], []
+        for eps in (0.1, 0.05):
+            corrupt = clean + eps * noise
+            ex = causal_effect(model, variables, "vision", clean, corrupt, logit_diff, point=point, heads=heads)
+            at = attribution_effect(model, variables, "vision", clean, corrupt, logit_diff, point=point,
+                                    heads=heads)
+            assert at.effects.shape == ex.effects.shape
+            scales.append(float(jnp.abs(ex.per_example).max()))
+            errors.append(float(jnp.abs(at.per_example - ex.per_example).max()))
+        assert errors[1] < 0.05 * scales[1], (point, errors, scales)
+        assert 1.7 < scales[0] / scales[1] < 2.3, (point, scales)
+        assert errors[0] / errors[1] >= 3.0, (point, errors)
 
 
 # ---------------------------------------------------------------------------------------------

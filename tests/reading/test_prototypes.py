@@ -81,6 +81,18 @@ def test_fit_threshold_overlap_and_errors():
         P.fit_threshold([0.1], [0.2], "accuracy")
 
 
+def test_fit_threshold_breaks_ties_toward_the_smallest_tau():
+    """Scores neg 0.1 < pos 0.3 < neg 0.5 < pos 0.7: tau = 0.2 (TPR 1, TNR 1/2) and tau = 0.6
+    (TPR 1/2, TNR 1) both reach balanced accuracy 3/4, exactly; the docstring promises the smaller."""
+    pos, neg = np.array([0.3, 0.7]), np.array([0.1, 0.5])
+    # Balanced accuracy of every candidate, by hand: the maximum is shared by 0.2 and 0.6.
+    ba = {t: 0.5 * (np.mean(pos > t) + np.mean(neg <= t)) for t in (0.0, 0.2, 0.4, 0.6, 0.7)}
+    assert ba[0.2] == ba[0.6] == max(ba.values()) == 0.75
+    assert P.fit_threshold(pos, neg) == pytest.approx(0.2)
+    # Shifted below zero (neg -0.5 < pos 0.1 < neg 0.3 < pos 0.5): the tie is -0.2 and 0.4.
+    assert P.fit_threshold(np.array([0.1, 0.5]), np.array([-0.5, 0.3])) == pytest.approx(-0.2)
+
+
 def test_fit_threshold_keeps_the_example_it_was_fitted_to_include():
     pos, neg = np.array([0.1, 0.5, 0.6], np.float32), np.array([0.3], np.float32)
     tau = P.fit_threshold(pos, neg, "f1")  # F1 is best with every positive in (tau below 0.1)

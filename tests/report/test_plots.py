@@ -1,14 +1,38 @@
-"""Report plots: files written, malformed series named."""
+"""Report plots: the figures drawn (artists, styles, labels), files written, malformed series named."""
 
 import numpy as np
 import pytest
 
-from mrepe_jax.report.plots import learning_curves, lines
+from mrepe_jax.report.plots import learning_curves, lines, lines_figure, plt
+
+SERIES = {"a": ([0.1, 1.0], [0.2, 0.8], [0.05, 0.1]), "b (dashed)": ([0.1, 1.0], [0.9, 0.7])}
+
+
+def test_lines_figure_draws_error_bars_dashed_series_and_labels():
+    fig = lines_figure(SERIES, title="t", xlabel="alpha", ylabel="share", logx=True)
+    try:
+        (ax,) = fig.axes
+        a, b = ax.containers  # one ErrorbarContainer per series, in order
+        assert a.has_yerr and not b.has_yerr and not a.has_xerr
+        a_line, b_line = a.lines[0], b.lines[0]
+        assert a_line.get_linestyle() == "-" and b_line.get_linestyle() == "--"
+        np.testing.assert_array_equal(a_line.get_xdata(), [0.1, 1.0])
+        np.testing.assert_array_equal(a_line.get_ydata(), [0.2, 0.8])
+        np.testing.assert_array_equal(b_line.get_ydata(), [0.9, 0.7])
+        # Series a's bars: vertical segments from y - yerr to y + yerr at each x.
+        (bars,) = a.lines[2]
+        np.testing.assert_allclose(np.asarray(bars.get_segments()),
+                                   [[[0.1, 0.15], [0.1, 0.25]], [[1.0, 0.7], [1.0, 0.9]]])
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]  # suffix dropped
+        assert [a.get_label(), b.get_label()] == ["a", "b"]
+        assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale()) == ("t", "alpha", "share", "log")
+    finally:
+        plt.close(fig)
 
 
 def test_lines_write_a_png_with_error_bars_and_dashed_series(tmp_path):
-    path = lines({"a": ([0.1, 1.0], [0.2, 0.8], [0.05, 0.1]), "b (dashed)": ([0.1, 1.0], [0.9, 0.7])},
-                 tmp_path / "dose.png", title="t", xlabel="alpha", ylabel="share", logx=True)
+    path = lines(SERIES, tmp_path / "dose.png", title="t", xlabel="alpha", ylabel="share", logx=True)
+    assert path == tmp_path / "dose.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 1000
     assert learning_curves({"x": np.linspace(1, 0, 5)}, tmp_path / "c.png", title="t").stat().st_size > 1000
 

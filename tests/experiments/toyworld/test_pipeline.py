@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.multiprocess import finish, launch_two
@@ -135,6 +136,73 @@ def test_pipeline_writes_results_and_report(single):
     assert "reused_stages" not in results
 
 
+def _softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _cmc_by_hand(e_i, e_j, prompts: dict, scale: float) -> float:
+    """Eq 8 transcribed in numpy (float64): ``1 - JSD`` in bits between the zero-shot softmaxes
+    at ``scale`` of paired embeddings, averaged over the families and the pairs."""
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    def kl_bits(a, m):  # sum of a log2(a / m), with 0 log 0 = 0
+        return np.sum(np.where(a > 0, a * np.log2(np.where(a > 0, a, 1) / m), 0), -1)
+
+    sims = []
+    for p in prompts.values():
+        p = unit(np.asarray(p, np.float64))
+        f_i, f_j = (_softmax(scale * unit(np.asarray(e, np.float64)) @ p.T) for e in (e_i, e_j))
+        m = (f_i + f_j) / 2
+        sims.append(1 - (kl_bits(f_i, m) + kl_bits(f_j, m)) / 2)
+    return float(np.mean(sims))
+
+
+def test_saved_clip_and_maps_give_back_the_reported_cmc_and_zero_shot_accuracy(single, tmp_path):
+    """Figures recomputed from the run's artifacts, outside the stages: the CLIP restored from its
+    checkpoint (copied: the shared workdir stays as the run left it), the test split encoded
+    afresh, eq 8 by hand, the saved Text-Image eq 4 maps applied; against results.json."""
+    import shutil
+
+    import jax
+
+    from configs.toyworld import get_config
+    from mrepe_jax.align.mapped import load_map
+    from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
+    from mrepe_jax.experiments.toyworld import pipeline
+    from mrepe_jax.experiments.toyworld import seeds as run_seeds
+    from mrepe_jax.train.toyclip import MAX_LOGIT_SCALE
+    from mrepe_jax.train.zero_shot import prompt_embeddings
+
+    workdir = single[0]
+    results = json.loads((workdir / "results.json").read_text())
+    assert json.loads(json.dumps(get_config("tiny").to_dict())) == results["config"]
+    config = run_seeds.apply(get_config("tiny"))
+    world = ToyWorld(ToyWorldConfig(**config.world.to_dict()))
+    shutil.copytree(workdir / "checkpoints" / "toyclip", tmp_path / "checkpoints" / "toyclip")
+    model, params, info = pipeline.load_or_train(world, config, tmp_path, progress=False)
+    assert info["steps_run"] == 0 and info["steps"] == results["training"]["steps"]  # restored, not retrained
+    n = config.eval.num_test
+    batch, labels = world.batch(range(n), split="test"), world.labels(range(n), "test")
+    encode = jax.jit(lambda tower, *x: model.apply({"params": params}, tower, *x, method="encode")[0],
+                     static_argnums=0)  # the {tower}.proj sites: jit'd, seconds faster than eager
+    emb = {"vision": np.asarray(encode("vision", batch["image"])),
+           "text": np.asarray(encode("text", batch["input_ids"], batch["attention_mask"]))}
+    prompts = prompt_embeddings(model, params, world)
+    for family in ("colour", "shape"):
+        pred = np.argmax(emb["vision"] @ prompts[family].T, -1)
+        assert results["zero_shot"]["vision"][family] == pytest.approx(np.mean(pred == labels[family]), abs=1e-9)
+    scale = min(float(np.exp(params["logit_scale"])), MAX_LOGIT_SCALE)
+    row = results["alignment"]["cmc"]["Text-Image"]
+    assert row["baseline"] == pytest.approx(_cmc_by_hand(emb["text"], emb["vision"], prompts, scale), abs=1e-5)
+    for k, seed in enumerate(results["alignment"]["seeds"]):
+        phi = load_map(workdir / "maps" / f"text_to_vision_proj_seed{seed}")
+        mapped = np.asarray(phi(emb["text"], site="text.proj"))
+        assert row["mrepe"][k] == pytest.approx(_cmc_by_hand(mapped, emb["vision"], prompts, scale), abs=1e-5)
+
+
 @pytest.mark.slow
 def test_a_rerun_resumes_and_reuses_the_figures(single):
     """Slow (~20 s on top of the shared run): ``make test-slow``. The hard-world test below
@@ -164,15 +232,48 @@ HARD_TITLES = ("ToyWorld CLIP: held-out zero-shot accuracy — hard world",
                "Claims — hard world", "Default vs hard world")
 
 
+def report_section(report: str, title: str) -> str:
+    """The text of the report's section ``## {title}``, up to the next ``## `` heading."""
+    start = report.index(f"## {title}\n")
+    end = report.find("\n## ", start + 1)
+    return report[start:] if end < 0 else report[start:end]
+
+
 def test_the_report_renders_the_hard_world_beside_the_default(single):
+    """The hard world gets figures of its own (a perturbed copy of the default's), and each shows
+    in the hard world's sections, not the default's, and the default's stay where they were."""
+    import copy
+
     from mrepe_jax.experiments.toyworld.report import document as toyworld_report
 
     results = json.loads((single[0] / "results.json").read_text())
-    hard = {k: results[k] for k in ("training", "zero_shot", "identification", "alignment", "control",
-                                    "safety", "efficiency")}
+    hard = copy.deepcopy({k: results[k] for k in ("training", "zero_shot", "identification", "alignment",
+                                                  "control", "safety", "efficiency")})
+    hard["training"]["steps"] = 77
+    hard["zero_shot"] = {m: {f: 0.111 for f in fam} for m, fam in hard["zero_shot"].items()}
+    # A gap of 0.997: no other pair's can be larger, so it is the comparison's largest.
+    hard["alignment"]["cmc"]["Text-Image"]["baseline"] = 0.999
+    hard["alignment"]["cmc"]["Text-Image"]["mrepe"] = [0.001, 0.003]
+    default_base = f"{results['alignment']['cmc']['Text-Image']['baseline']:.3f}"
+    default_worst = min(min(v.values()) for v in results["zero_shot"].values())
+    assert default_base != "0.999" and results["training"]["steps"] != 77 and f"{default_worst:.3f}" != "0.111"
     report = toyworld_report.render({**results, "hard": {**hard, "world": {"distractors": 2}}})
     for title in HARD_TITLES:
         assert f"## {title}" in report
+    zs_default = report_section(report, "ToyWorld CLIP: held-out zero-shot accuracy")
+    zs_hard = report_section(report, "ToyWorld CLIP: held-out zero-shot accuracy — hard world")
+    assert "trained 77 steps" in zs_hard and "trained 4 steps" in zs_default
+    assert "| colour | 0.111 | 0.111 | 0.111 |" in zs_hard and "| minimum | 0.111 | 0.111 | 0.111 |" in zs_hard
+    assert "0.111" not in zs_default
+    t2_default = report_section(report, "Table 2: cross-modal consistency (CMC, eq 8) — default world")
+    t2_hard = report_section(report, "Table 2: cross-modal consistency (CMC, eq 8) — hard world")
+    assert f"| Text-Image | {default_base} |" in t2_default and "| Text-Image | 0.999 |" not in t2_default
+    assert "| Text-Image | 0.999 | 0.002 ± 0.001 | -99.8% |" in t2_hard, t2_hard
+    versus = report_section(report, "Default vs hard world")
+    assert f"Worst zero-shot accuracy: default {default_worst:.3f}, hard 0.111." in versus
+    assert ("- hard world: Table 2's largest |MRepE - Baseline| is 0.997 (Text-Image), more than the "
+            "seed std there (0.001)") in versus
+    assert "- default world: Table 2's largest |MRepE - Baseline| is 0.997" not in versus
 
 
 def test_claims_follow_the_figures_they_quote(single):
