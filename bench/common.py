@@ -151,6 +151,31 @@ def vision_forward_flops(config, batch: int) -> int:
     return batch * per_image
 
 
+def clap_audio_forward_flops(c, projection_dim: int, batch: int, frames: int) -> int:
+    """One forward of an unfused CLAP audio tower (``c``: our ``ClapAudioConfig``) on ``batch``
+    clips of ``frames`` feature frames, to the projection: the bicubic time resize (one matmul, when
+    ``frames < spec_width``), the patch convolution, per block q/k/v, QK^T and PV over the windows
+    of the padded grid, the attention output and the MLP, each patch merging, the projection's two
+    Linears."""
+    if c.enable_fusion:
+        raise ValueError("clap_audio_forward_flops counts unfused towers only (no fusion branch)")
+    resize = 2 * c.spec_width * frames * c.num_mel_bins * c.input_channels if frames < c.spec_width else 0
+    (p0, p1), (gh, gw) = c.patch_hw, c.grid
+    total = resize + 2 * gh * gw * p0 * p1 * c.input_channels * c.patch_embeds_hidden_size
+    for s, (dim, (h, w)) in enumerate(zip(c.stage_dims, c.stage_resolutions)):
+        window = c.window_size  # the config refuses a window larger than a stage's grid
+        tokens = (-(-h // window) * window) * (-(-w // window) * window)
+        block = (2 * tokens * dim * 3 * dim  # q, k, v
+                 + 2 * 2 * tokens * window * window * dim  # QK^T and PV, every window and head
+                 + 2 * tokens * dim * dim  # attention output
+                 + 2 * 2 * tokens * dim * c.mlp_dim(s))  # MLP
+        total += c.depths[s] * block
+        if s < c.num_stages - 1:
+            total += 2 * (h * w // 4) * 4 * dim * 2 * dim  # patch merging: 4C -> 2C per 2x2 group
+    total += 2 * c.num_features * projection_dim + 2 * projection_dim * projection_dim
+    return batch * total
+
+
 # ----------------------------------------------------------------------------------------------
 # Timing: the one way the benches and the report's Table 5 time calls (``mrepe_jax.metrics.cost``
 # imports no JAX at module level). Every callable timed must block until its work is done.
