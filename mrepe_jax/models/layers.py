@@ -58,6 +58,22 @@ class Intermediate(nn.Module):
         return site.bind(self)("mlp.hidden", h)
 
 
+class DenseAddNorm(nn.Module):
+    """BERT's ``SelfOutput`` / ``Output`` (the Q-Former's, RoBERTa's): ``LayerNorm(dense(x) +
+    residual)``, with the sites ``out_point`` (the dense output, before the residual add) and
+    ``resid_point`` (the normalised sum). ``site``: the layer's sites."""
+
+    features: int
+    epsilon: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, residual, site, out_point: str, resid_point: str):
+        site = site.bind(self)
+        y = site(out_point, Dense(self.features, dtype=self.dtype, name="dense")(x))
+        return site(resid_point, layer_norm(self.epsilon, "LayerNorm", self.dtype)(y + residual))
+
+
 class DenseParams(nn.Module):
     """The ``kernel``/``bias`` of an ``nn.Dense`` (same names, shapes and initialisers), returned
     instead of applied, so that several projections of one input can run as one matmul."""

@@ -101,11 +101,10 @@ def readout_mask(model, params, tower: str, inputs, site: str | None = None) -> 
         _, acts = jax.eval_shape(lambda p, x: model.apply({"params": p}, tower, x, capture=(site,),
                                                           method="encode"), params, inputs)
         h = acts[site]
-    tokens = np.arange(h.shape[1])[None]
     if pools_mean(model, tower):
         return along(np.ones((len(inputs), h.shape[1]), bool), "batch", "token")
     index = readout_index(model, params, tower, inputs)
-    return along(tokens == index[:, None], "batch", "token")
+    return along(np.arange(h.shape[1])[None] == index[:, None], "batch", "token")
 
 
 def pools_mean(model, tower: str) -> bool:

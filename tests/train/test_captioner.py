@@ -4,12 +4,12 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
 from mrepe_jax.data.toyworld.concepts import FAMILIES
 from mrepe_jax.models.trimodal import TriModalCLIP
 from mrepe_jax.train import captioner, loop, toyclip
+from tests.models.params import flat
 
 
 def clip_cfg(width=16):
@@ -49,9 +49,6 @@ def trained(setup):
     world, clip, clip_params, pool = setup
     return captioner.train(world, clip, clip_params, TRAINED, progress=False, pool=pool)
 
-
-def flat(params):
-    return traverse_util.flatten_dict(jax.device_get(params))
 
 
 def test_pool_holds_the_clip_vision_last_hidden_state(setup):

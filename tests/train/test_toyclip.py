@@ -1,13 +1,12 @@
 """The training loop resumes exactly, and the tri-modal model trains on ToyWorld."""
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from mrepe_jax.data.toyworld import ToyWorld, ToyWorldConfig
 from mrepe_jax.train import loop, toyclip
+from tests.models.params import flat
 
 
 def tiny_cfg(**overrides):
@@ -23,9 +22,6 @@ def world_and_pool():
     world = ToyWorld(ToyWorldConfig())
     return world, toyclip.render_pool(world, 64)
 
-
-def flat(params):
-    return traverse_util.flatten_dict(jax.device_get(params))
 
 
 @pytest.mark.slow  # ~16 s; loop.fit's resume is also checked by test_loop, the captioner and the maps

@@ -60,7 +60,7 @@ import numpy as np
 from mrepe_jax.models import inputs as inputs_lib
 from mrepe_jax.models.attention import dot_product_attention, padding_mask, split_heads, use_fused
 from mrepe_jax.models.execution import Execution
-from mrepe_jax.models.layers import ACT_FNS, Dense, Intermediate, layer_norm
+from mrepe_jax.models.layers import ACT_FNS, Dense, DenseAddNorm, Intermediate, layer_norm
 from mrepe_jax.sites import XATTN_POINTS, LayerSites, SitedModel, Sites, layer_site, tower_site_names
 
 TOWER = "qformer"
@@ -160,21 +160,6 @@ class QFormerMultiHeadAttention(nn.Module):
         return z.reshape(x.shape[:-1] + (d,))
 
 
-class DenseAddNorm(nn.Module):
-    """BERT's ``SelfOutput`` / ``Output`` (HF ``Blip2QFormerSelfOutput``, ``Blip2QFormerOutput``):
-    ``LayerNorm(dense(x) + residual)``, with the sites ``out_point`` (the dense output, before the
-    residual add) and ``resid_point`` (the normalised sum)."""
-
-    config: Blip2QFormerConfig
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, residual, site: LayerSites, out_point: str, resid_point: str):
-        site = site.bind(self)
-        y = site(out_point, Dense(self.config.hidden_size, dtype=self.dtype, name="dense")(x))
-        return site(resid_point, layer_norm(self.config.layer_norm_eps, "LayerNorm", self.dtype)(y + residual))
-
-
 class QFormerAttention(nn.Module):
     """``Blip2QFormerAttention``: ``attention`` (multi-head) then ``output`` (dense + add + LN).
     ``block`` is ``attn`` (self-attention) or ``xattn`` (cross-attention to ``kv``)."""
@@ -188,7 +173,8 @@ class QFormerAttention(nn.Module):
         z = QFormerMultiHeadAttention(self.config, self.dtype, self.execution, name="attention")(
             h, site, block, kv, mask)
         resid = "resid_mid" if block == "attn" else "resid_xmid"
-        return DenseAddNorm(self.config, self.dtype, name="output")(z, h, site, f"{block}_out", resid)
+        out = DenseAddNorm(self.config.hidden_size, self.config.layer_norm_eps, self.dtype, name="output")
+        return out(z, h, site, f"{block}_out", resid)
 
 
 class QFormerLayer(nn.Module):
@@ -210,7 +196,8 @@ class QFormerLayer(nn.Module):
             h = QFormerAttention(c, self.dtype, self.execution, name="crossattention")(
                 h, site, "xattn", image_embeds, image_mask)
         m = Intermediate(c.intermediate_size, c.hidden_act, self.dtype, name="intermediate_query")(h, site)
-        return DenseAddNorm(c, self.dtype, name="output_query")(m, h, site, "mlp_out", "resid_post")
+        out = DenseAddNorm(c.hidden_size, c.layer_norm_eps, self.dtype, name="output_query")
+        return out(m, h, site, "mlp_out", "resid_post")
 
 
 class QFormerLayerCollection(nn.Module):

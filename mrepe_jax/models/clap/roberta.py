@@ -39,7 +39,7 @@ from mrepe_jax.models.attention import padding_mask, self_attention
 from mrepe_jax.models.clap.config import ClapTextConfig
 from mrepe_jax.models.clip.layers import CLIPEncoder
 from mrepe_jax.models.execution import Execution
-from mrepe_jax.models.layers import Dense, DenseParams, Intermediate, layer_norm
+from mrepe_jax.models.layers import Dense, DenseAddNorm, DenseParams, Intermediate, layer_norm
 from mrepe_jax.sites import LayerSites, SitedModel, Sites, tower_site_names
 
 
@@ -85,20 +85,6 @@ class RobertaSelfAttention(nn.Module):
         return self_attention(site.bind(self), qkv, self.config.num_attention_heads, mask, self.execution)
 
 
-class RobertaAddNorm(nn.Module):
-    """BERT's ``SelfOutput`` / ``Output``: ``LayerNorm(dense(x) + residual)``; sites ``out_point``
-    (the dense output) and ``resid_point`` (the normalised sum)."""
-
-    config: ClapTextConfig
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, residual, site: LayerSites, out_point: str, resid_point: str):
-        site = site.bind(self)
-        y = site(out_point, Dense(self.config.hidden_size, dtype=self.dtype, name="dense")(x))
-        return site(resid_point, layer_norm(self.config.layer_norm_eps, "LayerNorm", self.dtype)(y + residual))
-
-
 class RobertaAttention(nn.Module):
     config: ClapTextConfig
     dtype: jnp.dtype = jnp.float32
@@ -107,7 +93,8 @@ class RobertaAttention(nn.Module):
     @nn.compact
     def __call__(self, h, site: LayerSites, mask=None):
         z = RobertaSelfAttention(self.config, self.dtype, self.execution, name="self")(h, site, mask)
-        return RobertaAddNorm(self.config, self.dtype, name="output")(z, h, site, "attn_out", "resid_mid")
+        out = DenseAddNorm(self.config.hidden_size, self.config.layer_norm_eps, self.dtype, name="output")
+        return out(z, h, site, "attn_out", "resid_mid")
 
 
 class RobertaLayer(nn.Module):
@@ -125,7 +112,8 @@ class RobertaLayer(nn.Module):
         h = site("resid_pre", h)
         h = RobertaAttention(c, self.dtype, self.execution, name="attention")(h, site, mask)
         m = Intermediate(c.intermediate_size, c.hidden_act, self.dtype, name="intermediate")(h, site)
-        return RobertaAddNorm(c, self.dtype, name="output")(m, h, site, "mlp_out", "resid_post")
+        out = DenseAddNorm(c.hidden_size, c.layer_norm_eps, self.dtype, name="output")
+        return out(m, h, site, "mlp_out", "resid_post")
 
 
 class RobertaEncoder(CLIPEncoder):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from mrepe_jax.models import hf_files
@@ -15,19 +14,11 @@ from mrepe_jax.models.blip2 import convert as blip2_convert
 from mrepe_jax.models.convert import ConversionError
 from mrepe_jax.models.execution import Execution
 from tests.models.blip2.test_parity import converted, hf_blip2, nhwc, prompt
+from tests.models.params import assert_same_params, flat
 
 NAME = "xattn2_opt2"
 
 
-def flat(params):
-    return traverse_util.flatten_dict(params)
-
-
-def assert_same_params(a, b):
-    a, b = flat(a), flat(b)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(k))
 
 
 @pytest.fixture(scope="module")

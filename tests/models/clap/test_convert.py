@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from mrepe_jax.models.clap import convert as clap_convert
 from mrepe_jax.models.convert import ConversionError
 from mrepe_jax.models.execution import Execution
 from tests.models.clap.hf_tiny import random_inputs, tiny_hf_clap
+from tests.models.params import assert_same_params, flat
 
 torch.set_num_threads(1)
 NAME = "fused"  # the config with every kind of parameter (fusion convolutions and batch norms)
@@ -29,15 +29,6 @@ def converted():
     return clap_convert.from_torch_model(tiny_hf_clap(NAME))
 
 
-def flat(params):
-    return traverse_util.flatten_dict(params)
-
-
-def assert_same_params(a, b):
-    a, b = flat(a), flat(b)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(k))
 
 
 @pytest.fixture(scope="module")

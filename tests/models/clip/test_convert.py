@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from mrepe_jax.models import hf_files
 from mrepe_jax.models.clip import convert as clip_convert
 from mrepe_jax.models.convert import ConversionError
 from tests.models.hf_tiny import random_batch, tiny_hf_clip
+from tests.models.params import flat
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +25,6 @@ def saved_dir(tmp_path, hf_model):
     hf_model.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
     return tmp_path / "ckpt"
 
-
-def flat(params):
-    return traverse_util.flatten_dict(params)
 
 
 def test_load_from_transformers_directory_matches_in_memory(saved_dir, hf_model):
