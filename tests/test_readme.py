@@ -78,3 +78,44 @@ def test_readme_captioning_example_runs():
              "delta": np.ones(16, np.float32)}
     exec(compile(code, str(README), "exec"), scope)
     assert scope["ids"].shape == (4, 3, 15) and scope["said"]["colour"].shape == (4, 3)
+
+
+def _steering_compiles(code: str, runs: int = 3) -> list[int]:
+    """Programs ``steered_predictions`` compiled by each of ``runs`` executions of ``code`` (a
+    notebook cell rerun), on a model of a width no other test uses (so the first run compiles)."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from mrepe_jax.control import evaluate
+    from mrepe_jax.models.clip import CLIPModel
+    from mrepe_jax.models.layers import normalize
+    from tests.models.tiny import CONFIG
+
+    vision = dataclasses.replace(CONFIG.vision_config, intermediate_size=40)
+    model = CLIPModel(dataclasses.replace(CONFIG, vision_config=vision))
+    _, variables, pixels, ids, mask = tiny_clip()
+    variables = model.init(jax.random.key(3), pixels, ids, mask)
+    rng = np.random.default_rng(0)
+    reps = rng.normal(size=(20, 32)).astype(np.float32)
+    prompts = {"colour": np.asarray(normalize(jnp.asarray(rng.normal(size=(3, 16)), jnp.float32)))}
+    counts = []
+    for _ in range(runs):
+        scope = {"model": model, "params": variables["params"], "pixels": pixels, "reps": reps,
+                 "pos": np.arange(20) < 8, "prompts": prompts, "labels": np.array([0, 2])}
+        before = evaluate._predict._cache_size()
+        exec(compile(code, str(README), "exec"), scope)
+        counts.append(evaluate._predict._cache_size() - before)
+    return counts
+
+
+def test_readme_steering_example_rerun_compiles_once():
+    """Issue 30: the README's steering cell, rerun three times, compiles one program. The idiom it
+    warns against (a ``def edits(p)`` in the cell) compiles on every run."""
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[2]
+    assert _steering_compiles(code) == [1, 0, 0]
+    closure = code.replace('edits = DirectEdits("vision.layers.1.resid_post")',
+                           'def edits(p):\n    return DirectEdits("vision.layers.1.resid_post")(p)')
+    assert closure != code
+    assert _steering_compiles(closure) == [1, 1, 1]

@@ -1,17 +1,26 @@
 """Evaluating interventions (Table 3): zero-shot predictions under many interventions in one
 compiled call, the success rate of a steering target, and the collateral damage beside it.
 
-    def edits_fn(p):                                  # p: one intervention's arrays
-        return direct("vision.layers.1.resid_post", p["direction"], p["alpha"], scale)
-
-    interventions = {"direction": jnp.stack([d] * 5), "alpha": jnp.linspace(0, 1, 5)}
+    edits_fn = DirectEdits("vision.layers.1.resid_post")   # eq 5 from each intervention's arrays
+    interventions = {"delta": jnp.stack([d] * 5), "alpha": jnp.linspace(0, 1, 5),
+                     "scale": jnp.full(5, scale)}
     preds = steered_predictions(model, variables, "vision", pixels, None, edits_fn,
                                 interventions, prompts)          # {family: [5, N]}
     success_rate(preds["emblem"][k], labels["emblem"], target)  # per intervention k
+
+Compile once: ``edits_fn`` (like ``model``) is a static argument of the compiled program, compared
+by ``==``, so it must compare equal across calls for a later call to reuse the program. A frozen
+dataclass defined in a module (``DirectEdits``, or one of your own in an imported file) or a
+module-level function does; a ``functools.partial``, a lambda and a function defined in a notebook
+cell compare by identity, so every new one (every call that builds a partial, every rerun of the
+cell) compiles again, and JAX's cache keeps each one, with its model, until
+``mrepe_jax.clear_caches()``. Anything that varies between calls (directions, alphas, scales,
+masks) belongs in ``interventions``: arrays, traced.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 
@@ -19,7 +28,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mrepe_jax.control.interventions import direct
 from mrepe_jax.models.layers import normalize
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectEdits:
+    """``edits_fn`` for eq 5 at ``site``: ``p -> direct(site, p["delta"], p["alpha"], p["scale"])``
+    (``scale`` optional, default 1), i.e. ``r + alpha * scale * unit(delta)``.
+
+    A frozen dataclass, so equal instances are one static argument: every call with the same site
+    reuses one compiled program, whatever its arrays, and so does a rerun notebook cell that builds
+    a new instance.
+    """
+
+    site: str
+
+    def __call__(self, p):
+        return direct(self.site, p["delta"], p["alpha"], p.get("scale", 1.0))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 5))
@@ -40,9 +66,11 @@ def steered_predictions(model, variables, tower: str, inputs, mask, edits_fn: Ca
 
     ``interventions`` is a pytree whose leaves have a leading axis P; ``edits_fn(p)`` builds one
     intervention's edit dict from one slice (``control.interventions`` builders). ``edits_fn`` is
-    static: keep it a module-level function or a ``functools.partial`` of one, so every sweep over
-    its arrays reuses one compiled program. ``prompts``: ``{family: [V, D]}`` class-prompt
-    embeddings (unit norm).
+    static and compared by ``==``: pass a frozen dataclass (``DirectEdits``) or a module-level
+    function, so that every sweep over its arrays, in this call or a later one, reuses one compiled
+    program. A ``functools.partial``, a lambda or a function defined in a rerun notebook cell is a
+    new key each time it is built: each compiles again (module docstring). ``prompts``:
+    ``{family: [V, D]}`` class-prompt embeddings (unit norm).
     """
     sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(interventions)}
     if len(sizes) != 1:

@@ -210,34 +210,40 @@ def _labels_fn(group_fn: Callable[[Batch], np.ndarray] | str | None):
     return lambda b: np.asarray(group_fn(b))
 
 
-def _stats_step(apply_fn, capture, reduce, mask_key):
-    def step(stats, params, batch, labels, valid):
-        _, acts = apply_fn(params, batch, capture)
-        mask = batch[mask_key] if mask_key else None
-        return update(stats, acts, labels, valid, reduce, mask), finite_flags(acts, valid)
-
-    return step
+def _stats_step(stats, params, batch, labels, valid, *, apply_fn, capture, reduce, mask_key):
+    _, acts = apply_fn(params, batch, capture)
+    mask = batch[mask_key] if mask_key else None
+    return update(stats, acts, labels, valid, reduce, mask), finite_flags(acts, valid)
 
 
-def _collect_step(apply_fn, capture, reduce, mask_key):
-    def step(_, params, batch, labels, valid):
-        _, acts = apply_fn(params, batch, capture)
-        mask = batch[mask_key] if mask_key else None
-        return {k: reduce_tokens(v, reduce, mask, k) for k, v in acts.items()}
-
-    return step
+def _collect_step(_, params, batch, labels, valid, *, apply_fn, capture, reduce, mask_key):
+    _, acts = apply_fn(params, batch, capture)
+    mask = batch[mask_key] if mask_key else None
+    return {k: reduce_tokens(v, reduce, mask, k) for k, v in acts.items()}
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(make_step, apply_fn, capture, reduce, mask_key, mesh):
-    """One jit'd step per (kind, model function, sites, reduction, mesh), shared across calls."""
-    step = make_step(apply_fn, capture, reduce, mask_key)
+_STEPS = {"stats": _stats_step, "collect": _collect_step}
+_STATIC = ("apply_fn", "capture", "reduce", "mask_key")
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(mesh) -> dict:
+    """The jit'd steps for ``mesh`` (``{"stats": ..., "collect": ...}``), keyed on the mesh alone.
+
+    The apply function and the capture/reduction settings are static arguments of these jits, not
+    keys of this cache: the programs compiled for them live in JAX's cache, which
+    ``jax.clear_caches()`` (and ``mrepe_jax.clear_caches()``) empties, so no cache of this module
+    keeps a model, its params or a user's closure alive. (An ``lru_cache`` on the apply function
+    did: a closure over params survived ``jax.clear_caches()``.) An equal apply function (a
+    ``TowerApply`` of an equal model) reuses a program; a new closure compiles a new one.
+    """
     if mesh is None:
-        return jax.jit(step)
+        return {kind: jax.jit(step, static_argnames=_STATIC) for kind, step in _STEPS.items()}
     # No in_shardings: the arguments arrive placed (statistics replicated, batches split over
     # data by ``_Stepper``, params as ``parallel.keep_or_replicate`` left them), so params sharded
     # over ``model`` stay sharded and GSPMD partitions the step around them.
-    return jax.jit(step, out_shardings=parallel.replicated(mesh))
+    return {kind: jax.jit(step, static_argnames=_STATIC, out_shardings=parallel.replicated(mesh))
+            for kind, step in _STEPS.items()}
 
 
 class _Stepper:
@@ -248,11 +254,12 @@ class _Stepper:
     have run out (one that has, sends an all-padding batch), so none waits alone in a collective.
     """
 
-    def __init__(self, make_step, apply_fn, capture, reduce, mask_key, params, mesh):
+    def __init__(self, kind, apply_fn, capture, reduce, mask_key, params, mesh):
         self.mesh = mesh
         self.ndev = 1 if mesh is None else parallel.data_axis_size(mesh) // jax.process_count()
         self.size = 0
-        self.step = _compiled(make_step, apply_fn, capture, reduce, mask_key, mesh)
+        self.step = functools.partial(_programs(mesh)[kind], apply_fn=apply_fn, capture=capture,
+                                      reduce=reduce, mask_key=mask_key)
         self.params = params if mesh is None else parallel.keep_or_replicate(params, mesh)
 
     def steps(self, batches: Iterable[Batch], labels_of):
@@ -314,6 +321,10 @@ def stream_statistics(
     Args:
       apply_fn: ``apply_fn(params, batch, capture) -> (outputs, acts)``, e.g.
         ``tower_apply(model, "vision", "pixels")``; ``params`` is a jit argument, not a constant.
+        It is a static argument of the compiled step: an equal one (``tower_apply`` of an equal
+        model, a module-level function) reuses the program, while a closure (one that captures
+        its params, with ``params=None``) compiles a new program per new closure, with the params
+        baked in, held until ``mrepe_jax.clear_caches()``.
       batches: any iterable of dicts of numeric numpy arrays sharing a leading batch axis; it is
         consumed once and never stored.
       sites: capture glob patterns (``"vision.layers.*.resid_post"``); the result has one entry per
@@ -330,7 +341,7 @@ def stream_statistics(
     capture = (sites,) if isinstance(sites, str) else tuple(sites)
     labels_of = _labels_fn(group_fn)
 
-    stepper = _Stepper(_stats_step, apply_fn, capture, reduce, mask_key, params, mesh)
+    stepper = _Stepper("stats", apply_fn, capture, reduce, mask_key, params, mesh)
     stats, pending, seen = None, None, 0
     with tqdm(total=total, unit="ex", disable=not progress, desc="activations") as bar:
         for i, n, _, args in stepper.steps(batches, labels_of):
@@ -403,7 +414,7 @@ def collect_activations(
     """
     capture = (sites,) if isinstance(sites, str) else tuple(sites)
 
-    stepper = _Stepper(_collect_step, apply_fn, capture, reduce, mask_key, params, mesh)
+    stepper = _Stepper("collect", apply_fn, capture, reduce, mask_key, params, mesh)
     chunks: dict[str, list[np.ndarray]] = {}
     seen = 0
     zeros = lambda b: np.zeros(parallel.batch_size(b), np.int32)  # noqa: E731

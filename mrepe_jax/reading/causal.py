@@ -30,17 +30,20 @@ The ``metric`` contract: ``metric(embeddings) -> per-example scalars``, where ``
 the ``[batch, d]`` projected (unnormalised) embedding the tower's ``readout`` returns, and the
 result has shape ``[batch]``. Example, a zero-shot logit difference between two prompts::
 
-    def logit_diff(e):
-        e = e / jnp.linalg.norm(e, axis=-1, keepdims=True)
-        return e @ (text_a - text_b)
+    def _logit_diff(diff, e):                      # in a module, not a notebook cell
+        return jnp.sum(normalize(e) * diff, axis=-1)
 
-It must be a pure jax function. Metrics that carry arrays should carry them as pytree leaves,
-``jax.tree_util.Partial(logit_diff_fn, text_a - text_b)`` (or a ``flax.struct`` dataclass with
-``__call__``): the arrays are then arguments of the compiled sweep, and sweeps that differ only in
-them (one metric per concept family, say) reuse one program. A plain function is keyed by its
-identity: define it once rather than passing a fresh lambda per call. Examples of a batch must not
-interact (no batch statistics), which holds for every tower here: attribution patching relies on
-it to read per-example gradients off one backward pass.
+    metric = jax.tree_util.Partial(_logit_diff, text_a - text_b)   # = logit_diff(text_a, text_b)
+
+It must be a pure jax function. Metrics that carry arrays should carry them as pytree leaves, a
+``jax.tree_util.Partial`` of a function defined in a module (as above), or a ``flax.struct``
+dataclass with ``__call__``: the arrays are then arguments of the compiled programs, and calls
+that differ only in them (one metric per concept family, a rerun notebook cell) reuse them. A
+plain function, a lambda or a ``Partial`` of a function defined in a notebook cell is keyed by its
+identity: each new one compiles the forward and the sweep programs again, and JAX's cache keeps
+each, with its model, until ``mrepe_jax.clear_caches()``. Examples of a batch must not interact
+(no batch statistics), which holds for every tower here: attribution patching relies on it to
+read per-example gradients off one backward pass.
 
 The compiled, sharded programs that run both live in ``causal_programs``.
 """
@@ -58,6 +61,7 @@ import numpy as np
 from mrepe_jax import parallel
 from mrepe_jax import sites as sites_lib
 from mrepe_jax.layouts import site_axes
+from mrepe_jax.models.layers import normalize
 from mrepe_jax.reading import causal_programs as programs
 
 Array = Any
@@ -229,6 +233,19 @@ def _orient(plan: _Plan, clean_inputs, corrupt_inputs, text_mask):
     if plan.direction == "noising":
         return clean_inputs, clean_mask, corrupt_inputs, corrupt_mask
     return corrupt_inputs, corrupt_mask, clean_inputs, clean_mask
+
+
+def _logit_diff(diff, embeddings):
+    return jnp.sum(normalize(embeddings) * diff, axis=-1)
+
+
+def logit_diff(text_a, text_b) -> jax.tree_util.Partial:
+    """The metric ``metric(e) = unit(e) . (text_a - text_b)`` per example: the zero-shot logit
+    difference between two prompt embeddings ``[d]`` (unit norm; before the logit scale). A
+    ``Partial`` of a module-level function carrying the difference as an array, so every pair of
+    prompts (and every rerun of a notebook cell) shares one compiled program."""
+    diff = jnp.asarray(text_a, jnp.float32) - jnp.asarray(text_b, jnp.float32)
+    return jax.tree_util.Partial(_logit_diff, diff)
 
 
 def as_metric(metric: Metric):

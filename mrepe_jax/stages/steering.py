@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from mrepe_jax.control.evaluate import steered_predictions, success_rate
+from mrepe_jax.control.evaluate import DirectEdits, steered_predictions, success_rate
 from mrepe_jax.control.interventions import attention, combine, direct
 from mrepe_jax.edits import Replace, along
 from mrepe_jax.sites import layer_sites
@@ -28,17 +28,6 @@ from mrepe_jax.stages.reads import readout_mask
 
 # The edit builders are frozen dataclasses, not functools.partials: equal instances are one static
 # argument, so the other world's (or a later call's) sweep reuses the compiled program.
-
-
-@dataclasses.dataclass(frozen=True)
-class EditEq5:
-    """Eq 5 at ``site`` from one intervention's arrays (``delta``, ``alpha``, ``scale``): a frozen
-    dataclass, so that equal instances are one static argument and one compiled program."""
-
-    site: str
-
-    def __call__(self, p):
-        return direct(self.site, p["delta"], p["alpha"], p["scale"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +102,7 @@ def steer(model, params, tower: str, inputs, mask, labels: np.ndarray, site: str
     eq5 = {"delta": np.repeat(directions[targets], len(alphas) + 1, axis=0).astype(np.float32),
            "alpha": np.tile(np.asarray([0.0] + alphas, np.float32), len(targets)),
            "scale": np.full((len(alphas) + 1) * len(targets), scale, np.float32)}
-    direct_preds = steered_predictions(model, variables, tower, inputs, mask, EditEq5(site), eq5,
+    direct_preds = steered_predictions(model, variables, tower, inputs, mask, DirectEdits(site), eq5,
                                        family)["f"].reshape(len(targets), len(alphas) + 1, -1)
     where = readout_mask(model, params, tower, inputs, site).value
     ap = {"mean": means[targets].astype(np.float32), "where": np.stack([where] * len(targets))}

@@ -82,3 +82,40 @@ def test_the_text_tower_is_steered_with_its_padding_mask():
 
 def text_edits_fn(p, scale):
     return direct("text.layers.1.resid_post", p["direction"], p["alpha"], scale)
+
+
+def test_direct_edits_is_eq5_and_equal_instances_share_one_program():
+    """Issue 30: ``DirectEdits`` builds ``direct``'s edit, and a new equal instance per call reuses
+    the compiled program, where a ``functools.partial`` built per call compiles again."""
+    import dataclasses
+
+    import jax
+
+    from mrepe_jax.models.clip import CLIPModel
+    from tests.models.tiny import CONFIG
+
+    p = {"delta": jnp.arange(32.0), "alpha": jnp.float32(0.5), "scale": jnp.float32(2.0)}
+    got, want = evaluate.DirectEdits(SITE)(p)[SITE], direct(SITE, p["delta"], 0.5, 2.0)[SITE]
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b)
+    no_scale = evaluate.DirectEdits(SITE)({"delta": p["delta"], "alpha": p["alpha"]})[SITE]
+    np.testing.assert_allclose(no_scale.delta, direct(SITE, p["delta"], 0.5)[SITE].delta)
+
+    # A width no other test compiles for, so that the first call compiles.
+    model = CLIPModel(dataclasses.replace(
+        CONFIG, vision_config=dataclasses.replace(CONFIG.vision_config, intermediate_size=48)))
+    _, _, pixels, ids, mask = tiny_clip()
+    v = model.init(jax.random.key(1), pixels, ids, mask)
+    arrays = {"delta": jnp.ones((2, 32)), "direction": jnp.ones((2, 32)), "alpha": jnp.asarray([0.0, 1.0])}
+    prompts = {"a": np.eye(3, 16, dtype=np.float32)}
+
+    def compiles(make):
+        out = []
+        for _ in range(3):
+            before = evaluate._predict._cache_size()
+            steered_predictions(model, v, "vision", pixels, None, make(), arrays, prompts)
+            out.append(evaluate._predict._cache_size() - before)
+        return out
+
+    assert compiles(lambda: evaluate.DirectEdits(SITE)) == [1, 0, 0]
+    assert compiles(lambda: functools.partial(edits_fn, scale=1.0)) == [1, 1, 1]

@@ -301,3 +301,31 @@ def test_non_finite_runs_are_refused_naming_the_run_and_examples(clip):
         with pytest.raises(FloatingPointError, match=r"metric of the source run is non-finite for "
                                                      r"examples \[1\]"):
             estimator(model, variables, "vision", clean, bad, logit_diff)
+
+
+def test_logit_diff_metric_is_the_formula_and_a_rerun_reuses_the_programs(clip):
+    """Issue 30: ``logit_diff`` is a ``Partial`` of a module-level function, so building it again
+    (a rerun notebook cell, another pair of prompts) compiles nothing new; a plain function built
+    per call compiles the forward again."""
+    from mrepe_jax.reading import causal_programs
+    from mrepe_jax.reading.causal import logit_diff as logit_diff_metric
+
+    model, variables, clean, corrupt = clip
+    a, b = np.asarray(W), np.asarray(jnp.roll(W, 3))
+    e = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+    unit = e / np.linalg.norm(e, axis=-1, keepdims=True)
+    np.testing.assert_allclose(logit_diff_metric(a, b)(e), unit @ (a - b), rtol=1e-5, atol=1e-6)
+
+    def run(metric):
+        before = causal_programs.forward._cache_size()
+        causal_effect(model, variables, "vision", clean, corrupt, metric, layers=[0], positions=[0])
+        return causal_programs.forward._cache_size() - before
+
+    run(logit_diff_metric(a, b))
+    assert run(logit_diff_metric(b, a)) == 0 and run(logit_diff_metric(a, b)) == 0
+
+    def fresh():  # a cell defining its metric: a new function every run
+        return lambda x: x @ W
+
+    run(fresh())
+    assert run(fresh()) > 0
