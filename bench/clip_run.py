@@ -18,7 +18,6 @@ The last stdout line is one JSON object: {"bench": "clip_run", "seconds", "stage
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,8 +33,6 @@ def main(argv=None) -> None:
     ap.add_argument("--tiny", action="store_true", help="smoke-test sizes")
     ap.add_argument("--progress", action="store_true", help="the experiment's progress bars on stderr")
     args = ap.parse_args(argv)
-
-    import jax
 
     from configs import clip as clip_config
     from mrepe_jax.experiments import clip
@@ -65,14 +62,8 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         results = clip.run(c, tmp / "work", progress=args.progress)
         seconds = time.perf_counter() - t0
-    print(f"{shape} CLIP on {common.describe_device()}: data and checkpoint written in {setup:.1f} s")
-    for name, s in results["stage_seconds"].items():
-        print(f"  {name:<28} {s:8.1f} s")
-    print(f"  {'total (incl. loading)':<28} {seconds:8.1f} s; peak host RSS {common.rss_mb():.0f} MiB")
-    print(json.dumps({"bench": "clip_run", "shape": shape, "device": str(jax.devices()[0]),
-                      "seconds": round(seconds, 1), "stage_seconds": results["stage_seconds"],
-                      "rss_mb": round(common.rss_mb(), 1), "images": per_split,
-                      "captions": c.captions.limit, "pairs": c.causal.num_pairs}))
+    common.print_run("clip_run", f"{shape} CLIP", results, seconds, setup, shape=shape, images=per_split,
+                     captions=c.captions.limit, pairs=c.causal.num_pairs)
 
 
 if __name__ == "__main__":

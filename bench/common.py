@@ -334,6 +334,80 @@ def write_hf_clip(directory, shape: str = "tiny", seed: int = 0) -> None:
     model.save_pretrained(d, safe_serialization=True)
 
 
+#: ``write_hf_clap`` shapes. ``tiny``: HTSAT over 16 mel bins folded by 3 into a 48x48 image (4x4
+#: patches, depths (1, 2), window 3), a 2-layer RoBERTa, and an extractor at 8 kHz whose 1 s clips
+#: give 101 frames (fewer than the image's 144: the time resize runs). ``unfused``:
+#: laion/clap-htsat-unfused's (transformers' ClapConfig defaults: HTSAT-base over 64 mel bins,
+#: depths (2, 2, 6, 2), RoBERTa-base), its extractor at 48 kHz with 10 s clips.
+HF_CLAP_SHAPES = {}
+TINY_CLAP = dict(
+    audio=dict(window_size=3, num_mel_bins=16, spec_size=48, patch_size=4, patch_stride=[4, 4], depths=[1, 2],
+               num_attention_heads=[2, 4], patch_embeds_hidden_size=8, hidden_size=16, mlp_ratio=2.0,
+               enable_fusion=False, hidden_act="gelu"),
+    text=dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+              max_position_embeddings=64),
+    features=dict(feature_size=16, sampling_rate=8000, hop_length=80, max_length_s=1, fft_window_size=256,
+                  frequency_min=0, frequency_max=4000, truncation="rand_trunc", padding="repeatpad"),
+    projection_dim=16)
+HF_CLAP_SHAPES["tiny"] = TINY_CLAP
+HF_CLAP_SHAPES["unfused"] = dict(
+    audio=dict(enable_fusion=False), text=dict(),
+    features=dict(feature_size=64, sampling_rate=48_000, hop_length=480, max_length_s=10, fft_window_size=1024,
+                  frequency_min=50, frequency_max=14_000, truncation="rand_trunc", padding="repeatpad"),
+    projection_dim=512)
+
+
+def write_hf_clap(directory, shape: str = "tiny", seed: int = 0) -> None:
+    """A random transformers CLAP of ``HF_CLAP_SHAPES[shape]`` saved as a checkpoint directory
+    (safetensors) with a character-level RoBERTa tokenizer and its feature extractor's settings:
+    what ``configs/clap.py`` runs on where no real checkpoint can be downloaded. The tiny one has
+    every tensor drawn again (N(0, 0.2), norms near 1, batch-norm variances in [0.5, 1.5]: HF's
+    init zeroes biases); the real shape keeps HF's init, whose depth would blow such weights up."""
+    import json
+    import pathlib
+    import string
+
+    import torch
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, RobertaTokenizer
+
+    d = pathlib.Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for ch in ("\u0120", ".", *string.ascii_lowercase):  # U+0120 (G with dot): byte-level BPE's space
+        vocab[ch] = len(vocab)
+    vocab["<mask>"] = len(vocab)
+    bpe = d / "bpe"
+    bpe.mkdir(exist_ok=True)
+    (bpe / "vocab.json").write_text(json.dumps(vocab))
+    (bpe / "merges.txt").write_text("#version: 0.2\n")
+    RobertaTokenizer.from_pretrained(bpe, local_files_only=True).save_pretrained(d)
+    s = HF_CLAP_SHAPES[shape]
+    ClapFeatureExtractor(**s["features"]).save_pretrained(d)
+    # The real shape keeps RoBERTa-base's 50,265-row embedding: the char vocab uses its first rows.
+    vocab_size = len(vocab) if shape == "tiny" else 50_265
+    config = ClapConfig(text_config=dict(vocab_size=vocab_size, **s["text"]), audio_config=s["audio"],
+                        projection_dim=s["projection_dim"])
+    torch.manual_seed(seed)
+    model = ClapModel(config).eval()
+    if shape != "tiny":
+        model.save_pretrained(d, safe_serialization=True)
+        return
+    norms = {n for n, m in model.named_modules()
+             if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d))}
+    with torch.no_grad():
+        for key, t in model.state_dict().items():
+            module, _, leaf = key.rpartition(".")
+            if not t.is_floating_point() or leaf.startswith("logit_scale"):
+                continue
+            if leaf == "running_var":
+                t.copy_(0.5 + torch.rand_like(t))
+            elif module in norms and leaf == "weight":
+                t.copy_(1.0 + 0.2 * torch.randn_like(t))
+            else:
+                t.normal_(0, 0.2)
+    model.save_pretrained(d, safe_serialization=True)
+
+
 def write_concept_data(root, classes, per_split: dict, size: int, families: dict, captions: int,
                        seed: int = 0) -> None:
     """A local data set for ``configs/clip.py``: ``root/<split>/<class>/*.png`` (``per_split``:
@@ -353,11 +427,57 @@ def write_concept_data(root, classes, per_split: dict, size: int, families: dict
             for i in range(-(-n // len(classes))):
                 img = np.clip(rng.normal(tints[k], 40, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(root / split / c / f"{i:05d}.png")
+    write_captions(root / "captions.txt", families, captions, rng)
+
+
+def write_audio_data(root, classes, per_split: dict, rate: int, families: dict, captions: int,
+                     seconds: float = 1.0, seed: int = 0) -> None:
+    """A local data set for ``configs/clap.py``: ``root/<split>/<class>/*.wav`` (``per_split``:
+    recordings per split, spread over the classes; each class a tone of its own pitch, 16-bit PCM
+    at ``rate``) and ``root/captions.txt`` as ``write_concept_data`` writes it."""
+    import pathlib
+    import wave
+
+    import numpy as np
+
+    root = pathlib.Path(root)
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    for split, n in per_split.items():
+        for k, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True)
+            for i in range(-(-n // len(classes))):
+                x = rng.uniform(0.2, 0.6) * np.sin(2 * np.pi * 220 * (k + 1) * t) + 0.05 * rng.standard_normal(len(t))
+                with wave.open(str(root / split / c / f"{i:05d}.wav"), "wb") as f:
+                    f.setnchannels(1)
+                    f.setsampwidth(2)
+                    f.setframerate(rate)
+                    f.writeframes(np.round(np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    write_captions(root / "captions.txt", families, captions, rng)
+
+
+def write_captions(path, families: dict, captions: int, rng) -> None:
+    """``captions`` lines, each naming one value of every family in ``families``."""
     values = [tuple(v) for v in families.values()]
     picks = [rng.integers(0, len(v), captions) for v in values]
     lines = [f"a photo of {' and '.join(v[p[n]] for v, p in zip(values, picks))} things."
              for n in range(captions)]
-    (root / "captions.txt").write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def print_run(bench: str, what: str, results: dict, seconds: float, setup: float, **extra) -> None:
+    """An experiment bench's figures: each stage's seconds, the total and the peak host RSS, then
+    the JSON line (``extra`` added to it)."""
+    import json
+
+    import jax
+
+    print(f"{what} on {describe_device()}: data and checkpoint written in {setup:.1f} s")
+    for name, s in results["stage_seconds"].items():
+        print(f"  {name:<28} {s:8.1f} s")
+    print(f"  {'total (incl. loading)':<28} {seconds:8.1f} s; peak host RSS {rss_mb():.0f} MiB")
+    print(json.dumps({"bench": bench, "device": str(jax.devices()[0]), "seconds": round(seconds, 1),
+                      "stage_seconds": results["stage_seconds"], "rss_mb": round(rss_mb(), 1), **extra}))
 
 
 def run_worker(script: str, args, env: dict, what: str) -> dict:

@@ -22,10 +22,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mrepe_jax import compile_cache, parallel
-from mrepe_jax.experiments import blip2, clip, toyworld
+from mrepe_jax.experiments import blip2, clap, clip, toyworld
 
 #: The experiments a config can name (``config.experiment``).
-EXPERIMENTS = {"toyworld": toyworld, "clip": clip, "blip2": blip2}
+EXPERIMENTS = {"toyworld": toyworld, "clip": clip, "blip2": blip2, "clap": clap}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results and reports.")

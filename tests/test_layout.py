@@ -48,7 +48,7 @@ def copy_of_tree(tmp_path):
     # Upward: a shared model layer reaching into a stage.
     ("mrepe_jax/models/layers.py", "mrepe_jax.stages.seeds", "mrepe_jax imports only downward"),
     # Sideways: one experiment reading another's module.
-    ("mrepe_jax/experiments/clip/report.py", "mrepe_jax.experiments.toyworld.seeds",
+    ("mrepe_jax/experiments/clip/data.py", "mrepe_jax.experiments.toyworld.seeds",
      "No experiment imports another"),
     # A shared model module building on a family.
     ("mrepe_jax/models/attention.py", "mrepe_jax.models.clip.config",

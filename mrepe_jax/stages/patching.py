@@ -80,12 +80,14 @@ def prompt_metric(prompts: np.ndarray, contrast: Contrast) -> jax.tree_util.Part
 
 
 def patching(model, params, tower: str, name: str, contrast: Contrast, metric, workdir: Path, *,
-             heads: bool = False, seed: int = 0, n_resamples: int = 1000, mesh=None) -> dict:
+             heads: bool = False, seed: int = 0, n_resamples: int = 1000, mesh=None,
+             layers=None) -> dict:
     """Exact vs attribution patching of one contrast (eq 2) under ``metric`` (a per-pair
-    ``Partial``, e.g. ``prompt_metric``). Writes ``patching_{tower}_{name}_layer_position.png``
+    ``Partial``, e.g. ``prompt_metric``) at ``layers`` (default: every layer; a hierarchical
+    tower's must be blocks of one stage). Writes ``patching_{tower}_{name}_layer_position.png``
     (and ``..._layer_head.png`` with ``heads``)."""
     variables = {"params": params}
-    kw: dict = {"mesh": mesh}
+    kw: dict = {"mesh": mesh, "layers": layers}
     if contrast.clean_mask is not None:
         kw["text_mask"] = (contrast.clean_mask, contrast.corrupt_mask)
     exact = causal_effect(model, variables, tower, contrast.clean, contrast.corrupt, metric, **kw)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import struct
-import wave
 
 import numpy as np
 import pytest
@@ -23,33 +22,9 @@ from mrepe_jax.data.labelled_audio import (
     tfds_audio,
     to_mono,
 )
+from tests.data.wav_files import sine, write_pcm
 
 SPEECH_WORDS = ("down", "go", "left", "no", "off", "on", "right", "stop", "up", "yes")
-
-
-def sine(freq: float, rate: int, seconds: float, amp: float = 0.5) -> np.ndarray:
-    return amp * np.sin(2 * np.pi * freq * np.arange(int(round(rate * seconds))) / rate)
-
-
-def write_pcm(path, x, rate: int, bits: int = 16) -> np.ndarray:
-    """Write float ``x`` ``[N]`` or ``[N, C]`` as ``bits``-bit PCM with ``wave``; returns the integer
-    samples ``[N, C]`` (signed, before the 8-bit offset)."""
-    x = np.asarray(x, np.float64)
-    x = x[:, None] if x.ndim == 1 else x
-    full = 2 ** (bits - 1)
-    q = np.clip(np.round(x * full), -full, full - 1).astype(np.int64)
-    if bits == 8:
-        raw = (q + 128).astype(np.uint8).tobytes()
-    elif bits == 24:
-        raw = q.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
-    else:
-        raw = q.astype(f"<i{bits // 8}").tobytes()
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(x.shape[1])
-        f.setsampwidth(bits // 8)
-        f.setframerate(rate)
-        f.writeframes(raw)
-    return q
 
 
 def peak_hz(x: np.ndarray, rate: int) -> float:

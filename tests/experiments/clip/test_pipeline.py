@@ -15,8 +15,8 @@ from PIL import Image
 
 from bench import common
 from configs.clip import CIFAR10
-from mrepe_jax.reading.bundles import load_bundle
 from mrepe_jax.report.workdir import WorkdirError
+from tests.experiments.dual_encoder_run import check_towers, small
 from tests.launching import launch_in_process
 from tests.xla_flags import with_compile_flags
 
@@ -58,14 +58,7 @@ def _mock_as_dataset(self, split, decoders=None, read_config=None, **kwargs):
         "image": np.zeros((n, 1, 1, 3), np.uint8)})
 
 
-SMALL = ["--config.model.batch_size=32", "--config.steer.num_inputs=24",
-         "--config.align.num_train=64", "--config.align.num_test=32", "--config.align.seeds=(0, 1)",
-         "--config.align.map.epochs=2", "--config.align.map.batch_size=16",
-         "--config.align.map.memory_size=16", "--config.align.map.hidden=8",
-         "--config.align.map.num_anchors=4", "--config.images.num.train=96",
-         "--config.images.num.validation=64", "--config.images.num.test=64",
-         "--config.captions.limit=400", "--config.causal.num_pairs=4",
-         "--config.causal.bootstrap_resamples=100"]
+SMALL = small("images", (96, 64, 64), (64, 32), batch_size=32, steer_inputs=24, captions=400)
 
 
 def launch(workdir, *overrides):
@@ -81,24 +74,7 @@ def _check_run(workdir, hf_clip, towers_families):
     assert f"# mrepe_jax — {hf_clip}" in report and results["model"]["weights_sha256"] in report
     assert "## Table 1: representation identification" in report
     assert "## Causal effects (eq 2): exact vs attribution patching" in report
-    ident = results["identification"]
-    for tower, families in towers_families.items():
-        assert set(ident["mrepe"][tower]) == set(families)
-        for family, values in families.items():
-            for key in ("baseline", "mrepe", "direction_auroc"):
-                assert 0.0 <= ident[key][tower][family] <= 1.0
-            site = ident["direction_site"][tower][family]
-            arrays, meta = load_bundle(workdir / "directions" / f"{tower}_{family}")
-            assert set(arrays) == set(values) and meta["site"] == site
-            assert meta["concept"] == {"family": family, "values": list(values)}
-            assert meta["model"] == str(hf_clip) and meta["weights_sha256"] == results["model"]["weights_sha256"]
-            norms = np.linalg.norm(np.stack(list(arrays.values())), axis=-1)
-            np.testing.assert_allclose(norms, 1.0, atol=1e-5)
-            top = results["causal"][tower][family]
-            assert -1.0 <= top["spearman_exact_vs_attribution"] <= 1.0 and top["num_pairs"] == 4
-            assert (workdir / f"patching_{tower}_{family}_layer_position.png").stat().st_size > 1000
-            steer = results["steering"][tower][family]
-            assert set(steer["direct"]) == {"0.1", "0.3", "1.0"} and 0 <= steer["ap"] <= 1
+    check_towers(workdir, results, str(hf_clip), towers_families)
     assert (workdir / "patching_vision_object_layer_head.png").is_file()
     assert "## Table 3: intervention success rates" in report
     assert "## Table 2: cross-modal consistency (CMC, eq 8)" in report
@@ -163,7 +139,7 @@ def test_clip_experiment_on_a_local_folder(hf_clip, folder_run):
     results, report = _check_run(work, hf_clip, {"vision": {"object": ("cat", "dog", "ship")},
                                                  "text": {"colour": COLOURS, "animal": ANIMALS}})
     assert f"folder {data}" in report
-    assert results["data"]["image_counts"] == {"train": 48, "validation": 24, "test": 24}
+    assert results["data"]["counts"] == {"train": 48, "validation": 24, "test": 24}
     # The report names the classes and the images read, not the config's caps.
     assert "train `train` (48 images), validation `val` (24 images), test `test` (24 images)" in report
     assert "among the 3 classes (cat, dog, ship)" in report and "at most" not in report.split("Captions:")[0]
@@ -204,12 +180,12 @@ def test_a_run_of_another_model_into_a_finished_workdir_refuses_before_writing(f
 @pytest.fixture
 def no_stage(monkeypatch):
     """Fails the test if the first stage starts: the checks must come before it."""
-    from mrepe_jax.experiments.clip import pipeline
+    from mrepe_jax.stages.dual_encoder import pipeline
 
     def started(*args, **kwargs):
         raise AssertionError("the image stage started before the data was checked")
 
-    monkeypatch.setattr(pipeline, "_image_stage", started)
+    monkeypatch.setattr(pipeline, "_labelled_stage", started)
 
 
 def test_a_too_small_folder_fails_before_the_first_stage_naming_the_batch_size(hf_clip, tmp_path, no_stage):
@@ -260,7 +236,7 @@ def test_errors_are_named(hf_clip, tmp_path, monkeypatch):
         launch(tmp_path, f"--config.model.name={hf_clip}", "--config.images.source=folder",
                "--config.images.path=/no/such/dir")
     with pytest.raises(app.UsageError,
-                       match=r"names experiment 'nope'; known experiments: blip2, clip, toyworld"):
+                       match=r"names experiment 'nope'; known experiments: blip2, clap, clip, toyworld"):
         launch(tmp_path, "--config.experiment=nope")
 
 
