@@ -116,7 +116,9 @@ def resolve(operand, x, site: str, what: str):
     return value
 
 
-def _select(where, new, old, site: str):
+def select(where, new, old, site: str):
+    """``new`` where the boolean mask ``where`` holds (everywhere when None), else ``old``: how
+    every edit limits itself to the positions it names."""
     new = new.astype(old.dtype)
     if where is None:
         return new
@@ -126,8 +128,17 @@ def _select(where, new, old, site: str):
     return jnp.where(resolve(where, old, site, "where"), new, old)
 
 
+class Edit:
+    """What every edit is: a pytree (``flax.struct.dataclass``) called as ``edit(x, site)`` at a
+    site, returning the edited activation. The built-ins below and the edits of other packages
+    (``features.edits``: an SAE latent clamped) subclass it, so ``Sites`` accepts them all."""
+
+    def __call__(self, x, site: str):
+        raise NotImplementedError
+
+
 @struct.dataclass
-class Add:
+class Add(Edit):
     """Eq 5, ``I_direct(r) = r + alpha * Delta_c``: adds ``alpha * delta`` at the site."""
 
     delta: Array
@@ -137,11 +148,11 @@ class Add:
     def __call__(self, x, site: str):
         delta = resolve(self.delta, x, site, "Add.delta")
         alpha = resolve(self.alpha, x, site, "Add.alpha")
-        return _select(self.where, x + alpha * delta, x, site)
+        return select(self.where, x + alpha * delta, x, site)
 
 
 @struct.dataclass
-class Replace:
+class Replace(Edit):
     """Activation patching, the ``do(r = r')`` of eq 2: the site's value becomes ``value``."""
 
     value: Array
@@ -149,11 +160,11 @@ class Replace:
 
     def __call__(self, x, site: str):
         value = resolve(self.value, x, site, "Replace.value")
-        return _select(self.where, jnp.broadcast_to(value, x.shape), x, site)
+        return select(self.where, jnp.broadcast_to(value, x.shape), x, site)
 
 
 @struct.dataclass
-class Ablate:
+class Ablate(Edit):
     """Mean ablation (zero ablation with the default ``mean=0``)."""
 
     mean: Array = 0.0
@@ -161,11 +172,11 @@ class Ablate:
 
     def __call__(self, x, site: str):
         mean = resolve(self.mean, x, site, "Ablate.mean")
-        return _select(self.where, jnp.broadcast_to(mean, x.shape), x, site)
+        return select(self.where, jnp.broadcast_to(mean, x.shape), x, site)
 
 
 @struct.dataclass
-class Project:
+class Project(Edit):
     """Erases a direction: ``x - (x . u) u`` with ``u = direction / |direction|`` on the last axis.
 
     ``direction`` is one ``[D]`` vector, or one per example as ``along(d [B, D], "batch",
@@ -185,11 +196,11 @@ class Project:
         norm = jnp.linalg.norm(d, axis=-1, keepdims=True)
         # A zero direction erases nothing, instead of turning the whole forward pass into NaN.
         u = d / jnp.where(norm > 0, norm, 1.0)
-        return _select(self.where, x - jnp.sum(x * u, axis=-1, keepdims=True) * u, x, site)
+        return select(self.where, x - jnp.sum(x * u, axis=-1, keepdims=True) * u, x, site)
 
 
 @struct.dataclass
-class AttnBias:
+class AttnBias(Edit):
     """Eq 7, ``softmax((Q K^T + M_c) / sqrt(d_k)) V``: adds ``mask`` to raw attention logits.
 
     Valid only at ``*.attn.logits`` sites, axes ``[batch, head, query, key]``. As the paper writes
@@ -201,10 +212,10 @@ class AttnBias:
     where: Array | None = None
 
     def __call__(self, x, site: str):
-        return _select(self.where, x + resolve(self.mask, x, site, "AttnBias.mask"), x, site)
+        return select(self.where, x + resolve(self.mask, x, site, "AttnBias.mask"), x, site)
 
 
-EDIT_TYPES = (Add, Replace, Ablate, Project, AttnBias)
+EDIT_TYPES = (Add, Replace, Ablate, Project, AttnBias)  # the built-ins; any ``Edit`` is accepted
 
 
 @struct.dataclass

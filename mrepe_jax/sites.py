@@ -233,10 +233,10 @@ def validate_edits(edits: Mapping[str, Any] | None, known: Sequence[str]) -> dic
             elif isinstance(e, edits_lib.AtLayer):
                 raise TypeError(f"AtLayer belongs under a layer wildcard key such as "
                                 f"'{name.rsplit('.layers.', 1)[0]}.layers.*.<point>', not {name!r}")
-            if not isinstance(e, edits_lib.EDIT_TYPES):
+            if not isinstance(e, edits_lib.Edit):
                 raise TypeError(
                     f"edit at site {name!r} is a {type(e).__name__}; expected one of "
-                    f"{[t.__name__ for t in edits_lib.EDIT_TYPES]} or a tuple of them"
+                    f"{[t.__name__ for t in edits_lib.EDIT_TYPES]} (or another edits.Edit) or a tuple of them"
                 )
             if isinstance(e, edits_lib.AttnBias) and not name.endswith("attn.logits"):
                 raise ValueError(

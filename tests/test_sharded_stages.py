@@ -98,6 +98,19 @@ SCRIPT = """
                                         for a, b in zip(one_maps, many_maps)))
     err["train_map_outputs"] = float(max(np.abs(np.asarray(a(src[0])) - np.asarray(b(src[0]))).max()
                                          for a, b in zip(one_maps, many_maps)))
+    # Sparse autoencoders: a stack of two (other sizes and k), each batch's rows over 8 devices;
+    # BatchTopK picks over the whole global batch.
+    from mrepe_jax.features.sae import SAEConfig
+    from mrepe_jax.features.train import train_saes
+    for arch in ("topk", "batchtopk"):
+        scfg = SAEConfig(d_in=6, d_sae=16, architecture=arch, num_steps=5, batch_size=32, aux_k=4,
+                         dead_steps=2, learning_rate=1e-2)
+        sae_batches = lambda s: np.random.default_rng(s).normal(size=(32, 2, 6)).astype(np.float32)
+        kw = dict(members=[(16, 2), (12, 3)], seeds=[0, 1], sites=["a", "b"], progress=False)
+        one_s, many_s = train_saes(scfg, sae_batches, **kw), train_saes(scfg, sae_batches, mesh=mesh, **kw)
+        err[f"train_sae_{arch}_losses"] = float(max(np.abs(np.subtract(a.info["losses"], b.info["losses"])).max()
+                                                    for a, b in zip(one_s, many_s)))
+        res[f"sae_{arch}_loss_scale"] = float(max(max(a.info["losses"]) for a in one_s))
     # Interventions (eq 5 + 7) and PGD (eq 11) with the batch sharded over the data axis.
     from mrepe_jax.control.interventions import attention, combine, direct
     from mrepe_jax.metrics.safety import pgd
@@ -194,6 +207,8 @@ def test_training_on_eight_devices_equals_one(eight):
     # gradient moves a weight by up to the learning rate.)
     assert eight["err"]["train_losses_4_steps"] <= 1e-6
     assert eight["err"]["train_losses_2_per_call"] <= 1e-6
+    for arch in ("topk", "batchtopk"):  # relative to the losses' size (~6)
+        assert eight["err"][f"train_sae_{arch}_losses"] <= 1e-6 * eight[f"sae_{arch}_loss_scale"]
     assert eight["param_sharding"] in ("P()", "PartitionSpec()")  # replicated state
     assert eight["train_programs"] == 1  # no retracing across steps
     assert "batch size 12 is not divisible by the 'data' mesh axis size 8" in eight["indivisible"]

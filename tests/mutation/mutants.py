@@ -149,8 +149,8 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- eq 7: the attention-logit bias ----
     Mutant(
         "eq7_attn_bias_subtracted", "mrepe_jax/edits.py",
-        "        return _select(self.where, x + resolve(self.mask, x, site, \"AttnBias.mask\"), x, site)\n",
-        "        return _select(self.where, x - resolve(self.mask, x, site, \"AttnBias.mask\"), x, site)\n",
+        "        return select(self.where, x + resolve(self.mask, x, site, \"AttnBias.mask\"), x, site)\n",
+        "        return select(self.where, x - resolve(self.mask, x, site, \"AttnBias.mask\"), x, site)\n",
         "eq 7: M_c subtracted from the logits (boost becomes suppression)",
         ATTN_BIAS),
     Mutant(
@@ -228,14 +228,14 @@ MUTANTS: tuple[Mutant, ...] = (
         EDITS, sanity=True),
     Mutant(
         "edits_add_alpha_dropped", "mrepe_jax/edits.py",
-        "        return _select(self.where, x + alpha * delta, x, site)\n",
-        "        return _select(self.where, x + delta, x, site)\n",
+        "        return select(self.where, x + alpha * delta, x, site)\n",
+        "        return select(self.where, x + delta, x, site)\n",
         "eq 5's Add: r + Delta, alpha ignored",
         EDITS),
     Mutant(
         "edits_ablate_where_dropped", "mrepe_jax/edits.py",
-        "        return _select(self.where, jnp.broadcast_to(mean, x.shape), x, site)\n",
-        "        return _select(None, jnp.broadcast_to(mean, x.shape), x, site)\n",
+        "        return select(self.where, jnp.broadcast_to(mean, x.shape), x, site)\n",
+        "        return select(None, jnp.broadcast_to(mean, x.shape), x, site)\n",
         "Ablate: the whole activation is ablated, whatever its where",
         EDITS),
     # ---- the site machinery (sites.py) ----
