@@ -127,6 +127,29 @@ def get_config(arg=None):
     k.pgd_steps = 10
     k.efficiency_iters = 20  # Table 5: timed calls per method (interleaved, median)
 
+    # Sparse autoencoders at the vision tower's steering site (experiments/toyworld/features.py),
+    # one per architecture, scored against the world's concepts; the first architecture's
+    # features steer (Table 3's SAE feature column). JumpReLU's and ReLU's coefficients put their L0
+    # near k on the default world (measured: see BUILD.md).
+    c.features = s = ml_collections.ConfigDict()
+    s.architectures = ("topk", "batchtopk", "jumprelu", "relu")
+    s.latents = 256
+    s.k = 8
+    s.steps = 400
+    s.batch_size = 512  # token rows per step, drawn from images_per_step train images' tokens
+    s.images_per_step = 32
+    s.learning_rate = 2e-3
+    s.aux_k = 64
+    s.dead_steps = 100
+    s.seed = 0
+    s.coefficients = ml_collections.ConfigDict(dict(
+        jumprelu=dict(l0_coefficient=0.5, bandwidth=0.5, init_threshold=1.0), relu=dict(l1_coefficient=4.0)))
+    s.recovery_auroc = 0.95  # a concept value counts as recovered when a feature reaches this AUROC
+    s.purity = 0.9
+    s.top_examples = 20
+    s.probe_k = 4
+    s.clamp_scale = 1.0
+
     # The ToyWorld captioner (train/captioner.py: Q-Former + OPT over the frozen CLIP vision
     # tower), main world only: caption accuracy on `eval_images` held-out images, its Table 3
     # row (eq 5 at the Q-Former, control.seeds / table_alphas / num_inputs) and Table 4 rows.
@@ -190,4 +213,6 @@ def get_config(arg=None):
         x.alphas = (1.0,)
         x.num_steer = 16
         a.ablation_anchors = ("data",)
+        s.update(architectures=("topk", "jumprelu"), latents=32, k=4, steps=6, batch_size=64,
+                 images_per_step=8, aux_k=8, dead_steps=3, top_examples=8)
     return c

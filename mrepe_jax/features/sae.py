@@ -125,14 +125,30 @@ def pre_activations(params: dict, x):
     return (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
 
 
+#: Bisection steps of ``_rank_mask``: enough to shrink the value range below float32's resolution.
+BISECTION_STEPS = 48
+
+
 def _rank_mask(values, k):
-    """True where an entry of the last axis is among its ``k`` largest: at or above the ``k``-th
-    largest value, read from one sort (``k`` may be traced, unlike ``lax.top_k``'s static size,
-    so members of other ``k`` share the program). Exact ties at the cut keep both."""
-    n = values.shape[-1]
-    kth = jnp.take_along_axis(jnp.sort(values, axis=-1),
-                              jnp.broadcast_to(jnp.clip(n - k, 0, n - 1), values.shape[:-1] + (1,)), axis=-1)
-    return (values >= kth) & (k > 0)
+    """True where an entry of the last axis is among its ``k`` largest (``-inf`` entries never).
+
+    The cut is found by bisecting on a threshold, counting the entries above it, rather than by a
+    sort: ``k`` may then be traced (members of other ``k`` share one program, unlike
+    ``lax.top_k``'s static size), and on XLA:CPU a sort of a [512, 256] block took 12-15 ms
+    against well under 1 ms for the bisection's elementwise passes. Entries closer than the
+    final interval (float rounding) tie and are kept together."""
+    finite = jnp.isfinite(values)
+    lo = jnp.min(jnp.where(finite, values, jnp.inf), axis=-1, keepdims=True) - 1.0
+    hi = jnp.max(jnp.where(finite, values, -jnp.inf), axis=-1, keepdims=True) + 1.0
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        enough = jnp.sum(values >= mid, axis=-1, keepdims=True) >= k
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, BISECTION_STEPS, halve, (lo, hi))
+    return (values >= lo) & finite & (k > 0)
 
 
 @jax.custom_vjp

@@ -80,6 +80,16 @@ def test_pipeline_writes_results_and_report(single):
             for key in ("success", "collateral"):
                 assert len(tower[method][key]["1.0"]) == 1 and 0 <= tower[method][key]["1.0"][0] <= 1
     assert "## Table 3: intervention success rates — default world" in report
+    feats = results["features"]
+    assert feats["site"] == "vision.layers.0.resid_post" and set(feats["architectures"]) == {"topk", "jumprelu"}
+    for r in feats["architectures"].values():
+        assert 0 <= r["recovery"] <= 1 and 0 <= r["purity"] <= 1 and 0 <= r["fvu"] and r["l0"] > 0
+        assert set(r["per_value"]) == set(results["zero_shot"]["vision"])  # every family
+        assert r["spurious"] is None  # the default world has no shortcut
+    assert feats["architectures"]["topk"]["l0"] <= 4  # k
+    assert set(feats["steering"]["add"]["success"]) == {"1.0"} and 0 <= feats["steering"]["clamp"]["success"] <= 1
+    assert "## Sparse-autoencoder features — default world" in report
+    assert "| FT | SAE feature |" in report  # Table 3's column
     safety = results["safety"]["towers"]
     assert set(safety) == {"vision"} and "ar" in safety["vision"]
     for tower in safety.values():
@@ -325,7 +335,8 @@ def test_pipeline_with_the_hard_world(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = json.loads((tmp_path / "w" / "results.json").read_text())
     assert resumed["hard"]["reused_stages"] == ["zero_shot", "identification", "alignment", "control",
-                                                "safety"]
+                                                "safety", "features"]
+    assert hard["features"]["architectures"]["topk"]["spurious"]["source"] == "colour"
     assert resumed["hard"]["efficiency"]["measured_on"] == "default world"
     assert resumed["hard"]["alignment"] == hard["alignment"]
 

@@ -26,18 +26,29 @@ def _pct(values) -> str:
     return f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
-def table3(control: dict, world: str, captioner: dict | None = None) -> str:
-    """Table 3; ``captioner``: the captioner stage's results, for its row (main world only)."""
+def _sae_cell(features: dict | None, tower: str, alpha: str) -> str:
+    """The SAE feature column: the vision tower's, from the features stage."""
+    if features is None or tower != "vision" or alpha not in features["steering"]["add"]["success"]:
+        return "-"
+    add = features["steering"]["add"]
+    return f"{_pct(add['success'][alpha])} ({_pct(add['collateral'][alpha])})"
+
+
+def table3(control: dict, world: str, captioner: dict | None = None, features: dict | None = None) -> str:
+    """Table 3; ``captioner``: the captioner stage's results, for its row (main world only);
+    ``features``: the SAE stage's, for its column."""
     towers = control["towers"]
     parts = []
+    sae = [] if features is None else ["SAE feature"]
     for alpha in (str(a) for a in control["table_alphas"]):
         rows = [[TOWER_NAMES.get(t, t)] + [f"{_pct(r[m]['success'][alpha])} ({_pct(r[m]['collateral'][alpha])})"
                                            for m, _ in COLUMNS]
+                + ([_sae_cell(features, t, alpha)] if sae else [])
                 for t, r in towers.items()]
         if captioner is not None:
-            rows.append(generative.table3_row(captioner, COLUMNS, alpha))
+            rows.append(generative.table3_row(captioner, COLUMNS, alpha) + ["-"] * len(sae))
         parts += [f"alpha = {alpha} x the site's mean norm:",
-                  table(["Model"] + [name for _, name in COLUMNS], rows)]
+                  table(["Model"] + [name for _, name in COLUMNS] + sae, rows)]
     members = ", ".join(f"{t} {100 * r['member_fraction']:.1f} %" for t, r in towers.items())
     return section(
         f"Table 3: intervention success rates — {world} world",
@@ -59,6 +70,9 @@ def table3(control: dict, world: str, captioner: dict | None = None) -> str:
         f"boosts the key tokens that eq 1 marks as members of the target ({members} of them): "
         "inputs of other values hold few such tokens, so attention alone moves little."
         + (generative.table3_note(captioner) if captioner is not None else "")
+        + (" SAE feature: the vision tower's SAE feature for the target (the one with the best "
+           "validation AUROC) steers by adding its decoder row as eq 5's Delta, scaled as Direct; one "
+           "SAE, so no spread over seeds (see the SAE section)." if features is not None else "")
         + retrained_note(control),
         *parts,
     )

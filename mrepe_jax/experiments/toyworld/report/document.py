@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mrepe_jax.experiments.toyworld.report import align, control, costs, generative
+from mrepe_jax.experiments.toyworld.report import align, control, costs, features, generative
 from mrepe_jax.experiments.toyworld.report.claims import claims_section
 from mrepe_jax.report.markdown import fmt, section, table
 from mrepe_jax.report.stage_tables import causal_section, table1_section
@@ -70,7 +70,9 @@ def render(results: dict) -> str:
 def _control_sections(results: dict, name: str, prefix: str) -> list[str]:
     """Tables 3-6 and the Claims of one world (``prefix``: where its plots are, from the report)."""
     captioner = results.get("captioner")
-    return [control.table3(results["control"], name, captioner),
+    sae = results.get("features")
+    return [control.table3(results["control"], name, captioner, sae),
             f"![steering dose-response, {name} world]({prefix}steering_dose_response.png)",
             control.table4(results["safety"], name, captioner), costs.table5(results, name),
-            costs.table6(results, name), claims_section(results, name)]
+            costs.table6(results, name), claims_section(results, name)] + (
+        [features.features_section(sae, name)] if sae is not None else [])
