@@ -119,3 +119,22 @@ def test_readme_steering_example_rerun_compiles_once():
                            'def edits(p):\n    return DirectEdits("vision.layers.1.resid_post")(p)')
     assert closure != code
     assert _steering_compiles(closure) == [1, 1, 1]
+
+
+def test_readme_sae_example_runs(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    model, variables, *_ = tiny_clip()
+
+    def images(step):
+        return {"image": np.random.default_rng(step).normal(size=(64, 16, 16, 3)).astype(np.float32)}
+
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[4]
+    assert "SAEClamp" in code
+    scope = {"model": model, "params": variables["params"], "images": images}
+    exec(compile(code, str(README), "exec"), scope)
+    assert scope["z"].shape == (256, 256) and int((np.asarray(scope["z"]) > 0).sum(1).max()) <= 8
+    assert (tmp_path / "runs" / "sae" / "topk" / "cfg.json").is_file()
+    assert 0 <= scope["metrics"].fvu < 1 and scope["metrics"].l0 <= 8
+    assert scope["steered"].shape == (64, 16)

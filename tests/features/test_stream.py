@@ -68,3 +68,28 @@ def test_a_stack_trains_on_two_layers_streamed_from_the_model():
         assert np.mean(s.info["losses"][-10:]) < 0.8 * s.info["losses"][0]  # it learned
     # Same seed, other layer's activations: other SAEs.
     assert np.abs(saes[0].params["W_dec"] - saes[1].params["W_dec"]).max() > 1e-2
+
+
+def test_blip2_qformer_and_opt_sites_stream_without_padding():
+    pytest.importorskip("torch")
+    from mrepe_jax.features.stream import CallApply, stream_batches
+    from tests.models.blip2.test_parity import converted, nhwc, prompt
+
+    model, params = converted("xattn2_opt2")
+    pixels, ids, mask = prompt(seed=3, lengths=(6, 3, 1, 4))  # left-padded prompts
+
+    def inputs(step):
+        return {"pixel_values": nhwc(pixels), "input_ids": ids.astype(np.int32),
+                "attention_mask": mask.astype(np.int32)}
+
+    apply_fn = CallApply(model, ("pixel_values", "input_ids", "attention_mask"))
+    q = stream_batches(apply_fn, params, inputs, ("qformer.layers.1.resid_post",), 8, mask_key="attention_mask")(0)
+    lm_site = "lm.layers.1.resid_post"
+    lm = stream_batches(apply_fn, params, inputs, (lm_site,), 12, mask_key="attention_mask")(0)
+    _, acts = model.apply({"params": params}, *inputs(0).values(), capture=("qformer.layers.1.resid_post", lm_site))
+    queries = np.asarray(acts["qformer.layers.1.resid_post"]).reshape(-1, q.shape[-1])
+    assert all(np.abs(queries - row).max(1).min() < 1e-4 for row in q[:, 0])  # every query is real
+    real = np.asarray(acts[lm_site])[mask.astype(bool)]
+    assert all(np.abs(real - row).max(1).min() < 1e-4 for row in lm[:, 0])  # never a padding token
+    with pytest.raises(ValueError, match=r"hold \d+ real tokens at lm.layers.1.resid_post, fewer than one SAE batch"):
+        stream_batches(apply_fn, params, inputs, (lm_site,), 10_000, mask_key="attention_mask")(0)
