@@ -150,6 +150,12 @@ def get_config(arg=None):
     s.probe_k = 4
     s.clamp_scale = 1.0
 
+    # Where the image embedding comes from (experiments/toyworld/decomposition.py): TextSpan's
+    # terms and per-head text basis over the class prompts, mean-ablations, and the spurious pair's
+    # source-family heads ablated against `random_sets` random sets of as many heads.
+    c.decomposition = ml_collections.ConfigDict(dict(num_texts=3, rank=8, seed=0, random_sets=5,
+                                                     min_group=10))
+
     # The ToyWorld captioner (train/captioner.py: Q-Former + OPT over the frozen CLIP vision
     # tower), main world only: caption accuracy on `eval_images` held-out images, its Table 3
     # row (eq 5 at the Q-Former, control.seeds / table_alphas / num_inputs) and Table 4 rows.
@@ -213,6 +219,7 @@ def get_config(arg=None):
         x.alphas = (1.0,)
         x.num_steer = 16
         a.ablation_anchors = ("data",)
+        c.decomposition.update(random_sets=2, min_group=1)
         s.update(architectures=("topk", "jumprelu"), latents=32, k=4, steps=6, batch_size=64,
                  images_per_step=8, aux_k=8, dead_steps=3, top_examples=8)
     return c

@@ -23,6 +23,7 @@ from mrepe_jax.experiments.toyworld import (
     align,
     captioning,
     control,
+    decomposition,
     efficiency,
     features,
     identify,
@@ -79,7 +80,7 @@ def _can_reuse(same_config: bool, previous: dict, results: dict, stages) -> bool
 
 
 #: Stages every world and CLIP seed runs.
-STAGES = ("zero_shot", "identification", "alignment", "control", "safety", "features")
+STAGES = ("zero_shot", "identification", "alignment", "control", "safety", "features", "decomposition")
 #: The rest run only where they mean something new. Costs (Table 5): on the main world (the same
 #: programs on the hard world's data cost the same); per-model pictures and studies (the patching
 #: sweeps, the captioner, transfer across architectures): on the main world's first CLIP.
@@ -90,7 +91,7 @@ STUDIES = ("causal", "captioner", "architectures")
 def stage_names(extra: tuple) -> list[str]:
     """The stages ``_stages`` runs with ``extra``, in order (``reading``: every split's sites)."""
     order = ("reading", "zero_shot", "identification", "causal", "alignment", "control", "safety",
-             "features", "efficiency", "captioner", "architectures")
+             "features", "decomposition", "efficiency", "captioner", "architectures")
     runs = set(STAGES) | set(extra) | {"reading"}
     if "architectures" in extra:  # the transfer study reads the captioner
         runs.add("captioner")
@@ -150,9 +151,13 @@ def _run_stages(model, params, world: ToyWorld, config, workdir, mesh, extra: tu
     out["safety"] = safety.run(model, params, world, reps, splits["train"],
                                         labels["train"], prompts, scale, config.control, run_seed)
     announce("features")
+    every_row = {s: _all_rows(world, splits, s, n) for s, n in sizes.items()}
     out["features"] = features.run(
-        model, params, world, {s: _all_rows(world, splits, s, n) for s, n in sizes.items()}, labels,
-        {s: r["vision"] for s, r in reps.items()}, prompts, config.features, config.control, progress)
+        model, params, world, every_row, labels, {s: r["vision"] for s, r in reps.items()}, prompts,
+        config.features, config.control, progress)
+    announce("decomposition")
+    out["decomposition"] = decomposition.run(model, params, world, every_row, labels, prompts,
+                                             config.decomposition)
     if "efficiency" in extra:
         announce("efficiency")
         out["efficiency"] = efficiency.run(model, params, world, reps, config.control)

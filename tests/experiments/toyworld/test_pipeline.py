@@ -90,6 +90,13 @@ def test_pipeline_writes_results_and_report(single):
     assert set(feats["steering"]["add"]["success"]) == {"1.0"} and 0 <= feats["steering"]["clamp"]["success"] <= 1
     assert "## Sparse-autoencoder features — default world" in report
     assert "| FT | SAE feature |" in report  # Table 3's column
+    dec = results["decomposition"]
+    assert dec["sum_error"] <= 1e-5 * max(1.0, dec["embedding_scale"])
+    assert [(h["layer"], h["head"]) for h in dec["heads"]] == [(0, 0), (0, 1)]
+    assert all(len(h["texts"]) == 3 and h["family"] == h["texts"][0].split("=")[0] for h in dec["heads"])
+    assert set(dec["ablation"]) >= {"none", "head 0.0", "head 0.1", "attention 0", "mlp 0"}
+    assert dec["ablation"]["none"] == results["zero_shot"]["vision"]  # nothing ablated: the model
+    assert "## Where the image embedding comes from — default world" in report
     safety = results["safety"]["towers"]
     assert set(safety) == {"vision"} and "ar" in safety["vision"]
     for tower in safety.values():
@@ -335,7 +342,7 @@ def test_pipeline_with_the_hard_world(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = json.loads((tmp_path / "w" / "results.json").read_text())
     assert resumed["hard"]["reused_stages"] == ["zero_shot", "identification", "alignment", "control",
-                                                "safety", "features"]
+                                                "safety", "features", "decomposition"]
     assert hard["features"]["architectures"]["topk"]["spurious"]["source"] == "colour"
     assert resumed["hard"]["efficiency"]["measured_on"] == "default world"
     assert resumed["hard"]["alignment"] == hard["alignment"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mrepe_jax.experiments.toyworld.report import align, control, costs, features, generative
+from mrepe_jax.experiments.toyworld.report import align, control, costs, decomposition, features, generative
 from mrepe_jax.experiments.toyworld.report.claims import claims_section
 from mrepe_jax.report.markdown import fmt, section, table
 from mrepe_jax.report.stage_tables import causal_section, table1_section
@@ -75,4 +75,5 @@ def _control_sections(results: dict, name: str, prefix: str) -> list[str]:
             f"![steering dose-response, {name} world]({prefix}steering_dose_response.png)",
             control.table4(results["safety"], name, captioner), costs.table5(results, name),
             costs.table6(results, name), claims_section(results, name)] + (
-        [features.features_section(sae, name)] if sae is not None else [])
+        [features.features_section(sae, name)] if sae is not None else []) + (
+        [decomposition.decomposition_section(results["decomposition"], name)] if "decomposition" in results else [])
