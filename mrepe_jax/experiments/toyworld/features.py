@@ -39,7 +39,7 @@ import scipy.stats
 
 from mrepe_jax.control.evaluate import DirectEdits, collateral_accuracy, steered_predictions, success_rate
 from mrepe_jax.control.interventions import site_scale
-from mrepe_jax.features.edits import SAEClamp
+from mrepe_jax.features.edits import SAEClamp, SAESplice
 from mrepe_jax.features.evaluate import evaluate_sae
 from mrepe_jax.features.sae import SAEConfig
 from mrepe_jax.features.stream import site_batches
@@ -47,6 +47,7 @@ from mrepe_jax.features.train import train_saes
 from mrepe_jax.reading.directions import direction_mean_diff, direction_probe
 from mrepe_jax.stages.reads import token_reps
 from mrepe_jax.stages.steering import steering_sites
+from mrepe_jax.train.zero_shot import predict
 
 KEYS = ("image", None)
 
@@ -134,6 +135,27 @@ def _directions(reps: dict, labels: dict, world, site: str, cfg) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
+class SpliceEdits:
+    """``edits_fn`` splicing one SAE's reconstruction in at ``site`` (its error term dropped)."""
+
+    site: str
+    cfg: SAEConfig
+
+    def __call__(self, p):
+        return {self.site: SAESplice(p["params"], p["k"], cfg=self.cfg)}
+
+
+def _splice_accuracy(model, params, world, sae, site: str, test_x, test_labels: dict, prompts: dict) -> dict:
+    """Zero-shot accuracy per family on test images with the SAE's reconstruction spliced in at
+    ``site`` on every token, and without (the downstream cost of the SAE's error)."""
+    arrays = {"params": {name: np.asarray(v)[None] for name, v in sae.params.items()},
+              "k": np.full(1, sae.info["k"], np.int32)}
+    spliced = steered_predictions(model, {"params": params}, "vision", test_x, None, SpliceEdits(site, sae.cfg),
+                                  arrays, prompts)
+    return {f: float(np.mean(np.asarray(spliced[f][0]) == np.asarray(test_labels[f]))) for f in world.families}
+
+
+@dataclasses.dataclass(frozen=True)
 class ClampEdits:
     """``edits_fn`` of a clamp sweep: one SAE's latent ``p["latent"]`` clamped to ``p["value"]`` on
     every token at ``site`` (a frozen dataclass: one compiled program per site and SAE shape)."""
@@ -208,12 +230,17 @@ def run(model, params, world, splits: dict, labels: dict, reps: dict, prompts: d
         pick = np.random.default_rng([cfg.seed, step]).choice(len(pixels), cfg.images_per_step, replace=False)
         return {"image": pixels[np.sort(pick)]}
 
+    test_x = np.asarray(splits["test"]["image"])
     batches = site_batches(model, params, "vision", images, (site,), cfg.batch_size, input_key="image",
                            seed=cfg.seed)
     tokens = {s: token_reps(model, params, "vision", KEYS, {"image": np.asarray(b["image"])}, site)
               for s, b in splits.items()}
     d_in = tokens["train"].shape[-1]
+    proj = reps["test"]["vision.proj"]
+    baseline = {f: float(np.mean(predict(proj, np.asarray(prompts[f])) == np.asarray(labels["test"][f])))
+                for f in world.families}
     out: dict = {"site": site, "latents": int(cfg.latents), "k": int(cfg.k), "steps": int(cfg.steps),
+                 "baseline_accuracy": baseline, "baseline_mean_accuracy": float(np.mean(list(baseline.values()))),
                  "architectures": {}, "directions": _directions(reps, labels, world, site, cfg)}
     saes = {}
     for arch in cfg.architectures:
@@ -224,8 +251,10 @@ def run(model, params, world, splits: dict, labels: dict, reps: dict, prompts: d
         features = {s: _image_features(sae, t) for s, t in tokens.items()}
         test_tokens = tokens["test"].reshape(-1, d_in)
         metrics = evaluate_sae(sae, (test_tokens[i:i + 4096] for i in range(0, len(test_tokens), 4096)))
+        spliced = _splice_accuracy(model, params, world, sae, site, test_x, labels["test"], prompts)
         out["architectures"][arch] = {
-            **metrics.summary(), **_recovery(features, labels, world, cfg),
+            **metrics.summary(), **_recovery(features, labels, world, cfg), "spliced_accuracy": spliced,
+            "spliced_mean_accuracy": float(np.mean(list(spliced.values()))),
             **_purity(features["test"], labels["test"], cfg), "spurious": _spurious(features, labels, world),
             "train_seconds": round(trained, 1), "final_loss": sae.info["losses"][-1] if sae.info["losses"] else None}
         saes[arch] = sae

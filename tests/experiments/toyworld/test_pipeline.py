@@ -86,6 +86,8 @@ def test_pipeline_writes_results_and_report(single):
         assert 0 <= r["recovery"] <= 1 and 0 <= r["purity"] <= 1 and 0 <= r["fvu"] and r["l0"] > 0
         assert set(r["per_value"]) == set(results["zero_shot"]["vision"])  # every family
         assert r["spurious"] is None  # the default world has no shortcut
+        assert set(r["spliced_accuracy"]) == set(feats["baseline_accuracy"]) and 0 <= r["spliced_mean_accuracy"] <= 1
+    assert feats["baseline_accuracy"] == pytest.approx(results["zero_shot"]["vision"])
     assert feats["architectures"]["topk"]["l0"] <= 4  # k
     assert set(feats["steering"]["add"]["success"]) == {"1.0"} and 0 <= feats["steering"]["clamp"]["success"] <= 1
     assert "## Sparse-autoencoder features — default world" in report

@@ -18,12 +18,12 @@ def _spurious(arch: str, s: dict | None) -> list[list]:
 def features_section(f: dict, world: str) -> str:
     """The section for one world's ``results["features"]``."""
     archs = f["architectures"]
-    rows = [[a, r["l0"], r["fvu"], r["dead_fraction"], r["dense_fraction"], r["alive"], r["recovery"],
-             r["probe_recovery"], r["mean_best_auroc"], r["purity"], r["train_seconds"]]
+    rows = [[a, r["l0"], r["fvu"], r["dead_fraction"], r["dense_fraction"], r["alive"], r["spliced_mean_accuracy"],
+             r["recovery"], r["probe_recovery"], r["mean_best_auroc"], r["purity"], r["train_seconds"]]
             for a, r in archs.items()]
     d = f["directions"]
-    rows.append(["eq 6 directions (mean difference)", "-", "-", "-", "-", "-", d["recovery"], "-", d["mean_auroc"],
-                 "-", "-"])
+    rows.append(["eq 6 directions (mean difference)", "-", "-", "-", "-", "-", "-", d["recovery"], "-",
+                 d["mean_auroc"], "-", "-"])
     best = max(archs, key=lambda a: archs[a]["recovery"])
     ahead = d["recovery"] > archs[best]["recovery"]
     verdict = (f"Best recovery: {best} ({archs[best]['recovery']:.3f}) against the eq 6 directions' "
@@ -36,12 +36,15 @@ def features_section(f: dict, world: str) -> str:
         "coefficients (`features.coefficients`), so the comparison is at about matched L0 (the L0 "
         "column says how matched). An image's feature activation is its tokens' mean. L0 (active "
         "latents per token), FVU (variance unexplained), dead (never fire on test tokens) and dense "
-        "(fire on > 10 % of them): on the test split's tokens. Recovery: the share of concept values "
+        "(fire on > 10 % of them): on the test split's tokens. Spliced: the image zero-shot accuracy "
+        "(mean over families) with the SAE's reconstruction in place of the site on every token (its "
+        f"error term dropped; the model as it is: {f['baseline_mean_accuracy']:.3f}). "
+        "Recovery: the share of concept values "
         "whose best feature (chosen on validation) reaches test AUROC >= 0.95; probe: a sparse "
         "logistic probe on the best few features (`features.probe_k`); purity: the share of alive "
         "features whose top test images are >= 90 % one value of one family. "
         "`experiments/toyworld/features.py`. " + verdict,
-        table(["architecture", "L0", "FVU", "dead", "dense", "alive", "recovery", "probe recovery",
+        table(["architecture", "L0", "FVU", "dead", "dense", "alive", "spliced", "recovery", "probe recovery",
                "mean best AUROC", "purity", "train s"], rows),
     ]
     spurious = [row for a, r in archs.items() for row in _spurious(a, r.get("spurious"))]
