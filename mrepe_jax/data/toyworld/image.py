@@ -118,15 +118,41 @@ def _draw_distractors(background: np.ndarray, nuisance: Mapping[str, np.ndarray]
     return image
 
 
-def render_images(labels: Mapping[str, np.ndarray], nuisance: Mapping[str, np.ndarray],
-                  image_size: int) -> np.ndarray:
-    """Render float32 images [B, H, W, 3] in [0, 1] from labels and nuisance (pure)."""
-    size = image_size
+def _main_object(labels: Mapping[str, np.ndarray], nuisance: Mapping[str, np.ndarray],
+                 size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The main object's centre and half extent [B] in pixels."""
     half = _table(_HALF_EXTENT, "size")[labels["size"]] * size
     half = half * (1.0 + _JITTER_SCALE * _sym(nuisance["img_scale"]))
     cx = (_table(_CENTRE_X, "position")[labels["position"]]
           + _JITTER_XY * _sym(nuisance["img_dx"])) * size
     cy = (_CENTRE_Y + _JITTER_XY * _sym(nuisance["img_dy"])) * size
+    return cx, cy, half
+
+
+def _glyphs(labels: Mapping[str, np.ndarray], size: int) -> tuple[np.ndarray, int]:
+    """The emblem glyphs [B, g, g] at the image's scale, and their offset from the corner."""
+    scale = max(1, size // 32)
+    glyphs = glyph_bitmaps()[labels["emblem"]]  # [B,6,6]
+    return np.kron(glyphs, np.ones((1, scale, scale), np.float32)), scale
+
+
+def render_masks(labels: Mapping[str, np.ndarray], nuisance: Mapping[str, np.ndarray],
+                 image_size: int) -> np.ndarray:
+    """The main object's pixels, bool [B, H, W] (pure): where its coverage is at least half and
+    the emblem glyph, painted over it, does not cover it (the segmentation ground truth)."""
+    cx, cy, half = _main_object(labels, nuisance, image_size)
+    mask = _coverage(labels["shape"], cx, cy, half, image_size)[..., 0] >= 0.5
+    glyphs, scale = _glyphs(labels, image_size)
+    g = glyphs.shape[-1]
+    mask[:, scale:scale + g, scale:scale + g] &= glyphs < 0.5
+    return mask
+
+
+def render_images(labels: Mapping[str, np.ndarray], nuisance: Mapping[str, np.ndarray],
+                  image_size: int) -> np.ndarray:
+    """Render float32 images [B, H, W, 3] in [0, 1] from labels and nuisance (pure)."""
+    size = image_size
+    cx, cy, half = _main_object(labels, nuisance, size)
     coverage = _coverage(labels["shape"], cx, cy, half, size)
 
     rgb = _table(_RGB, "colour")[labels["colour"]]  # [B,3]
@@ -139,9 +165,7 @@ def render_images(labels: Mapping[str, np.ndarray], nuisance: Mapping[str, np.nd
     image = background * (1.0 - coverage) + colour * coverage
 
     # The glyph is scaled with the image so that it stays the same fraction of it.
-    scale = max(1, size // 32)
-    glyphs = glyph_bitmaps()[labels["emblem"]]  # [B,6,6]
-    glyphs = np.kron(glyphs, np.ones((1, scale, scale), np.float32))
+    glyphs, scale = _glyphs(labels, size)
     g = glyphs.shape[-1]
     level = (0.75 + 0.25 * nuisance["img_emblem_level"])[:, None, None, None]
     mask = glyphs[..., None]

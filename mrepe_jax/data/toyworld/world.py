@@ -36,7 +36,7 @@ from mrepe_jax.data.toyworld.concepts import (
     family_values,
     value_index,
 )
-from mrepe_jax.data.toyworld.image import render_images
+from mrepe_jax.data.toyworld.image import render_images, render_masks
 from mrepe_jax.data.toyworld.sampling import (
     apply_spurious,
     draw_caption_shifts,
@@ -211,6 +211,12 @@ class ToyWorld:
                        for c in _chunks(idx)])
         out["index"] = idx
         return out
+
+    def masks(self, indices: Sequence[int], split: str = "train") -> np.ndarray:
+        """The main object's pixels in the images ``batch(indices, split)`` renders, bool
+        ``[B, H, W]`` (``image.render_masks``; distractors and the emblem are not the object)."""
+        idx = _as_index_list(indices)
+        return render_masks(self.labels(idx, split), self._nuisance(idx, split), self.config.image_size)
 
     def sample(self, index: int, split: str = "train") -> Batch:
         """One sample, without the batch axis (``caption`` is a str, labels are ints)."""

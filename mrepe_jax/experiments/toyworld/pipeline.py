@@ -37,6 +37,7 @@ from mrepe_jax.experiments.toyworld.report.control import COLUMNS
 from mrepe_jax.models.layers import normalize
 from mrepe_jax.models.trimodal.sharding import TRIMODAL_RULES
 from mrepe_jax.reading.bundles import params_hash
+from mrepe_jax.report import html as report_html
 from mrepe_jax.report import workdir as workdir_lib
 from mrepe_jax.report.progress import StageBar
 from mrepe_jax.stages import runtime
@@ -157,7 +158,7 @@ def _run_stages(model, params, world: ToyWorld, config, workdir, mesh, extra: tu
         config.features, config.control, progress)
     announce("decomposition")
     out["decomposition"] = decomposition.run(model, params, world, every_row, labels, prompts,
-                                             config.decomposition)
+                                             config.decomposition, world.masks(range(sizes["test"]), "test"))
     if "efficiency" in extra:
         announce("efficiency")
         out["efficiency"] = efficiency.run(model, params, world, reps, config.control)
@@ -210,7 +211,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
         # Inference time and memory are those of the same programs on other data: measured once.
         results["hard"]["efficiency"] = {**results["efficiency"], "measured_on": "default world"}
     workdir_lib.write_json(workdir / "results.json", results)
-    workdir_lib.write_text(workdir / "report.md", report.render(results))
+    markdown = report.render(results)
+    workdir_lib.write_text(workdir / "report.md", markdown)
+    report_html.write(workdir, markdown, results)  # the same report, interactive, one file
     return results
 
 

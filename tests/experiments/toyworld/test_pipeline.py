@@ -99,6 +99,11 @@ def test_pipeline_writes_results_and_report(single):
     assert set(dec["ablation"]) >= {"none", "head 0.0", "head 0.1", "attention 0", "mlp 0"}
     assert dec["ablation"]["none"] == results["zero_shot"]["vision"]  # nothing ablated: the model
     assert "## Where the image embedding comes from — default world" in report
+    seg = dec["segmentation"]
+    assert set(seg) == {"decomposition (TextSpan)", "last-layer tokens", "attention rollout",
+                        "all background (reference)"}
+    assert all(0 <= v["pixel_accuracy"] <= 1 and 0 <= v["miou"] <= 1 for v in seg.values())
+    assert seg["all background (reference)"]["pixel_accuracy"] > 0.5  # objects are small
     safety = results["safety"]["towers"]
     assert set(safety) == {"vision"} and "ar" in safety["vision"]
     for tower in safety.values():
