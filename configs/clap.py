@@ -69,6 +69,10 @@ def get_config(arg=None):
     # Eq 2: the audio tower is swept over one stage's blocks (its stages differ in tokens and
     # width); -1 is the last (HTSAT's: 2 blocks of 8x8 tokens).
     c.causal = ml_collections.ConfigDict(dict(num_pairs=16, audio_stage=-1, bootstrap_resamples=1000))
+    # Each attention head of the modality's tower labelled by TextSpan's text basis (issue 27) on
+    # `num_images` held-out inputs; texts: one per line at `texts_path`, or (empty) the class
+    # prompts and the caption families' words. A tower that is not a plain ViT is skipped.
+    c.decomposition = ml_collections.ConfigDict(dict(texts_path="", num_texts=3, rank=16, num_images=128))
     # The mesh (DESIGN.md section 7): shape (data, model), None puts every device on data; a model
     # axis over 1 loads the params into shards by models/clap/sharding.py; fsdp=True also shards
     # large params over data.

@@ -60,6 +60,10 @@ def get_config(arg=None):
     # alpha in units of the site's mean norm (0.1: the paper's).
     c.steer = ml_collections.ConfigDict(dict(num_inputs=128, alphas=(0.1, 0.3, 1.0)))
     c.causal = ml_collections.ConfigDict(dict(num_pairs=16, heads=True, bootstrap_resamples=1000))
+    # Each attention head of the modality's tower labelled by TextSpan's text basis (issue 27) on
+    # `num_images` held-out inputs; texts: one per line at `texts_path`, or (empty) the class
+    # prompts and the caption families' words. A tower that is not a plain ViT is skipped.
+    c.decomposition = ml_collections.ConfigDict(dict(texts_path="", num_texts=3, rank=16, num_images=128))
     # The mesh (DESIGN.md section 7): shape (data, model), None puts every device on data. A model
     # axis over 1 loads the params straight into shards by the family's rule table
     # (models/clip/sharding.py); fsdp=True also shards large params over data.

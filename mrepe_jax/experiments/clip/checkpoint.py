@@ -18,6 +18,7 @@ MAX_LOGIT_SCALE = 100.0
 
 class ClipCheckpoint(Checkpoint):
     modality = IMAGES
+    decomposes = True
 
     def __init__(self, cfg: ml_collections.ConfigDict, mesh_cfg: ml_collections.ConfigDict | None = None):
         super().__init__(cfg, mesh_cfg, clip_convert.load_pretrained, CLIP_RULES)

@@ -27,6 +27,8 @@ class Checkpoint(abc.ABC):
     modality: Modality
     #: The token the text tower's readout pools, in words (for the report).
     text_readout = "EOS"
+    #: Whether the modality's tower is a plain ViT that ``reading.decompose`` splits into terms.
+    decomposes = False
 
     def __init__(self, cfg: ml_collections.ConfigDict, mesh_cfg: ml_collections.ConfigDict | None,
                  load_pretrained, rules):

@@ -42,6 +42,7 @@ from mrepe_jax.report.progress import StageBar
 from mrepe_jax.stages import alignment, identification, patching, runtime, steering
 from mrepe_jax.stages import seeds as seeds_lib
 from mrepe_jax.stages.dual_encoder import data as data_lib
+from mrepe_jax.stages.dual_encoder import decomposition
 from mrepe_jax.stages.dual_encoder import report as report_lib
 from mrepe_jax.stages.dual_encoder.checkpoint import TEXT_KEYS, Checkpoint
 from mrepe_jax.stages.reads import readout_reps
@@ -51,7 +52,7 @@ from mrepe_jax.train import zero_shot
 def stages(modality) -> tuple[str, ...]:
     """The run's stages, as its progress bar and ``stage_seconds`` name them."""
     return (f"identification: {modality.plural}", "identification: captions", "direction bundles",
-            "alignment", "steering", "causal patching")
+            "alignment", "steering", "causal patching", "decomposition")
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -134,6 +135,9 @@ def run(experiment: str, config: ml_collections.ConfigDict, workdir: str | os.Pa
             results["causal"]["text"][family] = patching.patching(
                 ckpt.model, ckpt.params, "text", family, contrast,
                 patching.prompt_metric(texts.prompts[family], contrast), workdir, **kw)
+
+        clock.start("decomposition")
+        results["decomposition"] = decomposition.run(ckpt, config, labelled.pool)
     results["stage_seconds"] = clock.seconds
     results["seconds"] = round(time.perf_counter() - t0, 1)
     workdir_lib.write_json(workdir / "results.json", results)

@@ -10,6 +10,7 @@ import numpy as np
 
 from mrepe_jax.report.markdown import fmt, section, table
 from mrepe_jax.report.stage_tables import causal_section, table1_section
+from mrepe_jax.stages.dual_encoder import decomposition
 
 
 def pairs(mod: dict) -> str:
@@ -46,6 +47,8 @@ def render(results: dict) -> str:
         alignment_section(results["alignment"], mod),
         steering_section(results["steering"], mod),
         causal_section(results["causal"], pairs=pairs(mod)),
+        section(f"Where the {mod['noun']} embedding comes from (TextSpan)",
+                *decomposition.report_parts(results["decomposition"])),
         section("Direction bundles", "Each value's eq 6 direction at the family's best site, with "
                 "provenance (`reading.bundles.load_bundle`):",
                 "\n".join(f"- `{p}`" for p in results["bundles"])),

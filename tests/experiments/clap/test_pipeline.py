@@ -80,6 +80,7 @@ def _check_run(workdir, hf_clap, classes):
         assert heading in report
     assert "| family | recording accuracy |" in report and "Recording pairs: two test recordings" in report
     assert "(the mean of the last stage's tokens for recordings, <s> for captions)" in report
+    assert "not a plain ViT" in results["decomposition"]["skipped"] and "Decomposition: skipped" in report
     ident = results["identification"]
     check_towers(workdir, results, str(hf_clap), {"audio": {"word": classes},
                                                   "text": {"animal": ANIMALS, "vehicle": VEHICLES}})

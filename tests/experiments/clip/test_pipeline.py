@@ -75,6 +75,12 @@ def _check_run(workdir, hf_clip, towers_families):
     assert "## Table 1: representation identification" in report
     assert "## Causal effects (eq 2): exact vs attribution patching" in report
     check_towers(workdir, results, str(hf_clip), towers_families)
+    dec = results["decomposition"]  # the tiny CLIP's vision tower: 2 layers x 2 heads
+    assert [(h["layer"], h["head"]) for h in dec["heads"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    tol = 1e-5 if results["model"]["dtype"] == "float32" else 2e-2  # bf16 keeps ~3 digits
+    assert dec["sum_error"] <= tol * max(1.0, dec["embedding_scale"]) and dec["num_images"] > 0
+    assert all(len(h["texts"]) == 3 and len(set(h["texts"])) == 3 for h in dec["heads"])
+    assert "## Where the image embedding comes from (TextSpan)" in report
     assert (workdir / "patching_vision_object_layer_head.png").is_file()
     assert "## Table 3: intervention success rates" in report
     assert "## Table 2: cross-modal consistency (CMC, eq 8)" in report
