@@ -62,8 +62,11 @@ def get_config(arg=None):
     c.causal = ml_collections.ConfigDict(dict(num_pairs=16, heads=True, bootstrap_resamples=1000))
     # Each attention head of the modality's tower labelled by TextSpan's text basis (issue 27) on
     # `num_images` held-out inputs; texts: one per line at `texts_path`, or (empty) the class
-    # prompts and the caption families' words. A tower that is not a plain ViT is skipped.
-    c.decomposition = ml_collections.ConfigDict(dict(texts_path="", num_texts=3, rank=16, num_images=128))
+    # prompts and the caption families' words. A tower that is not a plain ViT is skipped. With a
+    # folder of images, `masks_path` (<split>/<class>/<image stem>.png, non-zero on the object) adds
+    # zero-shot segmentation of each image's object for its class prompt.
+    c.decomposition = ml_collections.ConfigDict(dict(texts_path="", num_texts=3, rank=16, num_images=128,
+                                                     masks_path=""))
     # The mesh (DESIGN.md section 7): shape (data, model), None puts every device on data. A model
     # axis over 1 loads the params straight into shards by the family's rule table
     # (models/clip/sharding.py); fsdp=True also shards large params over data.

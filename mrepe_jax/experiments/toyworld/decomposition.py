@@ -27,8 +27,9 @@ import numpy as np
 
 from mrepe_jax.control.evaluate import steered_predictions
 from mrepe_jax.edits import Replace, along
-from mrepe_jax.reading.decompose import decompose, readout_weights
+from mrepe_jax.reading.decompose import decompose
 from mrepe_jax.reading.textspan import text_span
+from mrepe_jax.stages import segmentation
 from mrepe_jax.stages.reads import token_reps
 
 KEYS = ("image", None)
@@ -74,57 +75,12 @@ def _groups(preds: np.ndarray, labels: dict, target: str, source: str, min_count
     return min(accs), float(np.mean(accs))
 
 
-def _pixels(token_scores: np.ndarray, image_size: int) -> np.ndarray:
-    """Patch scores ``[N, T]`` (CLS first) as a pixel map ``[N, H, W]`` (nearest upsampling)."""
-    grid = int(round(np.sqrt(token_scores.shape[1] - 1)))
-    patches = token_scores[:, 1:].reshape(-1, grid, grid)
-    k = image_size // grid
-    return np.kron(patches, np.ones((1, k, k)))
-
-
-def _segmentation_scores(maps: np.ndarray, masks: np.ndarray) -> dict:
-    """Pixel accuracy and mIoU (object and background) of ``maps [N, H, W]`` binarised at each
-    image's mean, against the true ``masks``; averaged over images."""
-    pred = maps > maps.mean((1, 2), keepdims=True)
-    acc = (pred == masks).mean((1, 2))
-
-    def iou(a, b):
-        union = (a | b).sum((1, 2))
-        return np.where(union > 0, (a & b).sum((1, 2)) / np.maximum(union, 1), 1.0)
-
-    miou = 0.5 * (iou(pred, masks) + iou(~pred, ~masks))
-    return {"pixel_accuracy": float(acc.mean()), "miou": float(miou.mean())}
-
-
-def _segmentation(model, params, d, world, test_x, test_labels: dict, masks: np.ndarray, prompts: dict,
-                  layers: int) -> dict:
-    """Zero-shot segmentation of each test image's object: each patch's score for the image's true
-    shape prompt, from the decomposition (its attention terms summed over layers and heads, TextSpan's
-    map), against two baselines: the last layer's patch tokens read out as if each were CLS
-    (``post_layernorm`` and the projection), cosine to the prompt; and attention rollout of CLS
-    (heads averaged, identity added, layers multiplied; Abnar and Zuidema 2020)."""
-    shape = np.asarray(prompts["shape"])[np.asarray(test_labels["shape"])]  # [N, D']
-    size = test_x.shape[1]
-    textspan = np.einsum("ntd,nd->nt", np.asarray(d.attn).sum((1, 2)), shape)
-    readout = readout_weights(model, {"params": params}, "vision", "proj")
-    last = token_reps(model, params, "vision", KEYS, {"image": test_x}, f"vision.layers.{layers - 1}.resid_post")
-    x = last
-    for g, b in zip(readout.scales, readout.biases):
-        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + readout.eps) * np.asarray(g) \
-            + np.asarray(b)
-    x = x @ np.asarray(readout.proj)
-    tokens = np.einsum("ntd,nd->nt", x / np.linalg.norm(x, axis=-1, keepdims=True), shape)
-    rollout = None
-    for layer in range(layers):
-        a = token_reps(model, params, "vision", KEYS, {"image": test_x}, f"vision.layers.{layer}.attn.pattern")
-        a = 0.5 * a.mean(1) + 0.5 * np.eye(a.shape[-1])  # [N, T, T]
-        a = a / a.sum(-1, keepdims=True)
-        rollout = a if rollout is None else a @ rollout
-    # A constant map marks no pixel: the all-background reference (high pixel accuracy, as the
-    # objects are small; mIoU is the figure that separates methods).
-    maps = {"decomposition (TextSpan)": textspan, "last-layer tokens": tokens, "attention rollout": rollout[:, 0],
-            "all background (reference)": np.zeros_like(textspan)}
-    return {name: _segmentation_scores(_pixels(m, size), masks) for name, m in maps.items()}
+def _segmentation(model, params, d, test_x, test_labels: dict, masks: np.ndarray, prompts: dict) -> dict:
+    """Zero-shot segmentation of each test image's object against its true mask
+    (``stages.segmentation``), each patch scored for the image's shape prompt."""
+    text = np.asarray(prompts["shape"])[np.asarray(test_labels["shape"])]  # [N, D']
+    maps = segmentation.maps(model, params, d, test_x, text, KEYS)
+    return {name: segmentation.scores(m, masks) for name, m in maps.items()}
 
 
 def run(model, params, world, splits: dict, labels: dict, prompts: dict, cfg, masks=None) -> dict:
@@ -194,6 +150,6 @@ def run(model, params, world, splits: dict, labels: dict, prompts: dict, cfg, ma
                      "random_worst_group": [g[0] for g in randoms], "random_mean_group": [g[1] for g in randoms],
                      "accuracy_after": accuracy.get(f"{source} heads"),
                      "world_spurious": float(world.config.spurious)},
-        "segmentation": None if masks is None else _segmentation(model, params, d, world, test_x, labels["test"],
-                                                                  np.asarray(masks), prompts, layers),
+        "segmentation": None if masks is None else _segmentation(model, params, d, test_x, labels["test"],
+                                                                  np.asarray(masks), prompts),
         "seconds": round(time.perf_counter() - t0, 1)}

@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from mrepe_jax.reading.decompose import decompose
 from mrepe_jax.reading.textspan import text_span
 from mrepe_jax.report.markdown import table
+from mrepe_jax.stages import segmentation
 
 
 def text_pool(config, section: str) -> tuple[list[str], str]:
@@ -34,9 +36,35 @@ def text_pool(config, section: str) -> tuple[list[str], str]:
     return texts, "the class prompts and the caption families' words"
 
 
-def run(ckpt, config, pool: np.ndarray) -> dict:
+def masks(ckpt, config, n: int) -> np.ndarray | None:
+    """The object masks of the first ``n`` test images, preprocessed as the images are (resized and
+    cropped alike), bool ``[n, S, S]``; None without ``decomposition.masks_path``. A mask is
+    ``<masks_path>/<split folder>/<class>/<image stem>.png``, non-zero on the object."""
+    cfg, lab = config.decomposition, config[ckpt.modality.section]
+    if not cfg.masks_path:
+        return None
+    if lab.source != "folder":
+        raise ValueError("decomposition.masks_path needs a folder of images (images.source=folder): masks are "
+                         "matched to its test images by path")
+    root, mask_root = Path(lab.path).expanduser(), Path(cfg.masks_path).expanduser()
+    out = []
+    for path, _ in ckpt.modality.folder_files(lab, "test")[:n]:
+        m = mask_root / path.relative_to(root).with_suffix(".png")
+        if not m.is_file():
+            raise FileNotFoundError(f"no mask {str(m)!r} for image {str(path)!r} (decomposition.masks_path holds "
+                                    "<split>/<class>/<image stem>.png, non-zero on the object)")
+        on = np.asarray(Image.open(m).convert("L")) > 127
+        out.append(np.repeat(on[..., None], 3, -1).astype(np.uint8) * 255)
+    # Through the images' own preprocessing; the threshold is halfway between black and white there.
+    black_white = ckpt.inputs([np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8)])[..., 0]
+    return ckpt.inputs(out)[..., 0] > black_white.mean((1, 2)).mean()
+
+
+def run(ckpt, config, pool: np.ndarray, pool_labels: np.ndarray, prompts: np.ndarray) -> dict:
     """Head labels (module docstring) from the first ``decomposition.num_images`` of ``pool``
-    (preprocessed held-out inputs of the modality's tower)."""
+    (preprocessed held-out inputs of the modality's tower, labels ``pool_labels``), and, with
+    masks (``masks``), zero-shot segmentation of each image's object for its class prompt
+    (``prompts [K, D']``; ``stages.segmentation``)."""
     cfg = config.decomposition
     tower = ckpt.modality.tower
     if not ckpt.decomposes:
@@ -54,7 +82,13 @@ def run(ckpt, config, pool: np.ndarray) -> dict:
             labelled.append({"layer": layer, "head": h, "texts": [texts[int(i)] for i in np.asarray(basis.indices)],
                              "explained": [float(e) for e in np.asarray(basis.explained())],
                              "norm": float(np.linalg.norm(heads[:, layer, h], axis=-1).mean())})
-    return {"texts": source, "num_texts_pool": len(texts), "num_images": len(x),
+    true = masks(ckpt, config, len(x))
+    seg = None
+    if true is not None:
+        text = np.asarray(prompts)[np.asarray(pool_labels[:len(x)])]
+        seg = {name: segmentation.scores(m, true)
+               for name, m in segmentation.maps(ckpt.model, ckpt.params, d, x, text, ckpt.keys(tower), tower).items()}
+    return {"texts": source, "num_texts_pool": len(texts), "num_images": len(x), "segmentation": seg,
             "sum_error": float(np.abs(np.asarray(d.total()) - np.asarray(d.target)).max()),
             "embedding_scale": float(np.abs(np.asarray(d.target)).max()), "heads": labelled}
 
@@ -71,4 +105,10 @@ def report_parts(r: dict) -> list:
             "heads of largest mean term norm:",
             table(["head", "norm", "texts"],
                   [[f"{h['layer']}.{h['head']}", h["norm"],
-                    "; ".join(f"{t} ({100 * e:.0f} %)" for t, e in zip(h["texts"], h["explained"]))] for h in top])]
+                    "; ".join(f"{t} ({100 * e:.0f} %)" for t, e in zip(h["texts"], h["explained"]))] for h in top])
+            ] + ([] if not r.get("segmentation") else [
+                "Zero-shot segmentation of each image's object for its class prompt against the given masks "
+                "(`decomposition.masks_path`; `stages.segmentation`: the decomposition's patch map, last-layer "
+                "tokens, attention rollout, all background), binarised at each image's mean:",
+                table(["map", "pixel accuracy", "mIoU"],
+                      [[k, v["pixel_accuracy"], v["miou"]] for k, v in r["segmentation"].items()])])

@@ -137,7 +137,8 @@ def run(experiment: str, config: ml_collections.ConfigDict, workdir: str | os.Pa
                 patching.prompt_metric(texts.prompts[family], contrast), workdir, **kw)
 
         clock.start("decomposition")
-        results["decomposition"] = decomposition.run(ckpt, config, labelled.pool)
+        results["decomposition"] = decomposition.run(ckpt, config, labelled.pool, labelled.pool_labels,
+                                                     labelled.prompts)
     results["stage_seconds"] = clock.seconds
     results["seconds"] = round(time.perf_counter() - t0, 1)
     workdir_lib.write_json(workdir / "results.json", results)

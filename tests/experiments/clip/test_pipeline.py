@@ -121,12 +121,17 @@ def _write_folder(root, classes, per_split):
 
 def _folder_args(data):
     return ["--config.images.source=folder", f"--config.images.path={data}",
+            f"--config.decomposition.masks_path={data / 'masks'}",
             "--config.images.classes=('cat', 'dog', 'ship')", "--config.captions.source=file",
             f"--config.captions.path={data / 'captions.txt'}"]
 
 
 def _folder_data(root):
     _write_folder(root, ("cat", "dog", "ship"), {"train": 16, "val": 8, "test": 8})
+    for image in (root / "test").rglob("*.png"):  # each test image's object: its left half
+        mask = root / "masks" / image.relative_to(root)
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.arange(48)[None, :] < 24).repeat(40, 0).astype(np.uint8) * 255).save(mask)
     (root / "captions.txt").write_text("\n".join(_captions(400, seed=1)) + "\n")
     return root
 
@@ -158,6 +163,12 @@ def test_clip_experiment_on_a_local_folder(hf_clip, folder_run):
     baseline = next(line for line in report.splitlines() if line.startswith(f"| {hf_clip} (Baseline) |"))
     text_cell, image_cell = baseline.split("|")[2:4]
     assert "±" in text_cell and "±" not in image_cell and float(image_cell) > 0
+    seg = results["decomposition"]["segmentation"]
+    assert set(seg) == {"decomposition (TextSpan)", "last-layer tokens", "attention rollout",
+                        "all background (reference)"}
+    assert all(0 <= v["miou"] <= 1 for v in seg.values())
+    # Half of each (preprocessed, centre-cropped) image is the object: all background is half right.
+    assert abs(seg["all background (reference)"]["pixel_accuracy"] - 0.5) < 0.1
     # Three tints: the vision tower tells the classes apart somewhere.
     assert results["identification"]["mrepe"]["vision"]["object"] > 0.9
 
