@@ -138,3 +138,16 @@ def test_readme_sae_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "sae" / "topk" / "cfg.json").is_file()
     assert 0 <= scope["metrics"].fvu < 1 and scope["metrics"].l0 <= 8
     assert scope["steered"].shape == (64, 16)
+
+
+def test_readme_decomposition_example_runs():
+    import numpy as np
+
+    model, variables, pixels, *_ = tiny_clip()
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[5]
+    assert "text_span" in code
+    texts = np.random.default_rng(0).normal(size=(12, 16)).astype(np.float32)
+    texts /= np.linalg.norm(texts, axis=-1, keepdims=True)
+    scope = {"model": model, "params": variables["params"], "pixels": np.asarray(pixels), "texts": texts}
+    exec(compile(code, str(README), "exec"), scope)
+    assert scope["heads"].shape == (2, 2, 4, 16) and len(np.asarray(scope["basis"].indices)) == 3
