@@ -39,6 +39,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from mrepe_jax.features import sae as sae_lib
+from mrepe_jax.models.hf_files import read_tensor
 
 SAE_CFG_FILENAME = "cfg.json"
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -427,25 +428,8 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     out = {}
     with handle as f:
         for key in f.keys():
-            try:
-                out[key] = f.get_tensor(key)
-            except TypeError:
-                if f.get_slice(key).get_dtype() != "BF16":
-                    raise
-                out[key] = _raw_bf16(path, key)
+            out[key] = read_tensor(f, path, key)
     return out
-
-
-def _raw_bf16(path: Path, key: str) -> np.ndarray:
-    import ml_dtypes
-
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        info = json.loads(f.read(n))[key]
-        start, stop = info["data_offsets"]
-        f.seek(8 + n + start)
-        raw = np.frombuffer(f.read(stop - start), np.uint16)
-    return raw.reshape(info["shape"]).view(ml_dtypes.bfloat16)
 
 
 def _major(version) -> int:

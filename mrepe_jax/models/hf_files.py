@@ -109,7 +109,7 @@ class SafetensorsCheckpoint(Mapping):
 
     def __getitem__(self, key: str) -> np.ndarray:
         with safe_open(self._shard_of[key], framework="np") as f:
-            return _get_tensor(f, self._shard_of[key], key)
+            return read_tensor(f, self._shard_of[key], key)
 
     def __iter__(self):
         return iter(self._shard_of)
@@ -133,10 +133,12 @@ class _ShardedItems(ItemsView):
             with safe_open(shard, framework="np") as f:
                 for key in f.keys():
                     if checkpoint._shard_of.get(key) == shard:
-                        yield key, _get_tensor(f, shard, key)
+                        yield key, read_tensor(f, shard, key)
 
 
-def _get_tensor(handle, shard: Path, key: str) -> np.ndarray:
+def read_tensor(handle, shard: Path, key: str) -> np.ndarray:
+    """Tensor ``key`` of an open safetensors ``handle`` (file ``shard``) as numpy, bfloat16 (which
+    numpy lacks) as ml_dtypes' bfloat16."""
     try:
         return handle.get_tensor(key)
     except TypeError:  # numpy has no bfloat16: read the raw bytes as ml_dtypes' bfloat16
