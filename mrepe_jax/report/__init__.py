@@ -1,1 +1,1 @@
-"""Report writing: markdown tables in the paper's format, results.json, run metadata."""
+"""Report writing: markdown tables in the paper's format, plots, report.html (``html``), results.json, run metadata."""

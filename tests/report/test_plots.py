@@ -60,3 +60,45 @@ def test_a_narrow_heatmap_shows_its_whole_title(tmp_path, monkeypatch, title):
     box, frame = ax_title.get_window_extent(fig.canvas.get_renderer()), fig.bbox
     assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, (box, frame)
     assert "".join(ax_title.get_text().split()) == "".join(title.split())  # wrapped, nothing lost
+
+
+def test_heatmap_ticks_sit_on_whole_cells_and_its_numbers_are_saved(tmp_path, monkeypatch):
+    import json
+
+    from mrepe_jax.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    values = np.arange(12.0).reshape(3, 4)
+    path = plots.heatmap(values, tmp_path / "h.png", title="t", xlabel="head", ylabel="layer")
+    ax = figures[0].axes[0]
+    for ticks in (ax.get_xticks(), ax.get_yticks()):
+        shown = [t for t in ticks if -0.5 <= t <= 3.5]
+        assert shown and all(float(t).is_integer() for t in shown), ticks
+    data = json.loads(plots.sidecar(path).read_text())
+    assert data["kind"] == "heatmap" and data["values"] == values.tolist() and data["xticks"] is None
+
+
+def test_many_series_become_small_multiples_in_the_palette(tmp_path):
+    from mrepe_jax.report.plots import PALETTE
+
+    series = {f"{tower} {method}{suffix}": ([0.5, 1.0], [0.1, 0.2], [0.01, 0.01])
+              for tower in ("vision", "text", "audio") for method in ("direct", "combined")
+              for suffix in ("", " collateral (dashed)")}
+    fig = lines_figure(series, title="dose", xlabel="alpha", ylabel="share", logx=True)
+    try:
+        assert [ax.get_title() for ax in fig.axes] == ["vision", "text", "audio"]  # 4 lines per panel, not 12 on one
+        colours = {c.get_label(): c.lines[0].get_color() for c in fig.axes[0].containers}
+        assert colours == {"direct": PALETTE[0], "direct collateral": PALETTE[0],
+                           "combined": PALETTE[1], "combined collateral": PALETTE[1]}
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.5", "1"]
+        (legend,) = fig.legends  # one legend, outside the panels
+        assert [t.get_text() for t in legend.get_texts()] == list(colours)
+    finally:
+        plt.close(fig)
+    lines(series, tmp_path / "d.png", title="dose", xlabel="alpha", ylabel="share", logx=True)
+    import json
+
+    data = json.loads((tmp_path / "d.json").read_text())
+    assert [p["title"] for p in data["panels"]] == ["vision", "text", "audio"]
+    assert [s["label"] for s in data["panels"][0]["series"]] == list(colours)

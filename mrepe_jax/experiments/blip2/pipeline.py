@@ -38,6 +38,7 @@ from mrepe_jax.experiments.blip2 import steering as blip2_steering
 from mrepe_jax.experiments.blip2.checkpoint import PARTS, Checkpoint
 from mrepe_jax.models.blip2.staging import word_metric
 from mrepe_jax.reading.bundles import save_bundle
+from mrepe_jax.report import html as report_html
 from mrepe_jax.report import workdir as workdir_lib
 from mrepe_jax.report.progress import StageBar
 from mrepe_jax.stages import identification, patching, runtime
@@ -81,7 +82,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, progress:
     results["stage_seconds"] = clock.seconds
     results["seconds"] = round(time.perf_counter() - t0, 1)
     workdir_lib.write_json(workdir / "results.json", results)
-    workdir_lib.write_text(workdir / "report.md", blip2_report.render(results))
+    markdown = blip2_report.render(results)
+    workdir_lib.write_text(workdir / "report.md", markdown)
+    report_html.write(workdir, markdown, results)  # the same report, interactive, one file
     return results
 
 

@@ -37,6 +37,7 @@ from mrepe_jax.align.train import MapTrainConfig, train_maps
 from mrepe_jax.data import concepts
 from mrepe_jax.metrics.stats import wilson_interval
 from mrepe_jax.reading.bundles import save_bundle
+from mrepe_jax.report import html as report_html
 from mrepe_jax.report import workdir as workdir_lib
 from mrepe_jax.report.progress import StageBar
 from mrepe_jax.stages import alignment, identification, patching, runtime, steering
@@ -142,7 +143,9 @@ def run(experiment: str, config: ml_collections.ConfigDict, workdir: str | os.Pa
     results["stage_seconds"] = clock.seconds
     results["seconds"] = round(time.perf_counter() - t0, 1)
     workdir_lib.write_json(workdir / "results.json", results)
-    workdir_lib.write_text(workdir / "report.md", report_lib.render(results))
+    markdown = report_lib.render(results)
+    workdir_lib.write_text(workdir / "report.md", markdown)
+    report_html.write(workdir, markdown, results)  # the same report, interactive, one file
     return results
 
 

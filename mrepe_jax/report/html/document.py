@@ -1,0 +1,160 @@
+"""``report.html``: one self-contained page from an experiment's ``report.md`` text and its
+``results.json`` (``render``, pure), written beside them (``write``, the file edge).
+
+Every experiment gets it from the markdown it already writes: headings, paragraphs, lists and
+tables (sortable), and each image either as an interactive SVG chart, when the plot wrote its
+numbers beside the PNG (``report.plots.sidecar``), or as the PNG itself, base64-inlined. Then the
+concept and feature pages (``pages``). Inline CSS and JS, no library, no network: a Content
+Security Policy forbids every fetch except ``data:`` images, so the file opens offline from disk."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from mrepe_jax.report import workdir as workdir_lib
+from mrepe_jax.report.html import assets, charts, pages
+from mrepe_jax.report.html.markdown import Heading, Image, Items, Paragraph, Table, inline, parse, slug
+from mrepe_jax.report.plots import sidecar
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """A plot file of the workdir: its PNG bytes and the numbers it draws (either may be None)."""
+    png: bytes | None = None
+    data: Mapping | None = None
+
+
+def figure_paths(markdown_text: str, results: Mapping) -> list[str]:
+    """Every workdir file (relative path) the page may show: the report's images and the
+    concept pages' patching heatmaps."""
+    paths = [b.path for b in parse(markdown_text) if isinstance(b, Image)]
+    prefix = results.get("plot_dir", "")
+    for family, towers in pages.families(results).items():
+        for tower in towers:
+            paths += [f"{prefix}patching_{tower}_{family}_{k}.png" for k in ("layer_position", "layer_head")]
+    return list(dict.fromkeys(paths))
+
+
+def _figure_html(path: str, fig: Figure | None, alt: str, chart_id: str) -> str:
+    if fig is None or (fig.png is None and fig.data is None):
+        return f'<p class="missing">(figure {html.escape(path)} is not in the workdir)</p>'
+    body, static = "", ""
+    png = (f'<img alt="{html.escape(alt)}" src="data:image/png;base64,'
+           f'{base64.b64encode(fig.png).decode()}">') if fig.png is not None else ""
+    if fig.data is not None:
+        try:
+            body = charts.figure(fig.data, chart_id)
+        except (KeyError, TypeError, ValueError, IndexError):  # a sidecar of another shape: the PNG
+            body = ""
+    if body and png:
+        static = f'<details class="png"><summary>static PNG ({html.escape(path)})</summary>{png}</details>'
+    elif not body:
+        body = png
+    title = (fig.data or {}).get("title") or alt
+    return (f'<figure data-path="{html.escape(path)}">{body}{static}'
+            f"<figcaption>{html.escape(title)}</figcaption></figure>")
+
+
+def _table_html(t: Table, concepts: Mapping[str, list[str]], in_table1: bool) -> str:
+    head = "".join(f"<th>{inline(h)}</th>" for h in t.headers)
+    towers = [pages.TOWER_OF_COLUMN.get(h.strip().lower()) for h in t.headers]
+    body = []
+    for row in t.rows:
+        cells = []
+        family = row[0] if row and row[0] in concepts else None
+        for k, cell in enumerate(row):
+            text = inline(cell)
+            if family is not None and k == 0:
+                text = f'<a class="concept" href="#{pages.concept_id(family)}">{text}</a>'
+            elif family is not None and in_table1 and k < len(towers) and towers[k] in concepts[family]:
+                text = f'<a href="#{pages.concept_id(family, towers[k])}">{text}</a>'
+            cells.append(f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="table-wrap"><table class="sortable"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def render(markdown_text: str, results: Mapping, figures: Mapping[str, Figure], title: str = "") -> str:
+    """The page (see the module docstring). ``figures``: ``{relative path: Figure}`` of the files
+    ``figure_paths`` names (missing ones are said to be missing)."""
+    blocks = parse(markdown_text)
+    concepts = pages.families(results)
+    title = title or next((b.text for b in blocks if isinstance(b, Heading) and b.level == 1), "report")
+    body, toc, used, section = [], [], set(), ""
+    for n, b in enumerate(blocks):
+        if isinstance(b, Heading):
+            anchor, k = slug(b.text), 2
+            while anchor in used:
+                anchor, k = f"{slug(b.text)}-{k}", k + 1
+            used.add(anchor)
+            if b.level == 2:
+                section = b.text
+                toc.append(f'<li><a href="#{anchor}">{inline(b.text)}</a></li>')
+            body.append(f'<h{b.level} id="{anchor}">{inline(b.text)}</h{b.level}>')
+        elif isinstance(b, Paragraph):
+            body.append(f"<p>{inline(b.text)}</p>")
+        elif isinstance(b, Items):
+            body.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in b.items) + "</ul>")
+        elif isinstance(b, Table):
+            body.append(_table_html(b, concepts, section.startswith("Table 1")))
+        elif isinstance(b, Image):
+            body.append(_figure_html(b.path, figures.get(b.path), b.alt, f"fig{n}"))
+    first_h1 = next((i for i, b in enumerate(body) if b.startswith("<h1")), None)
+    nav = (f'<nav class="toc" aria-label="contents"><ul>{"".join(toc)}'
+           + ('<li><a href="#concepts">Concept pages</a></li>' if concepts else "") + "</ul></nav>")
+    if first_h1 is not None:
+        body.insert(first_h1 + 2, nav)
+    else:
+        body.insert(0, nav)
+
+    def figure(path: str, chart_id: str) -> str:
+        fig = figures.get(path)
+        return "" if fig is None else _figure_html(path, fig, path, chart_id)
+
+    concept_pages = [pages.concept_page(results, f, towers, figure) for f, towers in concepts.items()]
+    feature_pages = [markup for _, _, markup in pages.feature_pages(results)]
+    links = ['<a href="#top">Report</a>'] + (['<a href="#concepts">Concepts</a>'] if concepts else []) + (
+        ['<a href="#features">Features</a>'] if feature_pages else [])
+    return "".join([
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{assets.STYLE}</style></head><body>",
+        f'<header class="top" id="top"><strong>{html.escape(title)}</strong>{"".join(links)}</header>',
+        "<main>", "\n".join(body), pages.index_lists(results), "</main>",
+        "\n".join(concept_pages), "\n".join(feature_pages),
+        f"<script>{assets.SCRIPT}</script></body></html>\n",
+    ])
+
+
+def load_figures(workdir: Path, paths) -> dict[str, Figure]:
+    """The PNGs and sidecars at ``paths`` under ``workdir`` (absent files left out)."""
+    out = {}
+    for rel in paths:
+        path = Path(workdir) / rel
+        png = path.read_bytes() if path.is_file() else None
+        data = None
+        if sidecar(path).is_file():
+            try:
+                data = json.loads(sidecar(path).read_text())
+            except json.JSONDecodeError:
+                data = None
+        if png is not None or data is not None:
+            out[rel] = Figure(png, data)
+    return out
+
+
+def write(workdir, markdown_text: str, results: Mapping, name: str = "report.html") -> Path:
+    """Writes ``render(...)`` to ``workdir/name`` (process 0 only) and returns its path."""
+    workdir = Path(workdir)
+    figures = load_figures(workdir, figure_paths(markdown_text, results))
+    path = workdir / name
+    workdir_lib.write_text(path, render(markdown_text, results, figures))
+    return path

@@ -1,0 +1,65 @@
+"""report.html in a real browser: the tiny ToyWorld pipeline's report opened from disk in headless
+Chromium (the distribution's package; `.ci/run` installs it), with no console error and no network
+request; a concept link followed, a hovered value read, screenshots saved in the workdir."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mrepe_jax.report.html.browser import Chromium, check_report, find_chromium
+
+ROOT = Path(__file__).resolve().parents[3]
+
+pytestmark = pytest.mark.skipif(
+    find_chromium() is None,
+    reason="no Chromium on PATH (Debian: apt-get install chromium; .ci/run installs it when run as root)")
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+    """The workdir of the tiny ToyWorld pipeline, run here as `make demo` runs the default one."""
+    workdir = tmp_path_factory.mktemp("tiny") / "w"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.run", "--config=configs/toyworld.py:tiny", f"--workdir={workdir}",
+         f"--compile_cache={workdir.parent / 'compile_cache'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_the_tiny_pipelines_report_opens_offline_and_reads_as_a_dashboard(tiny_workdir):
+    report = tiny_workdir / "report.html"
+    assert report.stat().st_size < 20 * 2**20  # the issue's bound
+    page = report.read_text()
+    # The plots wrote their numbers: the dose-response and the patching heatmap are charts.
+    assert '<svg class="chart lines"' in page and '<svg class="chart heatmap"' in page
+    seen = check_report(report)
+    assert seen["problems"] == [], seen["problems"]
+    assert seen["requests"] == [], seen["requests"]
+    assert seen["title"] == "mrepe_jax — ToyWorld report"
+    assert seen["sorted"] == ["ascending", "descending"]
+    assert seen["toggled_off"] == ["false", 1, True]  # the tiny run has one tower: one panel
+    concept = seen["concept"]
+    assert concept["hash"] == concept["href"] == "#concept-colour"
+    assert concept["page_shown"] and concept["report_hidden"] and concept["heading"] == "Concept: colour"
+    hover = seen["hover"]
+    # The tiny run patches vision/colour: the hovered value is a heatmap cell's.
+    assert hover["visible"] and hover["tooltip"] == hover["expected"]
+    assert hover["tooltip"].startswith("layer 0, position 0: ")
+    float(hover["tooltip"].rsplit(": ", 1)[1])
+    for name in ("report_first_screen.png", "report_concept_page.png"):
+        shot = tiny_workdir / name
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000, name
+
+
+def test_the_checker_sees_console_errors_and_requests(tmp_path):
+    """The two failures the report test looks for are seen when a page has them."""
+    page = tmp_path / "bad.html"
+    page.write_text('<!doctype html><title>bad</title><img src="http://127.0.0.1:9/x.png">'
+                    '<script>console.error("broken")</script>')
+    with Chromium(timeout=30) as browser:
+        browser.navigate(page.as_uri())
+        assert any("console.error: broken" in p for p in browser.problems()), browser.problems()
+        assert "http://127.0.0.1:9/x.png" in browser.requests()
