@@ -14,6 +14,8 @@ The roles (``effective``, recorded in results.json as ``seeds``):
 - ``control``: ``control.seeds``, the train subsets of Tables 3, 4, 6 and the captioner's rows,
   and Table 6's unidentified (random) direction;
 - ``captioner``: ``captioner.seed``, its initialisation and batch order;
+- ``features``: ``features.seed``, the SAEs' initialisation and their stream of images and tokens;
+- ``decomposition``: ``decomposition.seed``, the random head sets of the ablation control;
 - ``transfer_clip``: ``transfer.clip.seed``, or the CLIP's seed when that is not set;
 - ``causal``: the causal stage's contrast pairs and its bootstrap CI (no config field: the run
   seed's offset itself);
@@ -49,6 +51,7 @@ def effective(config: ml_collections.ConfigDict) -> dict:
     return {"run": int(config.seed), "offset": o, "world": int(config.world.seed) + o,
             "clip": clip, "align": align, "control": control,
             "captioner": int(config.captioner.seed) + o,
+            "features": int(config.features.seed) + o, "decomposition": int(config.decomposition.seed) + o,
             # The transfer study runs on the first CLIP only (pipeline.STUDIES).
             "transfer_clip": int(transfer) + o if transfer is not None
             else (clip_seeds[0] if clip_seeds else clip),
@@ -66,6 +69,8 @@ def apply(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.align.seeds = tuple(int(s) + o for s in c.align.seeds)
     c.control.seeds = tuple(int(s) + o for s in c.control.seeds)
     c.captioner.seed = int(c.captioner.seed) + o
+    c.features.seed = int(c.features.seed) + o
+    c.decomposition.seed = int(c.decomposition.seed) + o
     if c.transfer.clip.get("seed") is not None:
         c.transfer.clip.seed = int(c.transfer.clip.seed) + o
     c.clip_seeds = tuple(int(s) + o for s in c.clip_seeds)

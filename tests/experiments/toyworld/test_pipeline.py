@@ -42,7 +42,7 @@ def test_pipeline_writes_results_and_report(single):
     # Run seed 0: every seed as the config writes it (experiments/toyworld/seeds.py).
     assert results["seeds"] == {"run": 0, "offset": 0, "world": 0, "clip": 0, "align": [0, 1],
                                 "control": [0], "captioner": 0, "transfer_clip": 1, "causal": 0,
-                                "permutation_tests": 0}
+                                "permutation_tests": 0, "features": 0, "decomposition": 0}
     # Each stage announces itself on the stage bar; the launcher prints the summary table.
     for stage in ("identification", "causal", "alignment", "control", "safety", "captioner",
                   "architectures"):

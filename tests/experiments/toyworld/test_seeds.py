@@ -15,13 +15,13 @@ from mrepe_jax.train import toyclip
 #: CLIP sets its own seed, 1; the others inherit the CLIP's).
 LEGACY = {
     None: {"world": 0, "clip": 0, "align": [0, 1, 2], "control": [0, 1, 2], "captioner": 0,
-           "transfer_clip": 0, "causal": 0, "permutation_tests": 0},
+           "transfer_clip": 0, "causal": 0, "permutation_tests": 0, "features": 0, "decomposition": 0},
     "tiny": {"world": 0, "clip": 0, "align": [0, 1], "control": [0], "captioner": 0,
-             "transfer_clip": 1, "causal": 0, "permutation_tests": 0},
+             "transfer_clip": 1, "causal": 0, "permutation_tests": 0, "features": 0, "decomposition": 0},
     # Each retrained CLIP s also seeds what is fitted on it (paper_protocol.seed_config).
     "paper": {"world": 0, "clip": [0, 1, 2, 3, 4], "align": [0, 1, 2, 3, 4],
               "control": [0, 1, 2, 3, 4], "captioner": 0, "transfer_clip": 0, "causal": 0,
-              "permutation_tests": 0},
+              "permutation_tests": 0, "features": 0, "decomposition": 0},
 }
 
 

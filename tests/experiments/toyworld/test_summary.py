@@ -56,9 +56,9 @@ def test_summary_without_alpha_1_or_a_hard_world_leaves_those_rows_out():
 def test_the_stage_bar_announces_every_stage_that_runs():
     assert pipeline.stage_names(pipeline.COSTS + pipeline.STUDIES) == [
         "reading", "zero_shot", "identification", "causal", "alignment", "control", "safety",
-        "efficiency", "captioner", "architectures"]
+        "features", "decomposition", "efficiency", "captioner", "architectures"]
     # The hard world and later CLIP seeds run only the shared stages.
     assert pipeline.stage_names(()) == ["reading", "zero_shot", "identification", "alignment",
-                                        "control", "safety"]
+                                        "control", "safety", "features", "decomposition"]
     # The transfer study needs the captioner, which then runs (and is announced) too.
     assert "captioner" in pipeline.stage_names(("architectures",))
