@@ -125,30 +125,27 @@ def pre_activations(params: dict, x):
     return (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
 
 
-#: Bisection steps of ``_rank_mask``: enough to shrink the value range below float32's resolution.
-BISECTION_STEPS = 48
-
-
 def _rank_mask(values, k):
-    """True where an entry of the last axis is among its ``k`` largest (``-inf`` entries never).
+    """True where an entry of the last axis is among its ``k`` largest (``k`` may be traced:
+    members of other ``k`` share one program, unlike ``lax.top_k``'s static size).
 
-    The cut is found by bisecting on a threshold, counting the entries above it, rather than by a
-    sort: ``k`` may then be traced (members of other ``k`` share one program, unlike
-    ``lax.top_k``'s static size), and on XLA:CPU a sort of a [512, 256] block took 12-15 ms
-    against well under 1 ms for the bisection's elementwise passes. Entries closer than the
-    final interval (float rounding) tie and are kept together."""
-    finite = jnp.isfinite(values)
-    lo = jnp.min(jnp.where(finite, values, jnp.inf), axis=-1, keepdims=True) - 1.0
-    hi = jnp.max(jnp.where(finite, values, -jnp.inf), axis=-1, keepdims=True) + 1.0
-
-    def halve(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        enough = jnp.sum(values >= mid, axis=-1, keepdims=True) >= k
-        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
-
-    lo, _ = jax.lax.fori_loop(0, BISECTION_STEPS, halve, (lo, hi))
-    return (values >= lo) & finite & (k > 0)
+    Radix select: floats map to order-preserving unsigned keys, and each row's ``k``-th largest
+    key is built bit by bit from the most significant down (the largest ``t`` with ``count(key >=
+    t) >= k``): 32 compare-and-count passes, no sort. On XLA:CPU (2 cores) it selects the top 32 of
+    a [1024, 8192] block in 117 ms, a 48-step bisection in 182 ms, a sort or ``lax.top_k`` in 1.3-1.4
+    s (``bench/sae.py``). The mask is the sort's: entries tied with the ``k``-th are all kept;
+    ``-inf`` entries only when fewer than ``k`` are finite."""
+    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32)
+    signed = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)  # monotone in the float
+    keys = jax.lax.bitcast_convert_type(signed, jnp.uint32) ^ jnp.uint32(0x80000000)
+    t = jnp.zeros(values.shape[:-1], jnp.uint32)
+    for b in range(31, -1, -1):
+        candidate = t | jnp.uint32(1 << b)
+        count = jnp.sum(keys >= candidate[..., None], axis=-1, dtype=jnp.int32)
+        t = jnp.where(count >= k, candidate, t)
+    signed = jax.lax.bitcast_convert_type(t ^ jnp.uint32(0x80000000), jnp.int32)
+    kth = jax.lax.bitcast_convert_type(jnp.where(signed < 0, signed ^ jnp.int32(0x7FFFFFFF), signed), jnp.float32)
+    return (values >= kth[..., None].astype(values.dtype)) & (k > 0)
 
 
 @jax.custom_vjp
