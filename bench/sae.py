@@ -42,14 +42,14 @@ layers, ``common.layer_flops``) plus the step.
 
 **Variants** (``--variant``), each the very same ``SAEStep`` traced with ``features.sae._rank_mask``
 (the per-row top-``k`` selection) replaced for that one program (``sae.py`` itself is unchanged):
-``ours_radix`` uses ``radix_rank_mask``, the ``k``-th largest value of each row found exactly by
-radix select (32 compare-and-count passes over the row's order-preserving integer keys, ``k`` still
-traced, the same mask); ``ours_floor`` uses a fixed threshold (no top-``k`` at all: not a valid
-SAE, the step's cost with a free selection, i.e. the floor any selection can reach). The same run
+``ours_radix`` was radix select (32 compare-and-count passes over the row's order-preserving
+integer keys, ``k`` still traced, the same mask); ``_rank_mask`` itself now is that, so the variant
+re-times ours unpatched (the bisection it replaced measured 0.80x torch, BUILD.md);
+``ours_floor`` uses a fixed threshold (no top-``k`` at all: not a valid SAE, the step's cost with a
+free selection, i.e. the floor any selection can reach). The same run
 times the selection alone on a ``[B, d_sae]`` array (``select_ms``): ours (``sae._rank_mask`` as
-the package has it), a full ``jnp.sort`` of the latent axis (what ``_rank_mask`` did before it
-bisected), ``lax.top_k`` at a static ``k`` (on XLA:CPU as slow as the sort), radix select, and
-``torch.topk``.
+the package has it), a full ``jnp.sort`` of the latent axis (what ``_rank_mask`` did first),
+``lax.top_k`` at a static ``k`` (on XLA:CPU as slow as the sort), radix select, and ``torch.topk``.
 
 fp32 only, both sides: jax at ``highest`` matmul precision (``common.jax_dtype``), torch without
 TF32, torch threads set to ``os.cpu_count()`` (XLA:CPU's intra-op pool uses every core). The last
@@ -181,31 +181,6 @@ def floor_rank_mask(values, k):
     return values >= 2.5
 
 
-def radix_rank_mask(values, k):
-    """``sae._rank_mask`` by radix select: the ``k``-th largest value of each row found bit by bit
-    (32 passes of compare-and-count over the row, no sort), ``k`` traced as in ``_rank_mask``.
-
-    Floats map to order-preserving unsigned keys (sign bit flipped for positives, all bits for
-    negatives); the threshold ``t`` is the largest key with ``count(key >= t) >= k``, built from the
-    most significant bit down: exactly the ``k``-th largest key. Mapped back to its float and
-    compared as ``values >= kth``: the same mask as the sort-based one, ties at the cut and signed
-    zeros included."""
-    import jax
-    import jax.numpy as jnp
-
-    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32)
-    signed = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)  # monotone in the float
-    keys = jax.lax.bitcast_convert_type(signed, jnp.uint32) ^ jnp.uint32(0x80000000)
-    t = jnp.zeros(values.shape[:-1], jnp.uint32)
-    for b in range(31, -1, -1):
-        candidate = t | jnp.uint32(1 << b)
-        count = jnp.sum(keys >= candidate[..., None], axis=-1, dtype=jnp.int32)
-        t = jnp.where(count >= k, candidate, t)
-    signed = jax.lax.bitcast_convert_type(t ^ jnp.uint32(0x80000000), jnp.int32)
-    kth = jax.lax.bitcast_convert_type(jnp.where(signed < 0, signed ^ jnp.int32(0x7FFFFFFF), signed), jnp.float32)
-    return (values >= kth[..., None].astype(values.dtype)) & (k > 0)
-
-
 def ours_step(cfg, state, batch, rank_mask=None):
     """``jax.jit(SAEStep(cfg), donate_argnums=0)`` compiled for ``state`` and ``batch``; with
     ``rank_mask``, the program traced with it in place of ``sae._rank_mask`` (the module is
@@ -301,7 +276,7 @@ def max_param_diff(a: dict, b: dict) -> float:
 def selection_calls(batch: int, d_sae: int, k: int, seed: int) -> dict:
     """Blocking callables, each selecting the top ``k`` of every row of one ``[batch, d_sae]``
     array: ours (``sae._rank_mask``), a full sort (``sort_rank_mask``), ``lax.top_k``
-    (``static_rank_mask``), radix select (``radix_rank_mask``), ``torch.topk``."""
+    (``static_rank_mask``), radix select (the package's ``_rank_mask``), ``torch.topk``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -315,7 +290,9 @@ def selection_calls(batch: int, d_sae: int, k: int, seed: int) -> dict:
     ours_mask = jax.jit(sae_lib._rank_mask)
     sort_mask = jax.jit(sort_rank_mask)
     topk_mask = jax.jit(lambda a: static_rank_mask(k)(a, jnp.int32(k)))
-    radix_mask = jax.jit(radix_rank_mask)
+    from mrepe_jax.features.sae import _rank_mask
+
+    radix_mask = jax.jit(_rank_mask)  # the package's selection is radix select
     kk = jnp.int32(k)
     return {"ours": lambda: ours_mask(vj, kk).block_until_ready(),
             "sort": lambda: sort_mask(vj, kk).block_until_ready(),
@@ -402,7 +379,7 @@ def main(argv):
 
     ours = OursTrainer(cfg, params0, k, xs_jax[0])
     theirs = TorchTopKSAE(params0, k, lr)
-    variant = OursTrainer(cfg, params0, k, xs_jax[0], rank_mask=radix_rank_mask) if FLAGS.variant else None
+    variant = OursTrainer(cfg, params0, k, xs_jax[0], rank_mask=None) if FLAGS.variant else None
     floor = OursTrainer(cfg, params0, k, xs_jax[0], rank_mask=floor_rank_mask) if FLAGS.variant else None
     # One step each from the same start on the same batch: the same params, up to fp32 rounding.
     ours(xs_jax[0])
@@ -504,7 +481,7 @@ def main(argv):
 
         ours_e = OursTrainer(cfg_e, params_e, k, first[:, None])
         theirs_e = TorchTopKSAE(params_e, k, lr)
-        variant_e = (OursTrainer(cfg_e, params_e, k, first[:, None], rank_mask=radix_rank_mask)
+        variant_e = (OursTrainer(cfg_e, params_e, k, first[:, None], rank_mask=None)
                      if FLAGS.variant else None)
         steps = {}
 
