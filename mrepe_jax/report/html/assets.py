@@ -56,6 +56,18 @@ body:has(.page:target) main { display: none; }
 .card .v { font-size: 22px; font-weight: 600; }
 .card .k { color: var(--muted); font-size: 12.5px; }
 .missing { color: var(--muted); font-style: italic; }
+/* examples (examples.py): thumbnails with patch heatmaps, token strips */
+.examples { display: flex; flex-wrap: wrap; gap: 10px; margin: 6px 0 14px; }
+figure.example { margin: 0; width: 112px; font-size: 12px; }
+figure.example.text { width: auto; max-width: 100%; }
+.ex-img { position: relative; width: 96px; height: 96px; }
+.ex-img img { width: 96px; height: 96px; image-rendering: pixelated; border: 1px solid var(--line); }
+.ex-img svg.heat { position: absolute; left: 0; top: 0; }
+.ex-img svg.heat .cell:hover { stroke: #000; stroke-width: 1.5; }
+.toks { font: 13px ui-monospace, Menlo, Consolas, monospace; }
+.tok { padding: 1px 2px; border-radius: 2px; }
+.ex-label { font-weight: 600; } .ex-score, .ex-note { color: var(--muted); }
+.ex-title { margin: 10px 0 2px; font-weight: 600; }
 """
 
 SCRIPT = r"""

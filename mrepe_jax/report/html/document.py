@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mrepe_jax.report import workdir as workdir_lib
-from mrepe_jax.report.html import assets, charts, pages
+from mrepe_jax.report.html import assets, charts, features, pages
+from mrepe_jax.report.html import concepts as concepts_lib
 from mrepe_jax.report.html.markdown import Heading, Image, Items, Paragraph, Table, inline, parse, slug
 from mrepe_jax.report.plots import sidecar
 
@@ -32,13 +33,10 @@ class Figure:
 
 
 def figure_paths(markdown_text: str, results: Mapping) -> list[str]:
-    """Every workdir file (relative path) the page may show: the report's images and the
-    concept pages' patching heatmaps."""
+    """Every workdir file (relative path) the page may show: the report's images and what the
+    concept and feature pages name (``files(results)`` of each)."""
     paths = [b.path for b in parse(markdown_text) if isinstance(b, Image)]
-    prefix = results.get("plot_dir", "")
-    for family, towers in pages.families(results).items():
-        for tower in towers:
-            paths += [f"{prefix}patching_{tower}_{family}_{k}.png" for k in ("layer_position", "layer_head")]
+    paths += concepts_lib.files(results) + features.files(results)
     return list(dict.fromkeys(paths))
 
 
@@ -81,6 +79,37 @@ def _table_html(t: Table, concepts: Mapping[str, list[str]], in_table1: bool) ->
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """``pages.Files`` over the figures ``load_figures`` read."""
+
+    figures: Mapping[str, Figure]
+
+    def figure(self, path: str, chart_id: str) -> str:
+        fig = self.figures.get(path)
+        return "" if fig is None else _figure_html(path, fig, path, chart_id)
+
+    def data_uri(self, path: str) -> str | None:
+        fig = self.figures.get(path)
+        if fig is None or fig.png is None:
+            return None
+        return "data:image/png;base64," + base64.b64encode(fig.png).decode()
+
+
+def index_lists(concepts: Mapping[str, list[str]], feature_pages: list[tuple[str, str, str]]) -> str:
+    """The report's lists of concept and feature pages (anchors ``#concepts``, ``#features``)."""
+    out = []
+    if concepts:
+        out.append('<h2 id="concepts">Concept pages</h2><ul class="concept-list">' + "".join(
+            f'<li><a class="concept" href="#{pages.concept_id(f)}">{pages.esc(f)}</a> ('
+            + ", ".join(f'<a href="#{pages.concept_id(f, t)}">{pages.esc(t)}</a>' for t in towers) + ")</li>"
+            for f, towers in concepts.items()) + "</ul>")
+    if feature_pages:
+        out.append('<h2 id="features">Feature pages</h2><ul>' + "".join(
+            f'<li><a href="#{fid}">{pages.esc(name)}</a></li>' for fid, name, _ in feature_pages) + "</ul>")
+    return "".join(out)
+
+
 def render(markdown_text: str, results: Mapping, figures: Mapping[str, Figure], title: str = "") -> str:
     """The page (see the module docstring). ``figures``: ``{relative path: Figure}`` of the files
     ``figure_paths`` names (missing ones are said to be missing)."""
@@ -114,12 +143,9 @@ def render(markdown_text: str, results: Mapping, figures: Mapping[str, Figure], 
     else:
         body.insert(0, nav)
 
-    def figure(path: str, chart_id: str) -> str:
-        fig = figures.get(path)
-        return "" if fig is None else _figure_html(path, fig, path, chart_id)
-
-    concept_pages = [pages.concept_page(results, f, towers, figure) for f, towers in concepts.items()]
-    feature_pages = [markup for _, _, markup in pages.feature_pages(results)]
+    files = Loaded(figures)
+    concept_pages = [concepts_lib.concept_page(results, f, towers, files) for f, towers in concepts.items()]
+    feature_pages = features.feature_pages(results, files)
     links = ['<a href="#top">Report</a>'] + (['<a href="#concepts">Concepts</a>'] if concepts else []) + (
         ['<a href="#features">Features</a>'] if feature_pages else [])
     return "".join([
@@ -128,8 +154,8 @@ def render(markdown_text: str, results: Mapping, figures: Mapping[str, Figure], 
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{assets.STYLE}</style></head><body>",
         f'<header class="top" id="top"><strong>{html.escape(title)}</strong>{"".join(links)}</header>',
-        "<main>", "\n".join(body), pages.index_lists(results), "</main>",
-        "\n".join(concept_pages), "\n".join(feature_pages),
+        "<main>", "\n".join(body), index_lists(concepts, feature_pages), "</main>",
+        "\n".join(concept_pages), "\n".join(markup for _, _, markup in feature_pages),
         f"<script>{assets.SCRIPT}</script></body></html>\n",
     ])
 
