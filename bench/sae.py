@@ -4,18 +4,21 @@ Two parts, both in activations (token rows) per second, each side timed in the s
 interleaved repeats (``common.time_interleaved``):
 
   (1) **training only**: one Adam step of one TopK SAE (``d_in``, ``d_sae``, ``k``, batch ``B``) on
-      a fixed pool of random activation batches. Ours: ``jax.jit(SAEStep(cfg), donate_argnums=0)``
-      on an ``SAEState`` of one member (what ``train_saes`` runs through ``loop.fit``, minus
-      ``fit``'s finiteness flags and checkpointing). Torch: the same SAE written plainly
+      a fixed pool of random activation batches. Ours: ``jax.jit(SAEStep(cfg, k_max=k),
+      donate_argnums=0)`` on an ``SAEState`` of one member (what ``train_saes`` runs through
+      ``loop.fit``, minus ``fit``'s finiteness flags and checkpointing): the dense encoder GEMM,
+      ``lax.top_k``, then ``features.sparse``'s kernels on the ``k`` selected latents (decoder and
+      every gradient as gathers and scatter-adds, custom VJPs). Torch: the same SAE written plainly
       (``pre = (x - b_dec) W_enc + b_enc``; ``torch.topk`` then ``scatter`` of the ReLU'd values;
       ``x_hat = z W_dec + b_dec``; loss = squared error summed over features, mean over rows;
       ``torch.optim.Adam`` at the same learning rate and defaults as optax's; decoder rows
-      renormalised to unit norm after every step). Both sides start from the same params
-      (``sae.init_params``). **AuxK is off on ours** (``aux_k=0``) and absent from torch, and the
-      input scale is 1 (``SAEConfig.normalize`` folds a fixed factor in; here the batch is given
-      as is): the two compute the same loss, and one step from the same start must give the same
-      params (``max_abs_diff``; Adam's first step is about ``lr * g / (|g| + eps)``, so entries of
-      gradients near ``eps`` differ by a fraction of ``lr`` for fp32 rounding alone).
+      renormalised to unit norm after every step): dense latents, autograd, as plain trainers do.
+      Both sides start from the same params (``sae.init_params``). **AuxK is off on ours**
+      (``aux_k=0``) and absent from torch, and the input scale is 1 (``SAEConfig.normalize``
+      folds a fixed factor in; here the batch is given as is): the two compute the same loss, and
+      one step from the same start must give the same params (``max_abs_diff``; Adam's first step
+      is about ``lr * g / (|g| + eps)``, so entries of gradients near ``eps`` differ by a fraction
+      of ``lr`` for fp32 rounding alone).
   (2) **end to end**: a ViT-B/32-shaped CLIP image tower (openai/clip-vit-base-patch32's shape,
       transformers' init, random weights; both sides the same weights, ours converted with
       ``models.clip.from_torch_model``) streams ``vision.layers.<L>.resid_post`` (default L = 6)
@@ -33,23 +36,20 @@ interleaved repeats (``common.time_interleaved``):
 FLOPs: matmuls only. A dense SAE step runs five ``[B, d_in] x [d_in, d_sae]``-sized GEMMs: the
 encoder and decoder forward, the decoder's two gradients (``dW_dec = z^T g``, ``dz = g W_dec^T``)
 and the encoder's weight gradient (``dW_enc = x^T dpre``; the input gradient of the encoder is not
-needed, ``x`` being data, and neither side computes it): ``10 B d_in d_sae`` per step (the
-"3 x 2 x 2 x B x d_in x d_sae" rule of thumb counts 12; both sides use dense ``z``, so the sparsity
-of ``z`` does not lower the work). Adam, the top-k selection and the renormalisation are not
-counted. The rate achieved is compared with a measured matmul peak (``common.matmul_peak``'s
-square jit'd GEMM). End to end, the work is the tower up to layer L (patch embedding and L + 1
-layers, ``common.layer_flops``) plus the step.
+needed, ``x`` being data): ``10 B d_in d_sae`` per step, the work of the function both sides
+compute, and the rates below are of that work (torch does all of it; ours skips what multiplies
+zeros). Ours' own work is one such GEMM plus ``10 B k d_in`` (``sparse_step_flops``), reported
+beside it. Adam, the top-k selection and the renormalisation are not counted. Rates are compared
+with a measured matmul peak (``common.matmul_peak``'s square jit'd GEMM). End to end, the work is
+the tower up to layer L (patch embedding and L + 1 layers, ``common.layer_flops``) plus the step.
 
-**Variants** (``--variant``), each the very same ``SAEStep`` traced with ``features.sae._rank_mask``
-(the per-row top-``k`` selection) replaced for that one program (``sae.py`` itself is unchanged):
-``ours_radix`` was radix select (32 compare-and-count passes over the row's order-preserving
-integer keys, ``k`` still traced, the same mask); ``_rank_mask`` itself now is that, so the variant
-re-times ours unpatched (the bisection it replaced measured 0.80x torch, BUILD.md);
-``ours_floor`` uses a fixed threshold (no top-``k`` at all: not a valid SAE, the step's cost with a
-free selection, i.e. the floor any selection can reach). The same run
-times the selection alone on a ``[B, d_sae]`` array (``select_ms``): ours (``sae._rank_mask`` as
-the package has it), a full ``jnp.sort`` of the latent axis (what ``_rank_mask`` did first),
-``lax.top_k`` at a static ``k`` (on XLA:CPU as slow as the sort), radix select, and ``torch.topk``.
+**Variant** (``--variant``): ``ours_dense``, the same ``SAEStep`` with ``k_max=0``: dense latents
+(``sae._rank_mask``, a radix select at a traced ``k``: 32 compare-and-count passes) and five GEMMs,
+i.e. ours before the sparse kernels (its params after the first step are compared with ours'). The
+same run times the selection alone on a ``[B, d_sae]`` array (``select_ms``): ours
+(``sparse.select``: ``lax.top_k``, XLA:CPU's runtime top-k when its indices are used; when only
+the values are, XLA rewrites it into a sort that takes over a second), the dense step's radix
+select, and ``torch.topk``.
 
 fp32 only, both sides: jax at ``highest`` matmul precision (``common.jax_dtype``), torch without
 TF32, torch threads set to ``os.cpu_count()`` (XLA:CPU's intra-op pool uses every core). The last
@@ -69,7 +69,6 @@ import json
 import os
 import sys
 import time
-import unittest.mock
 
 from absl import app, flags
 
@@ -91,7 +90,7 @@ flags.DEFINE_integer("layer", 6, "the end-to-end site: vision.layers.<layer>.res
 flags.DEFINE_integer("images", 0, "images per end-to-end step; 0: the fewest that hold --batch tokens")
 flags.DEFINE_integer("pool", 3, "distinct batches (activations, or images end to end), cycled")
 flags.DEFINE_bool("e2e", True, "also time the end-to-end part (CLIP forward + SAE step)")
-flags.DEFINE_bool("variant", True, "also time ours with a radix-select top-k (module docstring)")
+flags.DEFINE_bool("variant", True, "also time ours with the dense step (k_max=0; module docstring)")
 flags.DEFINE_bool("tiny", False, "tiny sizes, 2 iters: a smoke run of the script")
 flags.DEFINE_integer("seed", 0, "seed of the weights, the data and the row picks")
 common.define_flags()  # --matmul_n, --xla_flags, --dtype, --compile_cache
@@ -109,6 +108,12 @@ TEXT = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_atten
 def sae_step_flops(batch: int, d_in: int, d_sae: int) -> int:
     """Matmul FLOPs of one dense SAE training step: 5 GEMMs of ``2 B d_in d_sae`` (docstring)."""
     return 5 * 2 * batch * d_in * d_sae
+
+
+def sparse_step_flops(batch: int, d_in: int, d_sae: int, k: int) -> int:
+    """What ours computes: the encoder's GEMM, then five ``2 B k d_in`` sparse products (decode,
+    the latents' and the decoder's gradients, the encoder's weight and input gradients)."""
+    return 2 * batch * d_in * d_sae + 5 * 2 * batch * k * d_in
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,64 +154,26 @@ def ours_state(cfg, params: dict, k: int):
                            scale=jnp.ones((1,), jnp.float32))
 
 
-def static_rank_mask(k: int):
-    """``sae._rank_mask`` with the ``k``-th largest value read from ``lax.top_k`` at a static
-    ``k`` (an int argument, AuxK's, is static already) instead of a sort of the whole axis."""
-    import jax
-    import jax.numpy as jnp
-
-    def mask(values, kk):
-        size = kk if isinstance(kk, int) else k
-        if size <= 0:
-            return jnp.zeros(values.shape, bool)
-        kth = jax.lax.top_k(values, min(size, values.shape[-1]))[0][..., -1:]
-        return values >= kth
-
-    return mask
-
-
-def sort_rank_mask(values, k):
-    """The sort-based selection ``sae._rank_mask`` had before it bisected: the ``k``-th largest value
-    read from one ``jnp.sort`` of the whole last axis."""
-    import jax.numpy as jnp
-
-    n = values.shape[-1]
-    index = jnp.broadcast_to(jnp.clip(n - k, 0, n - 1), values.shape[:-1] + (1,))
-    return (values >= jnp.take_along_axis(jnp.sort(values, axis=-1), index, axis=-1)) & (k > 0)
-
-
-def floor_rank_mask(values, k):
-    """No selection: a fixed threshold (2.5; about 0.6 % of unit-normal entries pass). Not a top-k
-    SAE: the step's cost when selecting costs nothing."""
-    return values >= 2.5
-
-
-def ours_step(cfg, state, batch, rank_mask=None):
-    """``jax.jit(SAEStep(cfg), donate_argnums=0)`` compiled for ``state`` and ``batch``; with
-    ``rank_mask``, the program traced with it in place of ``sae._rank_mask`` (the module is
-    restored right after tracing)."""
+def ours_step(cfg, state, batch, k_max: int):
+    """``jax.jit(SAEStep(cfg, k_max), donate_argnums=0)`` compiled for ``state`` and ``batch``:
+    ``k_max = k`` is what ``train_saes`` runs (``features.sparse``), ``k_max = 0`` the dense step."""
     import jax
 
-    from mrepe_jax.features import sae as sae_lib
     from mrepe_jax.features.train import SAEStep
 
-    step = SAEStep(cfg)
-    if rank_mask is None:
-        return jax.jit(step, donate_argnums=0).lower(state, batch).compile()
-    with unittest.mock.patch.object(sae_lib, "_rank_mask", rank_mask):
-        return jax.jit(lambda s, b: step(s, b), donate_argnums=0).lower(state, batch).compile()
+    return jax.jit(SAEStep(cfg, k_max), donate_argnums=0).lower(state, batch).compile()
 
 
 class OursTrainer:
     """A blocking step of ours on batches from ``next_batch()`` (host numpy ``[B, d]`` or a device
     array ``[B, 1, d]``); the state is donated and replaced every call."""
 
-    def __init__(self, cfg, params, k, example, rank_mask=None):
+    def __init__(self, cfg, params, k, example, dense: bool = False):
         import jax.numpy as jnp
 
         self.state = ours_state(cfg, params, k)
         start = time.perf_counter()
-        self.step = ours_step(cfg, self.state, {"x": jnp.asarray(example)}, rank_mask)
+        self.step = ours_step(cfg, self.state, {"x": jnp.asarray(example)}, 0 if dense else k)
         self.compile_s = time.perf_counter() - start
         self.last = None
 
@@ -275,28 +242,22 @@ def max_param_diff(a: dict, b: dict) -> float:
 
 def selection_calls(batch: int, d_sae: int, k: int, seed: int) -> dict:
     """Blocking callables, each selecting the top ``k`` of every row of one ``[batch, d_sae]``
-    array: ours (``sae._rank_mask``), a full sort (``sort_rank_mask``), ``lax.top_k``
-    (``static_rank_mask``), radix select (the package's ``_rank_mask``), ``torch.topk``."""
+    array: ours (``sparse.select``, ``lax.top_k`` values and indices), the dense step's mask
+    (``sae._rank_mask``, radix select at a traced ``k``) and ``torch.topk``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     import torch
 
     from mrepe_jax.features import sae as sae_lib
+    from mrepe_jax.features import sparse
 
     v = np.random.default_rng(seed).standard_normal((batch, d_sae), dtype=np.float32)
     vj, vt = jnp.asarray(v), torch.from_numpy(v)
-    # k is an argument, traced, as it is in the step (a constant k could be folded into the program).
-    ours_mask = jax.jit(sae_lib._rank_mask)
-    sort_mask = jax.jit(sort_rank_mask)
-    topk_mask = jax.jit(lambda a: static_rank_mask(k)(a, jnp.int32(k)))
-    from mrepe_jax.features.sae import _rank_mask
-
-    radix_mask = jax.jit(_rank_mask)  # the package's selection is radix select
+    select = jax.jit(lambda a: sparse.select(a, k))
+    radix_mask = jax.jit(sae_lib._rank_mask)  # k traced, as in the dense step
     kk = jnp.int32(k)
-    return {"ours": lambda: ours_mask(vj, kk).block_until_ready(),
-            "sort": lambda: sort_mask(vj, kk).block_until_ready(),
-            "lax_top_k": lambda: topk_mask(vj).block_until_ready(),
+    return {"ours": lambda: jax.block_until_ready(select(vj)),
             "radix": lambda: radix_mask(vj, kk).block_until_ready(),
             "torch_topk": lambda: vt.topk(k, dim=-1, sorted=False)}
 
@@ -364,6 +325,7 @@ def main(argv):
     print(f"device: {device}; torch {torch.__version__} on cpu, {torch_info['threads']} threads")
     print(f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     flops = sae_step_flops(batch, d_in, d_sae)
+    sparse_flops = sparse_step_flops(batch, d_in, d_sae, k)
     print(f"SAE: TopK, d_in {d_in}, d_sae {d_sae}, k {k}, batch {batch}, Adam lr {lr}, fp32, AuxK off "
           f"(aux_k=0 on ours, none in torch), decoder rows renormalised every step; {iters} iters, "
           f"{FLAGS.warmup} warmup; step FLOPs 10*B*d_in*d_sae = {flops / 1e9:.2f} GFLOP")
@@ -379,8 +341,7 @@ def main(argv):
 
     ours = OursTrainer(cfg, params0, k, xs_jax[0])
     theirs = TorchTopKSAE(params0, k, lr)
-    variant = OursTrainer(cfg, params0, k, xs_jax[0], rank_mask=None) if FLAGS.variant else None
-    floor = OursTrainer(cfg, params0, k, xs_jax[0], rank_mask=floor_rank_mask) if FLAGS.variant else None
+    variant = OursTrainer(cfg, params0, k, xs_jax[0], dense=True) if FLAGS.variant else None
     # One step each from the same start on the same batch: the same params, up to fp32 rounding.
     ours(xs_jax[0])
     loss_torch = float(theirs(xs_torch[0]).detach())
@@ -392,7 +353,7 @@ def main(argv):
     if variant is not None:
         variant(xs_jax[0])
         variant_diff = max_param_diff(variant.params(), ours.params())
-        print(f"  variant (radix select): max |params variant - ours| = {variant_diff:.3g}")
+        print(f"  dense variant: max |params dense - ours| = {variant_diff:.3g}")
 
     counters = {}
 
@@ -407,8 +368,7 @@ def main(argv):
 
     calls = {"matmul": common.matmul_call(matmul_n), "ours": cycling("ours", ours, xs_jax)}
     if variant is not None:
-        calls["ours_radix"] = cycling("ours_radix", variant, xs_jax)
-        calls["ours_floor"] = cycling("ours_floor", floor, xs_jax)
+        calls["ours_dense"] = cycling("ours_dense", variant, xs_jax)
     calls["torch"] = cycling("torch", theirs, xs_torch)
     load_before = common.load_average()
     timed = common.time_interleaved(calls, iters, FLAGS.warmup)
@@ -429,19 +389,20 @@ def main(argv):
                 f"{rows / median:,.0f} activations/s, {work / median / 1e9:.1f} GFLOP/s of needed work = "
                 f"{work / median / peak:.1%} of the matmul peak (times {[round(s * 1e3, 1) for s in times]} ms)")
 
-    print(line("ours", "ours  (SAEStep, jit)     "))
+    print(line("ours", "ours  (SAEStep, jit, sparse)"))
+    print(f"  ours' own work (one GEMM + the sparse kernels, {sparse_flops / 1e9:.2f} GFLOP): "
+          f"{sparse_flops / timed['ours'][1] / peak:.1%} of the matmul peak")
     if variant is not None:
-        print(line("ours_radix", "ours  (radix-select variant)"))
-        print(line("ours_floor", "ours  (no selection: floor)"))
-    print(line("torch", "torch (plain, eager)     "))
+        print(line("ours_dense", "ours  (dense step variant)  "))
+    print(line("torch", "torch (plain, eager)        "))
     ratio = rate("ours") / rate("torch")
     ratio_best = min(timed["torch"][2]) / min(timed["ours"][2])
     print(f"ours / torch: {ratio:.2f}x (medians), {ratio_best:.2f}x (fastest steps)"
-          + (f"; variant / torch: {rate('ours_radix') / rate('torch'):.2f}x" if variant is not None else ""))
+          + (f"; dense variant / torch: {rate('ours_dense') / rate('torch'):.2f}x" if variant is not None else ""))
     select_ms = {n: round(v[1] * 1e3, 2) for n, v in select.items()}
-    print(f"top-{k} selection alone on [{batch}, {d_sae}] (median ms): ours (sae._rank_mask) "
-          f"{select_ms['ours']}, full sort {select_ms['sort']}, lax.top_k {select_ms['lax_top_k']}, "
-          f"radix select {select_ms['radix']}, torch.topk {select_ms['torch_topk']}")
+    print(f"top-{k} selection alone on [{batch}, {d_sae}] (median ms): ours (sparse.select, lax.top_k) "
+          f"{select_ms['ours']}, the dense step's radix select {select_ms['radix']}, "
+          f"torch.topk {select_ms['torch_topk']}")
 
     # ---- (2) end to end ----------------------------------------------------------------------
     e2e = {}
@@ -481,8 +442,7 @@ def main(argv):
 
         ours_e = OursTrainer(cfg_e, params_e, k, first[:, None])
         theirs_e = TorchTopKSAE(params_e, k, lr)
-        variant_e = (OursTrainer(cfg_e, params_e, k, first[:, None], rank_mask=None)
-                     if FLAGS.variant else None)
+        variant_e = OursTrainer(cfg_e, params_e, k, first[:, None], dense=True) if FLAGS.variant else None
         steps = {}
 
         def ours_call(name, trainer):
@@ -511,7 +471,7 @@ def main(argv):
 
         e_calls = {"ours_e2e": ours_call("ours_e2e", ours_e)}
         if variant_e is not None:
-            e_calls["ours_radix_e2e"] = ours_call("ours_radix_e2e", variant_e)
+            e_calls["ours_dense_e2e"] = ours_call("ours_dense_e2e", variant_e)
         e_calls["torch_e2e"] = torch_call("torch_e2e", vision)
         e_calls["torch_trunc_e2e"] = torch_call("torch_trunc_e2e", trunc)
         load_before = common.load_average()
@@ -525,7 +485,7 @@ def main(argv):
               f"tower to layer {layer} {tower_flops / 1e9:.1f} GFLOP + SAE step "
               f"{sae_step_flops(batch, d, d_sae) / 1e9:.1f} GFLOP (the full {vc.num_hidden_layers}-layer tower "
               f"that torch_e2e runs: {full_flops / 1e9:.1f} GFLOP)")
-        labels = {"ours_e2e": "ours  (site_batches + SAEStep)", "ours_radix_e2e": "ours  (radix-select variant)  ",
+        labels = {"ours_e2e": "ours  (site_batches + SAEStep)", "ours_dense_e2e": "ours  (dense step variant)    ",
                   "torch_e2e": "torch (HF full tower + step)  ",
                   "torch_trunc_e2e": f"torch (HF {layer + 1} layers + step)".ljust(30)}
         for name in e_calls:
@@ -540,10 +500,10 @@ def main(argv):
             "ratio_e2e_best": round(min(t_e["torch_e2e"][2]) / min(t_e["ours_e2e"][2]), 3),
             "torch_trunc_e2e_acts_per_s": round(r["torch_trunc_e2e"], 1),
             "ratio_e2e_trunc": round(r["ours_e2e"] / r["torch_trunc_e2e"], 3),
-            "ours_radix_e2e_acts_per_s": round(r["ours_radix_e2e"], 1) if variant_e is not None else None,
-            "ratio_radix_e2e": round(r["ours_radix_e2e"] / r["torch_e2e"], 3) if variant_e is not None else None,
-            "ratio_radix_e2e_trunc": (round(r["ours_radix_e2e"] / r["torch_trunc_e2e"], 3)
-                                     if variant_e is not None else None),
+            "ours_dense_e2e_acts_per_s": round(r["ours_dense_e2e"], 1) if variant_e is not None else None,
+            "ratio_dense_e2e": round(r["ours_dense_e2e"] / r["torch_e2e"], 3) if variant_e is not None else None,
+            "ratio_dense_e2e_trunc": (round(r["ours_dense_e2e"] / r["torch_trunc_e2e"], 3)
+                                      if variant_e is not None else None),
             "e2e_gflop_per_step": round(e_flops / 1e9, 3),
             "e2e_fraction_of_peak": round(e_flops * r["ours_e2e"] / batch / peak, 4),
             "site_max_abs_diff": float(f"{site_diff:.3g}"), "site_max_abs_ref": float(f"{site_ref:.3g}"),
@@ -560,16 +520,16 @@ def main(argv):
         "torch_acts_per_s": round(rate("torch"), 1),
         "ratio": round(ratio, 3),
         "ratio_best": round(ratio_best, 3),
-        "ours_radix_acts_per_s": round(rate("ours_radix"), 1) if variant is not None else None,
-        "ratio_radix": round(rate("ours_radix") / rate("torch"), 3) if variant is not None else None,
+        "ours_dense_acts_per_s": round(rate("ours_dense"), 1) if variant is not None else None,
+        "ratio_dense": round(rate("ours_dense") / rate("torch"), 3) if variant is not None else None,
         "step_gflop": round(flops / 1e9, 4),
         "matmul_peak_gflops": round(peak / 1e9, 2),
         "ours_gflops": round(flops / timed["ours"][1] / 1e9, 2),
         "fraction_of_peak": round(flops / timed["ours"][1] / peak, 4),
         "torch_fraction_of_peak": round(flops / timed["torch"][1] / peak, 4),
-        "radix_fraction_of_peak": (round(flops / timed["ours_radix"][1] / peak, 4) if variant is not None else None),
-        "ours_floor_acts_per_s": round(rate("ours_floor"), 1) if variant is not None else None,
-        "ratio_floor": round(rate("ours_floor") / rate("torch"), 3) if variant is not None else None,
+        "dense_fraction_of_peak": (round(flops / timed["ours_dense"][1] / peak, 4) if variant is not None else None),
+        "sparse_step_gflop": round(sparse_flops / 1e9, 4),
+        "ours_own_fraction_of_peak": round(sparse_flops / timed["ours"][1] / peak, 4),
         "select_ms": select_ms,
         "max_abs_diff": float(f"{max_diff:.3g}"),
         "variant_max_abs_diff": None if variant_diff is None else float(f"{variant_diff:.3g}"),

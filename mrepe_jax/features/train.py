@@ -54,9 +54,11 @@ class SAEState(TrainState):
 
 @dataclasses.dataclass(frozen=True)
 class SAEStep:
-    """One Adam step for the stack; frozen and hashable, so equal configs share one program."""
+    """One Adam step for the stack; frozen and hashable, so equal configs share one program.
+    ``k_max``: the members' largest ``k``, for ``topk``'s sparse kernels (``sae.loss``; 0: dense)."""
 
     cfg: SAEConfig
+    k_max: int = 0
 
     def __call__(self, state: SAEState, batch):
         cfg = self.cfg
@@ -64,7 +66,7 @@ class SAEStep:
         dead = state.since_fired >= cfg.dead_steps
 
         def one(params, x, member, dead):
-            return jax.value_and_grad(sae_lib.loss, has_aux=True)(params, x, cfg, member, dead)
+            return jax.value_and_grad(sae_lib.loss, has_aux=True)(params, x, cfg, member, dead, self.k_max)
 
         (losses, stats), grads = jax.vmap(one, in_axes=(0, 1, 0, 0))(state.params, x, state.members, dead)
         new = state.apply_gradients(grads=grads)
@@ -77,6 +79,13 @@ class SAEStep:
         new = new.replace(params=params, since_fired=since, threshold=threshold)
         return new, {"loss": losses.mean(), "losses": losses, "mse": stats["mse"], "l0": stats["l0"],
                      "dead": jnp.mean(dead, -1)}
+
+
+@functools.partial(jax.jit, static_argnums=(2, 4))
+def _encode(params, x, cfg: SAEConfig, member: Member, k_max: int):
+    """``sae.encode`` compiled once per SAE config, ``k`` and input shape (``k_max``: TopK's
+    ``k``, its faster selection; 0 otherwise)."""
+    return sae_lib.encode(params, x, cfg, member, k_max=k_max)
 
 
 @functools.lru_cache(maxsize=16)
@@ -99,7 +108,8 @@ class TrainedSAE:
         return Member.of(self.cfg.d_sae, k=int(self.info.get("k", 0)))
 
     def encode(self, x):
-        return sae_lib.encode(self.params, jnp.asarray(x, jnp.float32), self.cfg, self.member)
+        k = int(self.info.get("k", 0)) if self.cfg.architecture == "topk" else 0
+        return _encode(self.params, jnp.asarray(x, jnp.float32), self.cfg, self.member, k)
 
     def decode(self, z):
         return sae_lib.decode(self.params, z)
@@ -177,7 +187,8 @@ def train_saes(cfg: SAEConfig, batches: Callable[[int], Any], *, members: Sequen
     def batch_fn(step):
         return {"x": jnp.asarray(batches(step), jnp.float32)}
 
-    result = fit(init_state, SAEStep(cfg), batch_fn, cfg.num_steps, checkpoint_dir=checkpoint_dir,
+    k_max = max(kk for _, kk in members) if cfg.architecture == "topk" else 0
+    result = fit(init_state, SAEStep(cfg, k_max), batch_fn, cfg.num_steps, checkpoint_dir=checkpoint_dir,
                  stop_after=stop_after, run_config=run, progress=progress, mesh=mesh,
                  desc=f"{k} SAE(s) at {sites[0]}" + (" ..." if k > 1 else ""))
     state = parallel.to_host(result.state)
