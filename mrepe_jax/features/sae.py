@@ -134,9 +134,11 @@ def _rank_mask(values, k):
     Radix select: floats map to order-preserving unsigned keys, and each row's ``k``-th largest
     key is built bit by bit from the most significant down (the largest ``t`` with ``count(key >=
     t) >= k``): 32 compare-and-count passes, no sort. On XLA:CPU (2 cores) it selects the top 32 of
-    a [1024, 8192] block in 117 ms, a 48-step bisection in 182 ms, a sort or ``lax.top_k`` in 1.3-1.4
-    s (``bench/sae.py``). The mask is the sort's: entries tied with the ``k``-th are all kept;
-    ``-inf`` entries only when fewer than ``k`` are finite."""
+    a [1024, 8192] block in 106-130 ms, a 48-step bisection in 182 ms, a sort in 1.3 s; where ``k``
+    has a static bound, ``lax.top_k`` with its indices used (``sparse.select``) takes 22 ms
+    (``bench/sae.py``), so ``loss`` and ``encode`` use that when given ``k_max``. The mask is the
+    sort's: entries tied with the ``k``-th are all kept; ``-inf`` entries only when fewer than ``k``
+    are finite."""
     bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32)
     signed = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)  # monotone in the float
     keys = jax.lax.bitcast_convert_type(signed, jnp.uint32) ^ jnp.uint32(0x80000000)
