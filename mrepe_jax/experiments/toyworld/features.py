@@ -25,13 +25,18 @@ against the world's labels:
   test images two ways: its decoder direction added at ``S`` (eq 5 with ``Delta`` that row, alpha in
   units of the site's mean norm, as Direct), and the latent clamped on every token to
   ``clamp_scale`` times its largest train activation with the SAE's error term kept
-  (``features.edits.SAEClamp``). Success and collateral as in Table 3 (``control.evaluate``).
+  (``features.edits.SAEClamp``). Success and collateral as in Table 3 (``control.evaluate``),
+  averaged over targets for Table 3 and kept per target value (``per_value``) for its page;
+- *feature pages* (``report.html``, issue 28): per architecture, for each feature that is some
+  value's best, its top test images with per-patch heatmaps, its activation histogram and its
+  decoder row's top words through the text tower (``feature_cards``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -39,6 +44,7 @@ import scipy.stats
 
 from mrepe_jax.control.evaluate import DirectEdits, collateral_accuracy, steered_predictions, success_rate
 from mrepe_jax.control.interventions import site_scale
+from mrepe_jax.experiments.toyworld import feature_cards as cards
 from mrepe_jax.features.edits import SAEClamp, SAESplice
 from mrepe_jax.features.evaluate import evaluate_sae
 from mrepe_jax.features.sae import SAEConfig
@@ -66,6 +72,11 @@ def _image_features(sae, tokens: np.ndarray, chunk: int = 256) -> np.ndarray:
     """``[N, m]``: each image's mean latent activation over its tokens."""
     return np.concatenate([np.asarray(sae.encode(tokens[i:i + chunk])).mean(1)
                            for i in range(0, len(tokens), chunk)])
+
+
+def _token_features(sae, tokens: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """``[N, T, m]``: each token's latent activations."""
+    return np.concatenate([np.asarray(sae.encode(tokens[i:i + chunk])) for i in range(0, len(tokens), chunk)])
 
 
 def _recovery(features: dict, labels: dict, world, cfg) -> dict:
@@ -201,10 +212,18 @@ def _steering(model, params, world, sae, recovery: dict, tokens_train: np.ndarra
         success.append(success_rate(pk[f], labels[f], v))
         collateral.append(collateral_accuracy(pk, labels, f))
     mean = lambda xs: float(np.mean(xs))  # noqa: E731
+    per_value: dict = {}
+    for k, (f, v, j) in enumerate(targets):
+        # add[key][alpha] holds one entry per target, in the order of ``targets``.
+        per_value.setdefault(f, {})[world.families[f][v]] = {
+            "feature": int(j),
+            "add": {key: {str(a): add[key][str(a)][k] for a in alphas} for key in ("success", "collateral")},
+            "clamp": {"success": success[k], "collateral": collateral[k]}}
     return {"architecture": sae.cfg.architecture,
             "add": {key: {a: [mean(v)] for a, v in d.items()} for key, d in add.items()},
             "clamp": {"success": mean(success), "collateral": mean(collateral),
-                      "clamp_scale": float(cfg.clamp_scale)}}
+                      "clamp_scale": float(cfg.clamp_scale)},
+            "per_value": per_value}
 
 
 def _sae_config(cfg: ml_collections.ConfigDict, arch: str, d_in: int) -> SAEConfig:
@@ -214,11 +233,42 @@ def _sae_config(cfg: ml_collections.ConfigDict, arch: str, d_in: int) -> SAEConf
                      dead_steps=cfg.dead_steps, seed=cfg.seed, **extra)
 
 
+def _pages(model, params, world, saes: dict, out: dict, test_tokens: np.ndarray, test_x: np.ndarray,
+           test_labels: dict, scale: float, workdir) -> dict:
+    """What each feature page shows (``feature_cards``) for every feature that is some value's
+    best, per architecture: ``{arch: [{feature, top_examples, histogram, words}]}`` (a list, so
+    that the ``:paper`` protocol's pooling concatenates seeds instead of mixing their features)."""
+    chunk = len(world.families) * max(len(v) for v in world.families.values())
+    words, word_emb = cards.word_embeddings(model, params, world, chunk)
+    picked = {arch: sorted({int(b["feature"]) for fam in out[arch]["per_value"].values() for b in fam.values()})
+              for arch in saes}
+    rows = np.concatenate([np.asarray(saes[a].params["W_dec"])[picked[a]] for a in saes])
+    pad = -len(rows) % 16  # a few row counts, so a few compiled readouts serve every world
+    shifts = cards.embedding_shift(model, params, test_tokens[:, 0], np.pad(rows, ((0, pad), (0, 0))),
+                                   cards.WORDS_ALPHA, scale)
+    pages, at, shown = {}, 0, set()
+    for arch, sae in saes.items():
+        acts = _token_features(sae, test_tokens)  # [N, T, m]
+        pages[arch] = []
+        for j in picked[arch]:
+            top = cards.top_examples(acts[:, :, j], cards.EXAMPLES, test_labels, world.families)
+            shown.update(e["index"] for e in top)
+            pages[arch].append({"feature": j, "top_examples": top,
+                                "histogram": cards.histogram(acts[:, :, j].mean(1), cards.BINS),
+                                "words": cards.rank_words(shifts[at], word_emb, words, cards.WORDS)})
+            at += 1
+    if workdir is not None:
+        cards.write_images(Path(workdir), test_x, shown)
+    return pages
+
+
 def run(model, params, world, splits: dict, labels: dict, reps: dict, prompts: dict,
-        cfg: ml_collections.ConfigDict, control_cfg: ml_collections.ConfigDict, progress: bool = True) -> dict:
+        cfg: ml_collections.ConfigDict, control_cfg: ml_collections.ConfigDict, progress: bool = True,
+        workdir=None) -> dict:
     """Every part of the module docstring. ``splits``: ``{split: batch}`` (images under ``image``);
     ``labels``: ``{split: {family: [N]}}``; ``reps``: ``{split: {site: [N, D]}}`` of the vision
-    tower (token means, for the eq 6 comparison and the site's scale)."""
+    tower (token means, for the eq 6 comparison and the site's scale); ``workdir``: the stage's
+    workdir, where the feature pages' example images go (None: computed, not written)."""
     t0 = time.perf_counter()
     site = steering_sites(model, "vision")[0]
     pixels = np.asarray(splits["train"]["image"])
@@ -260,8 +310,16 @@ def run(model, params, world, splits: dict, labels: dict, reps: dict, prompts: d
         saes[arch] = sae
     main = cfg.architectures[0]
     test = world.batch(range(control_cfg.num_inputs), split="test")
+    scale = site_scale(reps["train"][site])
     out["steering"] = _steering(model, params, world, saes[main], out["architectures"][main], tokens["train"],
-                                site_scale(reps["train"][site]), site, test, prompts,
-                                [float(a) for a in control_cfg.table_alphas], cfg)
+                                scale, site, test, prompts, [float(a) for a in control_cfg.table_alphas], cfg)
+    t1 = time.perf_counter()
+    pages = _pages(model, params, world, saes, out["architectures"], tokens["test"], test_x, labels["test"],
+                   scale, workdir)
+    for arch, p in pages.items():
+        out["architectures"][arch]["feature_pages"] = p
+    out["feature_pages"] = {"examples": cards.EXAMPLES, "bins": cards.BINS, "words": cards.WORDS,
+                            "prompt": cards.PROMPT, "alpha": cards.WORDS_ALPHA, "scale": float(scale),
+                            "seconds": round(time.perf_counter() - t1, 1)}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out

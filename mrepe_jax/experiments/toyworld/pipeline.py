@@ -155,7 +155,7 @@ def _run_stages(model, params, world: ToyWorld, config, workdir, mesh, extra: tu
     every_row = {s: _all_rows(world, splits, s, n) for s, n in sizes.items()}
     out["features"] = features.run(
         model, params, world, every_row, labels, {s: r["vision"] for s, r in reps.items()}, prompts,
-        config.features, config.control, progress)
+        config.features, config.control, progress, workdir=workdir)
     announce("decomposition")
     out["decomposition"] = decomposition.run(model, params, world, every_row, labels, prompts,
                                              config.decomposition, world.masks(range(sizes["test"]), "test"))

@@ -51,6 +51,9 @@ details.png summary { cursor: pointer; color: var(--muted); font-size: 12.5px; }
 .page { display: none; }
 .page:target { display: block; }
 body:has(.page:target) main { display: none; }
+/* an anchor inside a page (a tower's section, a world's heads) shows its page too */
+.page:has(:target) { display: block; }
+body:has(.page :target) main { display: none; }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 8px 12px; min-width: 170px; }
 .card .v { font-size: 22px; font-weight: 600; }
@@ -68,6 +71,11 @@ figure.example.text { width: auto; max-width: 100%; }
 .tok { padding: 1px 2px; border-radius: 2px; }
 .ex-label { font-weight: 600; } .ex-score, .ex-note { color: var(--muted); }
 .ex-title { margin: 10px 0 2px; font-weight: 600; }
+/* feature histograms (features.py), the head grid (heads.py) */
+svg.chart.hist g.point:hover rect:last-child { stroke: #000; stroke-width: 1.2; }
+table.head-grid td.head-cell { min-width: 86px; cursor: default; }
+table.head-grid td.head-cell:hover { background: #eef5fb; outline: 1px solid #000; }
+.head-key { padding: 0 8px 0 5px; margin-right: 6px; font-size: 13px; }
 """
 
 SCRIPT = r"""

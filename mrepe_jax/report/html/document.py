@@ -4,8 +4,9 @@
 Every experiment gets it from the markdown it already writes: headings, paragraphs, lists and
 tables (sortable), and each image either as an interactive SVG chart, when the plot wrote its
 numbers beside the PNG (``report.plots.sidecar``), or as the PNG itself, base64-inlined. Then the
-concept and feature pages (``pages``). Inline CSS and JS, no library, no network: a Content
-Security Policy forbids every fetch except ``data:`` images, so the file opens offline from disk."""
+concept and feature pages (``pages``) and the attention heads' page (``heads``). Inline CSS and
+JS, no library, no network: a Content Security Policy forbids every fetch except ``data:``
+images, so the file opens offline from disk."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mrepe_jax.report import workdir as workdir_lib
-from mrepe_jax.report.html import assets, charts, features, pages
+from mrepe_jax.report.html import assets, charts, features, heads, pages
 from mrepe_jax.report.html import concepts as concepts_lib
 from mrepe_jax.report.html.markdown import Heading, Image, Items, Paragraph, Table, inline, parse, slug
 from mrepe_jax.report.plots import sidecar
@@ -96,8 +97,10 @@ class Loaded:
         return "data:image/png;base64," + base64.b64encode(fig.png).decode()
 
 
-def index_lists(concepts: Mapping[str, list[str]], feature_pages: list[tuple[str, str, str]]) -> str:
-    """The report's lists of concept and feature pages (anchors ``#concepts``, ``#features``)."""
+def index_lists(concepts: Mapping[str, list[str]], feature_pages: list[tuple[str, str, str]],
+                head_worlds: list[str] = ()) -> str:
+    """The report's lists of concept and feature pages (anchors ``#concepts``, ``#features``) and
+    the link to the head-label page (``#heads``; ``head_worlds``: what it shows, "default world"...)."""
     out = []
     if concepts:
         out.append('<h2 id="concepts">Concept pages</h2><ul class="concept-list">' + "".join(
@@ -107,6 +110,9 @@ def index_lists(concepts: Mapping[str, list[str]], feature_pages: list[tuple[str
     if feature_pages:
         out.append('<h2 id="features">Feature pages</h2><ul>' + "".join(
             f'<li><a href="#{fid}">{pages.esc(name)}</a></li>' for fid, name, _ in feature_pages) + "</ul>")
+    if head_worlds:
+        out.append(f'<h2 id="heads-index">Attention heads</h2><p><a href="#{heads.PAGE_ID}">TextSpan head labels and '
+                   f"mean-ablation</a> ({pages.esc(', '.join(head_worlds))})</p>")
     return "".join(out)
 
 
@@ -136,26 +142,31 @@ def render(markdown_text: str, results: Mapping, figures: Mapping[str, Figure], 
         elif isinstance(b, Image):
             body.append(_figure_html(b.path, figures.get(b.path), b.alt, f"fig{n}"))
     first_h1 = next((i for i, b in enumerate(body) if b.startswith("<h1")), None)
+    files = Loaded(figures)
+    feature_pages = features.feature_pages(results, files)
+    heads_page = heads.heads_page(results)
+    head_worlds = [heads.title(name) for name, _ in heads.worlds(results)]
     nav = (f'<nav class="toc" aria-label="contents"><ul>{"".join(toc)}'
-           + ('<li><a href="#concepts">Concept pages</a></li>' if concepts else "") + "</ul></nav>")
+           + ('<li><a href="#concepts">Concept pages</a></li>' if concepts else "")
+           + ('<li><a href="#features">Feature pages</a></li>' if feature_pages else "")
+           + ('<li><a href="#heads-index">Attention heads</a></li>' if heads_page else "") + "</ul></nav>")
     if first_h1 is not None:
         body.insert(first_h1 + 2, nav)
     else:
         body.insert(0, nav)
 
-    files = Loaded(figures)
     concept_pages = [concepts_lib.concept_page(results, f, towers, files) for f, towers in concepts.items()]
-    feature_pages = features.feature_pages(results, files)
     links = ['<a href="#top">Report</a>'] + (['<a href="#concepts">Concepts</a>'] if concepts else []) + (
-        ['<a href="#features">Features</a>'] if feature_pages else [])
+        ['<a href="#features">Features</a>'] if feature_pages else []) + (
+        [f'<a href="#{heads.PAGE_ID}">Heads</a>'] if heads_page else [])
     return "".join([
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{assets.STYLE}</style></head><body>",
         f'<header class="top" id="top"><strong>{html.escape(title)}</strong>{"".join(links)}</header>',
-        "<main>", "\n".join(body), index_lists(concepts, feature_pages), "</main>",
-        "\n".join(concept_pages), "\n".join(markup for _, _, markup in feature_pages),
+        "<main>", "\n".join(body), index_lists(concepts, feature_pages, head_worlds), "</main>",
+        "\n".join(concept_pages), "\n".join(markup for _, _, markup in feature_pages), heads_page,
         f"<script>{assets.SCRIPT}</script></body></html>\n",
     ])
 

@@ -1,44 +1,175 @@
 """The SAE feature pages of ``report.html`` (``#feature-{architecture}-{index}``): one per feature
-that is some concept value's best, with what it detects and the SAE's steering."""
+that is some concept value's best, with what it detects, its top-activating test images with the
+latent's activation per patch, its activation histogram, its decoder row's top words through the
+text tower and its own steering effect (``results["features"]``, from
+``experiments/toyworld/features.py`` and ``feature_cards``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
+from mrepe_jax.report.html.examples import gallery
 from mrepe_jax.report.html.pages import Files, concept_id, esc, feature_id, fmt, table
 
 
+def _features(results: Mapping) -> Mapping | None:
+    f = results.get("features")
+    return f if isinstance(f, Mapping) and "architectures" in f else None
+
+
+def _cards(r: Mapping) -> dict[int, Mapping]:
+    """``{feature index: its page data}`` of one architecture (the first entry of an index wins:
+    under the ``:paper`` protocol the first seed's, whose images ``plot_dir`` points at)."""
+    out: dict[int, Mapping] = {}
+    for card in r.get("feature_pages") or []:
+        out.setdefault(int(card["feature"]), card)
+    return out
+
+
 def files(results: Mapping) -> list[str]:
-    """Workdir files (relative paths) the feature pages show."""
-    return []
+    """Workdir files (relative paths) the feature pages show: the top examples' images."""
+    f = _features(results)
+    if f is None:
+        return []
+    prefix = results.get("plot_dir", "")
+    return list(dict.fromkeys(f"{prefix}{ex['image']}" for r in f["architectures"].values()
+                              for card in _cards(r).values() for ex in card.get("top_examples", [])))
+
+
+def histogram_svg(hist: Mapping, label: str) -> str:
+    """Bars of ``hist`` (``feature_cards.histogram``: ``edges``, ``counts``), heights on a log
+    scale (a sparse latent's zero bin would flatten every other bar), each bin's range and count on
+    hover."""
+    edges, counts = hist["edges"], hist["counts"]
+    if len(edges) != len(counts) + 1 or not counts:
+        raise ValueError(f"a histogram needs len(edges) == len(counts) + 1 > 1, got {len(edges)} and {len(counts)}")
+    w, h, left, top, bottom = 400, 120, 44, 8, 34
+    top_count = max(max(counts), 1)
+    bw = w / len(counts)
+    out = [f'<svg class="chart hist" viewBox="0 0 {left + w + 10} {top + h + bottom}" width="{left + w + 10}" '
+           f'height="{top + h + bottom}" role="img" aria-label="{esc(label)}">',
+           f'<line class="grid" x1="{left}" x2="{left + w}" y1="{top + h}" y2="{top + h}" style="stroke:#999"/>']
+    for k, c in enumerate(counts):
+        bar = h * math.log1p(c) / math.log1p(top_count)
+        tip = f"{label}: [{edges[k]:.4g}, {edges[k + 1]:.4g}{']' if k == len(counts) - 1 else ')'}: {c} images"
+        # The whole column takes the hover, so an empty or short bin still shows its count.
+        out.append(f'<g class="point" data-tip="{esc(tip)}"><title>{esc(tip)}</title>'
+                   f'<rect x="{left + k * bw:.1f}" y="{top}" width="{bw:.1f}" height="{h}" fill="transparent"/>'
+                   f'<rect x="{left + k * bw + 0.5:.1f}" y="{top + h - bar:.1f}" width="{max(bw - 1, 0.5):.1f}" '
+                   f'height="{bar:.1f}" fill="#0072B2"/></g>')
+    for k in (0, len(counts) // 2, len(counts)):
+        out.append(f'<text class="tick" x="{left + k * bw:.1f}" y="{top + h + 13}" text-anchor="middle">'
+                   f"{edges[k]:.3g}</text>")
+    out.append(f'<text class="tick" x="{left - 4}" y="{top + 9}" text-anchor="end">{top_count}</text>')
+    out.append(f'<text class="tick" x="{left - 4}" y="{top + h}" text-anchor="end">0</text>')
+    out.append(f'<text class="axis" x="{left + w / 2}" y="{top + h + 30}" text-anchor="middle">'
+               "activation (image: mean over its tokens)</text></svg>")
+    return "".join(out)
+
+
+def _examples(card: Mapping, detects: list, files: Files, prefix: str) -> str:
+    detected = dict.fromkeys(fam for fam, _, _ in detects)
+    items = []
+    for ex in card.get("top_examples", []):
+        labels = ex.get("labels", {})
+        items.append({
+            "image": f"{prefix}{ex['image']}", "heat": ex.get("heat"), "score": ex.get("activation"),
+            "label": " ".join(str(labels.get(f, "?")) for f in detected) or f"test {ex.get('index')}",
+            "note": f"test #{ex.get('index')}, CLS {ex.get('cls', 0):.3g}; "
+                    + " ".join(str(v) for f, v in labels.items() if f not in detected)})
+    return gallery(items, files)
+
+
+def _words(words: Mapping, settings: Mapping) -> str:
+    top, bottom = words.get("top", []), words.get("bottom", [])
+    rows = [[esc(t[0]) if t else "", fmt(t[1]) if t else "", esc(b[0]) if b else "", fmt(b[1]) if b else ""]
+            for t, b in zip(top + [None] * (len(bottom) - len(top)), bottom + [None] * (len(top) - len(bottom)))]
+    return (f"<p>The decoder row added at the site (eq 5: its unit vector times alpha = "
+            f"{esc(settings.get('alpha', '?'))} times the site's mean norm, as Table 3 steers) moves each "
+            "test image's unit-norm embedding; the mean move over the test images, against the text "
+            f"tower's unit-norm embedding of <code>{esc(settings.get('prompt', '{}'))}</code> for each "
+            "word of ToyWorld's caption vocabulary (cosine; norm of the mean move "
+            f"{fmt(words.get('shift_norm'))}):</p>"
+            + table(["top word", "cosine", "bottom word", "cosine"], rows))
+
+
+def _steering(steer: Mapping, arch: str, detects: list) -> str:
+    if steer.get("architecture") != arch:
+        return ("<p>Steered in Table 3: only the first architecture's features "
+                f"({esc(steer.get('architecture', '-'))}).</p>")
+    per_value = steer.get("per_value")
+    parts = []
+    if per_value:
+        rows = []
+        for fam, val, _ in detects:
+            own = per_value.get(fam, {}).get(val)
+            if own is None:
+                continue
+            for a in own["add"]["success"]:
+                rows.append([esc(f"{fam} = {val}"), f"add decoder row, alpha = {esc(a)}",
+                             fmt(own["add"]["success"][a]), fmt(own["add"]["collateral"][a])])
+            rows.append([esc(f"{fam} = {val}"), "clamp latent", fmt(own["clamp"]["success"]),
+                         fmt(own["clamp"]["collateral"])])
+        parts += ["<h2>Steering with this feature</h2>",
+                  "<p>Held-out test images steered toward each value this feature detects: its decoder row "
+                  "added at the site (eq 5, alpha in units of the site's mean norm), and the latent clamped on "
+                  "every token. Success: the share of images not of that value whose zero-shot prediction "
+                  "moves to it; collateral: the accuracy left on the other families (Table 3).</p>",
+                  table(["target", "intervention", "success", "collateral"], rows)]
+    add = steer["add"]
+    parts.append("<h3>This SAE, mean over all recovered features</h3>" + table(
+        ["intervention", "success", "collateral"],
+        [[f"add decoder row, alpha = {esc(a)}", fmt(add['success'][a][0]), fmt(add['collateral'][a][0])]
+         for a in add["success"]]
+        + [["clamp latent", fmt(steer["clamp"]["success"]), fmt(steer["clamp"]["collateral"])]]))
+    return "".join(parts)
 
 
 def feature_pages(results: Mapping, files: Files | None = None) -> list[tuple[str, str, str]]:
     """``[(id, name, page markup)]``: one page per SAE feature that is some concept value's best feature."""
-    f = results.get("features")
-    if not isinstance(f, Mapping) or "architectures" not in f:
+    f = _features(results)
+    if f is None:
         return []
     pages = []
     directions = f.get("directions", {}).get("per_value", {})
+    settings = f.get("feature_pages", {})
+    prefix = results.get("plot_dir", "")
     for arch, r in f["architectures"].items():
         detects: dict[int, list] = {}
         for family, values in r.get("per_value", {}).items():
             for value, best in values.items():
                 detects.setdefault(int(best["feature"]), []).append((family, value, best))
+        cards = _cards(r)
         for index in sorted(detects):
             fid = feature_id(arch, index)
             rows = [[f'<a href="#{concept_id(fam)}">{esc(fam)}</a>', esc(val), fmt(b.get("auroc")),
                      fmt(b.get("probe_auroc")), fmt(directions.get(f"{fam}={val}"))]
                     for fam, val, b in detects[index]]
-            steer = f.get("steering", {})
-            steering = ""
-            if steer.get("architecture") == arch:
-                add = steer["add"]
-                steering = ("<h2>Steering (this SAE, all recovered features)</h2>" + table(
-                    ["intervention", "success", "collateral"],
-                    [[f"add decoder row, alpha = {esc(a)}", fmt(add['success'][a][0]), fmt(add['collateral'][a][0])]
-                     for a in add["success"]]
-                    + [["clamp latent", fmt(steer["clamp"]["success"]), fmt(steer["clamp"]["collateral"])]]))
+            card = cards.get(index)
+            body, missing = [], []
+            if card and card.get("top_examples") and files is not None:
+                body += ["<h2>Top-activating test images</h2>",
+                         "<p>The test images where the latent's activation (mean over the image's tokens) is "
+                         "highest, highest first; over each, the activation on each patch token (hover a cell "
+                         "for its value; the CLS token's is in the note).</p>",
+                         _examples(card, detects[index], files, prefix)]
+            else:
+                missing.append("top-activating examples with patch heatmaps")
+            if card and card.get("histogram"):
+                hist = card["histogram"]
+                body += ["<h2>Activation histogram</h2>",
+                         f"<p>The activation of every test image ({hist.get('n', sum(hist['counts']))}; "
+                         f"{hist.get('zeros', '?')} of them exactly 0), in equal bins; bar heights on a log "
+                         "scale, counts on hover.</p>",
+                         histogram_svg(hist, f"{arch} #{index}")]
+            else:
+                missing.append("the activation histogram")
+            if card and card.get("words"):
+                body += ["<h2>Decoder direction through the text tower</h2>", _words(card["words"], settings)]
+            else:
+                missing.append("the decoder direction's top words through the text tower")
+            note = ('<p class="missing">Not in results.json: ' + "; ".join(missing) + ".</p>") if missing else ""
             pages.append((fid, f"{arch} #{index}", "".join([
                 f'<section class="page" id="{fid}">',
                 '<p><a href="#top">&larr; back to the report</a> · <a href="#features">all features</a></p>',
@@ -47,8 +178,6 @@ def feature_pages(results: Mapping, files: Files | None = None) -> list[tuple[st
                 f"</code>, L0 {fmt(r.get('l0'), 2)}, FVU {fmt(r.get('fvu'))}. The concept values this feature "
                 "detects best (test AUROC of its activation; the eq 6 direction's beside it):</p>",
                 table(["family", "value", "feature AUROC", "probe AUROC", "eq 6 direction AUROC"], rows),
-                steering,
-                '<p class="missing">Not yet here (not in results.json): top-activating examples with patch '
-                "heatmaps, the activation histogram, and the decoder direction's top words through the "
-                "text tower.</p></section>"])))
+                *body, _steering(f.get("steering", {}), arch, detects[index]) if f.get("steering") else "",
+                note, "</section>"])))
     return pages

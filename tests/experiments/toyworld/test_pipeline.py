@@ -92,6 +92,24 @@ def test_pipeline_writes_results_and_report(single):
     assert set(feats["steering"]["add"]["success"]) == {"1.0"} and 0 <= feats["steering"]["clamp"]["success"] <= 1
     assert "## Sparse-autoencoder features — default world" in report
     assert "| FT | SAE feature |" in report  # Table 3's column
+    # The feature pages' data (report.html, issue 28): per architecture, each value's best feature
+    # with its top test images (PNGs in the workdir, activation-sorted, CLS + 4 x 4 patches), a
+    # histogram of every test image, words both ways; each target's own steering in Table 3's mean.
+    for r in feats["architectures"].values():
+        pages = {c["feature"]: c for c in r["feature_pages"]}
+        assert set(pages) == {b["feature"] for fam in r["per_value"].values() for b in fam.values()}
+        for c in pages.values():
+            acts = [e["activation"] for e in c["top_examples"]]
+            assert len(acts) == 6 and acts == sorted(acts, reverse=True)
+            assert all(np.shape(e["heat"]) == (4, 4) for e in c["top_examples"])
+            assert all((workdir / e["image"]).is_file() for e in c["top_examples"])
+            assert sum(c["histogram"]["counts"]) == c["histogram"]["n"] == 64  # eval.num_test
+            assert len(c["words"]["top"]) == len(c["words"]["bottom"]) == 8
+    own = feats["steering"]["per_value"]
+    assert np.mean([v["add"]["success"]["1.0"] for fam in own.values() for v in fam.values()]) == pytest.approx(
+        feats["steering"]["add"]["success"]["1.0"][0])
+    assert np.mean([v["clamp"]["collateral"] for fam in own.values() for v in fam.values()]) == pytest.approx(
+        feats["steering"]["clamp"]["collateral"])
     dec = results["decomposition"]
     assert dec["sum_error"] <= 1e-5 * max(1.0, dec["embedding_scale"])
     assert [(h["layer"], h["head"]) for h in dec["heads"]] == [(0, 0), (0, 1)]
