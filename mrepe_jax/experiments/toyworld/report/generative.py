@@ -26,6 +26,9 @@ def _ms(values, pct: bool = False) -> str:
 
 def captioner_section(cap: dict) -> str:
     t = cap["training"]
+    # A captioner restored from its checkpoint ran no step this time: no loss to report.
+    loss = ("restored from its checkpoint" if t.get("final_loss") is None
+            else f"final loss {t['final_loss']:.3f}")
     acc = cap["caption_accuracy"]
     examples = [[e["caption"], e["truth"]] for e in cap["examples"]]
     return section(
@@ -33,7 +36,7 @@ def captioner_section(cap: dict) -> str:
         "A BLIP-2-shaped generative model (`train/captioner.py`): query tokens, a Q-Former "
         "cross-attending to the frozen CLIP vision tower's last hidden state, a language "
         f"projection and a small OPT, trained {t['steps']} steps with `train/loop.fit` "
-        f"(final loss {t['final_loss']:.3f}; {cap['trained_in_seconds']} s this run, which "
+        f"({loss}; {cap['trained_in_seconds']} s this run, which "
         "includes rendering its pool). Greedy captions of "
         f"{cap['eval_images']} held-out test images; a family counts as correct when the caption "
         "names its true value (any synonym) and no other value of that family (target >= 0.9).",
