@@ -180,6 +180,15 @@ def table1(scores: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
             "direction_site": best_dir}
 
 
+def site_aurocs(scores: Mapping[str, tuple[np.ndarray, np.ndarray]], labels: np.ndarray,
+                sites: Sequence[str], split: str = "test") -> dict[str, dict[str, float]]:
+    """The macro AUROC of one split at every site, in ``sites``' order: ``{"prototype": {site:
+    eq 1 prototype similarity's}, "direction": {site: eq 6 direction projection's}}`` (what
+    ``table1`` picks its best sites from, shown whole: how a concept's readability grows with depth)."""
+    return {kind: {s: macro_auroc(scores[s][k], labels, f"the {split} split") for s in sites}
+            for k, kind in enumerate(("prototype", "direction"))}
+
+
 def stream_identify(read, batches, families: Mapping[str, int], sites: Sequence[str],
                     baseline_site: str, on_batch=None,
                     groups: Mapping[str, Sequence[str]] | None = None) -> tuple[dict, dict[str, Readout]]:

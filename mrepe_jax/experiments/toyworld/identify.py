@@ -50,8 +50,11 @@ def split_reps(model, params, splits: dict[str, dict], mesh=None) -> dict[str, d
 
 def identify(model, world: ToyWorld, all_reps: dict, labels: dict[str, dict]) -> dict:
     """Table 1 scores and direction AUROCs per tower and family (``stages.identification``), from
-    ``split_reps`` output and each split's ``labels`` (``{split: {family: [N]}}``)."""
-    out: dict = {"baseline": {}, "mrepe": {}, "mrepe_site": {}, "direction_auroc": {}, "direction_site": {}}
+    ``split_reps`` output and each split's ``labels`` (``{split: {family: [N]}}``); and the test
+    AUROC at every candidate site, in layer order (``direction_auroc_by_site``: eq 6,
+    ``prototype_auroc_by_site``: eq 1; ``{tower: {family: {site: AUROC}}}``)."""
+    out: dict = {"baseline": {}, "mrepe": {}, "mrepe_site": {}, "direction_auroc": {}, "direction_site": {},
+                 "direction_auroc_by_site": {}, "prototype_auroc_by_site": {}}
     for tower in TOWERS:
         reps = {s: r[tower] for s, r in all_reps.items()}
         for key in out:
@@ -61,11 +64,14 @@ def identify(model, world: ToyWorld, all_reps: dict, labels: dict[str, dict]) ->
             sums = identification.accumulate(None, reps["train"], lab["train"], len(values))
             readout = identification.Readout.from_sums(sums, family)
             held_out = ("validation", "test")
-            row = identification.table1({s: readout.scores(reps[s]) for s in held_out},
-                                        {s: lab[s] for s in held_out},
-                                        candidate_sites(model, tower), f"{tower}.proj")
+            scores = {s: readout.scores(reps[s]) for s in held_out}
+            sites = candidate_sites(model, tower)
+            row = identification.table1(scores, {s: lab[s] for s in held_out}, sites, f"{tower}.proj")
             for key, value in row.items():
                 out[key][tower][family] = value
+            by_site = identification.site_aurocs(scores["test"], lab["test"], sites)
+            out["direction_auroc_by_site"][tower][family] = by_site["direction"]
+            out["prototype_auroc_by_site"][tower][family] = by_site["prototype"]
     return out
 
 

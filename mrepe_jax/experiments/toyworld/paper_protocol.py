@@ -13,8 +13,8 @@ the same) and fits everything on top of it with seed ``s`` as well (``align.seed
 - a p-value is the largest over the models: "significant on every retrained model", a
   conservative combination (intersection-union), since averaging p-values is not a test;
 - ``causal`` (the patching sweeps and their heatmaps), ``captioner`` and ``architectures`` (a
-  captioner and a second CLIP trained on the first CLIP) are the first seed's: per-model studies,
-  not figures to average.
+  captioner and a second CLIP trained on the first CLIP) and ``gallery`` (the concept pages'
+  examples) are the first seed's: per-model studies, not figures to average.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 SETTING_LISTS = frozenset({"alphas", "table_alphas", "steer_alphas", "metrics", "spurious_pair"})
-FIRST_ONLY = frozenset({"causal", "captioner", "architectures", "machine", "map_config", "world"})
+FIRST_ONLY = frozenset({"causal", "captioner", "architectures", "gallery", "machine", "map_config", "world"})
 
 
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:

@@ -26,6 +26,7 @@ from mrepe_jax.experiments.toyworld import (
     decomposition,
     efficiency,
     features,
+    gallery,
     identify,
     paper_protocol,
     safety,
@@ -84,15 +85,16 @@ def _can_reuse(same_config: bool, previous: dict, results: dict, stages) -> bool
 STAGES = ("zero_shot", "identification", "alignment", "control", "safety", "features", "decomposition")
 #: The rest run only where they mean something new. Costs (Table 5): on the main world (the same
 #: programs on the hard world's data cost the same); per-model pictures and studies (the patching
-#: sweeps, the captioner, transfer across architectures): on the main world's first CLIP.
+#: sweeps, the captioner, transfer across architectures, the concept pages' gallery): on the main
+#: world's first CLIP.
 COSTS = ("efficiency",)
-STUDIES = ("causal", "captioner", "architectures")
+STUDIES = ("causal", "captioner", "architectures", "gallery")
 
 
 def stage_names(extra: tuple) -> list[str]:
     """The stages ``_stages`` runs with ``extra``, in order (``reading``: every split's sites)."""
     order = ("reading", "zero_shot", "identification", "causal", "alignment", "control", "safety",
-             "features", "decomposition", "efficiency", "captioner", "architectures")
+             "features", "decomposition", "efficiency", "captioner", "architectures", "gallery")
     runs = set(STAGES) | set(extra) | {"reading"}
     if "architectures" in extra:  # the transfer study reads the captioner
         runs.add("captioner")
@@ -173,6 +175,11 @@ def _run_stages(model, params, world: ToyWorld, config, workdir, mesh, extra: tu
         out["architectures"] = transfer.run(
             world, model, params, prompts, reps, pixels, labels, caption_model, config,
             train_config(config), workdir, mesh, progress)
+    if "gallery" in extra:  # the concept pages' examples (after the captioner, whose captions it shows)
+        announce("gallery")
+        test = _all_rows(world, splits, "test", sizes["test"])
+        out["gallery"] = gallery.run(model, params, world, reps, labels, test, out["identification"], prompts,
+                                     config.control, workdir, caption_model if "captioner" in out else None)
     return out
 
 

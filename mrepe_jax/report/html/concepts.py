@@ -1,12 +1,15 @@
 """The concept pages of ``report.html`` (``#concept-{family}``, a section per tower
 ``#concept-{tower}-{family}``): the eq 1 and eq 6 AUROCs of ``results["identification"]`` per tower
-(and the hard world's), zero-shot accuracy, the eq 2 patching of that family where it was run, and
-the SAE features that detect its values."""
+(and the hard world's), at the best site and at every candidate site (a chart per tower),
+zero-shot accuracy, the eq 2 patching of that family where it was run, the SAE features that
+detect its values, and ``results["gallery"]`` (``experiments.toyworld.gallery``): the top- and
+bottom-scoring test examples with per-token heat, and steering before and after (eq 5)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mrepe_jax.report.html import gallery as gallery_page
 from mrepe_jax.report.html.pages import (
     Files,
     bars,
@@ -18,13 +21,15 @@ from mrepe_jax.report.html.pages import (
     identification,
     table,
 )
+from mrepe_jax.report.html.sites import by_site, sites_chart
 
 
 def files(results: Mapping) -> list[str]:
-    """Workdir files (relative paths) the concept pages show: the patching heatmaps."""
+    """Workdir files (relative paths) the concept pages show: the patching heatmaps and the
+    gallery's thumbnails."""
     prefix = results.get("plot_dir", "")
     return [f"{prefix}patching_{tower}_{family}_{k}.png" for family, towers in families(results).items()
-            for tower in towers for k in ("layer_position", "layer_head")]
+            for tower in towers for k in ("layer_position", "layer_head")] + gallery_page.files(results)
 
 
 def _identification_rows(ident: Mapping, tower: str, family: str) -> list[str] | None:
@@ -77,8 +82,17 @@ def concept_page(results: Mapping, family: str, towers: list[str], files: Files)
                         "direction site"], rows))
     parts.append(bars([(t, ident["direction_auroc"].get(t, {}).get(family), ident["direction_site"]
                          .get(t, {}).get(family, "")) for t in towers], "direction AUROC"))
-    parts.append('<p class="missing">The AUROC at every layer and site (not only the best one) is not '
-                 "in results.json yet.</p>")
+    charts = [sites_chart(f"{tower}: held-out AUROC per site", series, f"{concept_id(family, tower)}-sites")
+              for tower in towers if (series := by_site(results, tower, family))]
+    if charts:
+        parts.append("<h2>AUROC at every site</h2><p>Held-out (test) AUROC of the eq 6 direction's projection "
+                     "and of the eq 1 prototype similarity at every candidate site, in layer order (each "
+                     "layer's residual stream averaged over tokens, then <code>pooled</code> and "
+                     "<code>proj</code>); the dashed line is chance. Hover a point for its value; click a "
+                     "legend entry to hide its series.</p>" + "".join(charts))
+    else:
+        parts.append('<p class="missing">The AUROC at every layer and site (not only the best one) is not '
+                     "in results.json for this run.</p>")
     zero_shot = results.get("zero_shot", {})
     for tower in towers:
         parts.append(f'<h2 id="{concept_id(family, tower)}">{esc(tower)} tower</h2>')
@@ -103,14 +117,12 @@ def concept_page(results: Mapping, family: str, towers: list[str], files: Files)
             for kind in ("layer_position", "layer_head"):
                 parts.append(files.figure(f"{prefix}patching_{tower}_{family}_{kind}.png",
                                     f"{concept_id(family, tower)}-{kind.replace('_', '-')}"))
+        parts.append(gallery_page.tower_section(results, tower, family, files))
     features = _features_of(results, family)
     if features:
         parts += ["<h2>SAE features for its values</h2>",
                   "<p>Per value: each architecture's best feature (chosen on validation), its test AUROC, "
                   "the sparse probe's, and the eq 6 direction's for comparison.</p>",
                   table(["value", "feature", "feature AUROC", "probe AUROC", "eq 6 direction AUROC"], features)]
-    parts.append('<p class="missing">Not yet here (need data results.json does not hold): the top- and '
-                 "bottom-scoring test examples with patch heatmaps of the direction's projection, and "
-                 "steering before/after images and captions per concept (Table 3 averages over targets).</p>")
     parts.append("</section>")
     return "".join(parts)

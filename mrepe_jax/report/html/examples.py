@@ -5,8 +5,14 @@ An image example is a mapping ``{"image": path, "heat": [[...]] | None, "label":
 float | None, "note": str}``: ``path`` a PNG in the workdir (``report.images.save_png``; the
 page's ``files(results)`` names it so ``document`` loads it), ``heat`` a ``[rows, cols]`` grid
 over the image's patches (row-major, as the tower's patch tokens are), drawn as translucent cells
-(diverging colours around 0 when the grid has both signs) with the value in each cell's tip.
-A text example is ``{"tokens": [str], "heat": [float] | None, "label": str, "score": ...}``.
+with the value in each cell's tip. A text example is ``{"tokens": [str], "heat": [float] | None,
+"label": str, "score": ...}``, each token's background its value.
+
+Colours are diverging around 0 (red positive, blue negative, ``charts.DIVERGING``) whatever the
+values' signs: a projection's or an activation's 0 means "nothing", so a grid of small positive
+values must not look as hot as a grid of large ones. Image cells grow more opaque with ``|value|``
+(the picture stays visible where nothing is); token backgrounds are lightened so the word stays
+readable.
 """
 
 from __future__ import annotations
@@ -20,26 +26,32 @@ from mrepe_jax.report.html.pages import Files, esc
 SIDE = 96
 
 
-def _range(values: Sequence[float]) -> tuple[float, float, bool]:
-    lo, hi = min(values), max(values)
-    center = lo < 0 < hi
-    if center:
-        m = max(-lo, hi)
-        return -m, m, True
-    return lo, hi if hi > lo else lo + 1e-12, False
+def _limit(values: Sequence[float]) -> float:
+    """The colour scale's half-width: the largest ``|value|`` (0 for all-zero values: nothing hot)."""
+    return max((abs(v) for v in values), default=0.0) or 1e-12
+
+
+def _colour(v: float, lim: float) -> str:
+    return cell_colour(v, -lim, lim, True)
+
+
+def _light(colour: str, t: float = 0.45) -> str:
+    """``colour`` mixed with white by ``t`` (a token's background, under dark text)."""
+    rgb = [int(colour[k:k + 2], 16) for k in (1, 3, 5)]
+    return "#" + "".join(f"{round(x + (255 - x) * t):02x}" for x in rgb)
 
 
 def _grid(heat: Sequence[Sequence[float]], name: str) -> str:
     rows, cols = len(heat), len(heat[0])
-    lo, hi, center = _range([v for r in heat for v in r])
+    lim = _limit([v for r in heat for v in r])
     w, h = SIDE / cols, SIDE / rows
     cells = []
     for i, row in enumerate(heat):
         for j, v in enumerate(row):
             tip = f"{name}, patch ({i}, {j}): {v:.4g}"
             cells.append(f'<rect class="cell" x="{j * w:.2f}" y="{i * h:.2f}" width="{w:.2f}" height="{h:.2f}" '
-                         f'fill="{cell_colour(v, lo, hi, center)}" fill-opacity="0.55" data-tip="{esc(tip)}">'
-                         f"<title>{esc(tip)}</title></rect>")
+                         f'fill="{_colour(v, lim)}" fill-opacity="{0.1 + 0.6 * min(abs(v) / lim, 1.0):.2f}" '
+                         f'data-tip="{esc(tip)}"><title>{esc(tip)}</title></rect>')
     return (f'<svg class="heat" viewBox="0 0 {SIDE} {SIDE}" width="{SIDE}" height="{SIDE}" '
             f'aria-label="{esc(name)} heatmap">{"".join(cells)}</svg>')
 
@@ -71,12 +83,11 @@ def text_example(ex: Mapping) -> str:
     """One token strip, each token's background its score (tip: the value)."""
     tokens, heat = list(ex["tokens"]), ex.get("heat")
     spans = []
-    if heat:
-        lo, hi, center = _range(list(heat))
+    lim = _limit(list(heat or []))
     for k, tok in enumerate(tokens):
         if heat and k < len(heat):
             tip = f"{tok}: {heat[k]:.4g}"
-            spans.append(f'<span class="tok" style="background:{cell_colour(heat[k], lo, hi, center)}" '
+            spans.append(f'<span class="tok" style="background:{_light(_colour(heat[k], lim))}" '
                          f'data-tip="{esc(tip)}">{esc(tok)}</span>')
         else:
             spans.append(f'<span class="tok">{esc(tok)}</span>')

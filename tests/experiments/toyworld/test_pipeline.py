@@ -257,8 +257,8 @@ def test_a_rerun_resumes_and_reuses_the_figures(single):
     assert resumed["training"]["steps_run"] == 0 and resumed["training"]["resumed_from_step"] == 4
     assert resumed["training"]["trained_in_seconds"] == results["training"]["trained_in_seconds"]
     # Same config, same model: the stages' figures are reused, not recomputed.
-    stages = ["zero_shot", "identification", "alignment", "control", "safety", "efficiency"]
-    assert resumed["reused_stages"] == stages + ["causal", "captioner", "architectures"]
+    stages = ["zero_shot", "identification", "alignment", "control", "safety", "features", "decomposition"]
+    assert resumed["reused_stages"] == stages + ["efficiency", "causal", "captioner", "architectures", "gallery"]
     assert resumed["identification"] == results["identification"]
     assert resumed["alignment"] == results["alignment"]
     assert resumed["architectures"] == results["architectures"]

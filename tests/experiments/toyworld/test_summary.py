@@ -56,7 +56,7 @@ def test_summary_without_alpha_1_or_a_hard_world_leaves_those_rows_out():
 def test_the_stage_bar_announces_every_stage_that_runs():
     assert pipeline.stage_names(pipeline.COSTS + pipeline.STUDIES) == [
         "reading", "zero_shot", "identification", "causal", "alignment", "control", "safety",
-        "features", "decomposition", "efficiency", "captioner", "architectures"]
+        "features", "decomposition", "efficiency", "captioner", "architectures", "gallery"]
     # The hard world and later CLIP seeds run only the shared stages.
     assert pipeline.stage_names(()) == ["reading", "zero_shot", "identification", "alignment",
                                         "control", "safety", "features", "decomposition"]

@@ -45,6 +45,10 @@ def render(results: dict) -> str:
     # Plots of a run with the CLIP retrained per seed are the first seed's (``plot_dir``).
     prefix = results.get("plot_dir", "")
     parts = [header, zero_shot_section(results)]
+    if "gallery" in results:
+        parts.append("Each concept's top- and bottom-scoring test examples (per-patch and per-token heat) and "
+                     "steering before and after (labels, captions) are on report.html's concept pages "
+                     f"(gallery stage, {results['gallery']['seconds']} s).")
     if "captioner" in results:
         parts.append(generative.captioner_section(results["captioner"]))
     parts += [table1_section(results["identification"], MODEL),
