@@ -46,6 +46,12 @@ def cell_colour(v, lo: float, hi: float, center: bool) -> str:
     return _ramp(SEQUENTIAL, 0.0 if hi == lo else (v - lo) / (hi - lo))
 
 
+def cell_rect(x: float, y: float, w: float, h: float, fill: str, tip: str, style: str = "") -> str:
+    """One heatmap cell: its value in ``tip`` on hover (``data-tip``) and as its title."""
+    return (f'<rect class="cell" x="{x:.2f}" y="{y:.2f}" width="{w:.2f}" height="{h:.2f}" fill="{fill}"{style} '
+            f'data-tip="{_esc(tip)}"><title>{_esc(tip)}</title></rect>')
+
+
 def _every(n: int, room: int) -> int:
     """Label every k-th tick so that at most ``room`` labels show."""
     return max(1, math.ceil(n / max(room, 1)))
@@ -80,9 +86,7 @@ def heatmap_svg(data: dict, chart_id: str) -> str:
     for i, row in enumerate(values):
         for j, v in enumerate(row):
             tip = f"{row_name} {yt[i]}, {col_name} {xt[j]}: {_num(v)}"
-            out.append(f'<rect class="cell" x="{left + j * cw:.1f}" y="{top + i * ch:.1f}" width="{cw:.1f}" '
-                       f'height="{ch:.1f}" fill="{cell_colour(v, lo, hi, center)}" data-tip="{_esc(tip)}">'
-                       f"<title>{_esc(tip)}</title></rect>")
+            out.append(cell_rect(left + j * cw, top + i * ch, cw, ch, cell_colour(v, lo, hi, center), tip))
     ky = _every(rows, int(rows * ch / 12))
     for i in range(0, rows, ky):
         out.append(f'<text class="tick" x="{left - 4}" y="{top + (i + 0.5) * ch + 4:.1f}" '

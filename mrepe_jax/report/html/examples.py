@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from mrepe_jax.report.html.charts import cell_colour
+from mrepe_jax.report.html.charts import cell_colour, cell_rect
 from mrepe_jax.report.html.pages import Files, esc
 
 #: Thumbnail side in CSS pixels (ToyWorld's 32-px images drawn pixelated at 3x).
@@ -49,9 +49,8 @@ def _grid(heat: Sequence[Sequence[float]], name: str) -> str:
     for i, row in enumerate(heat):
         for j, v in enumerate(row):
             tip = f"{name}, patch ({i}, {j}): {v:.4g}"
-            cells.append(f'<rect class="cell" x="{j * w:.2f}" y="{i * h:.2f}" width="{w:.2f}" height="{h:.2f}" '
-                         f'fill="{_colour(v, lim)}" fill-opacity="{0.1 + 0.6 * min(abs(v) / lim, 1.0):.2f}" '
-                         f'data-tip="{esc(tip)}"><title>{esc(tip)}</title></rect>')
+            opacity = f' fill-opacity="{0.1 + 0.6 * min(abs(v) / lim, 1.0):.2f}"'
+            cells.append(cell_rect(j * w, i * h, w, h, _colour(v, lim), tip, opacity))
     return (f'<svg class="heat" viewBox="0 0 {SIDE} {SIDE}" width="{SIDE}" height="{SIDE}" '
             f'aria-label="{esc(name)} heatmap">{"".join(cells)}</svg>')
 
