@@ -3,8 +3,9 @@
 fragment, so links between pages work from disk with no script and no server.
 
 The pages: concepts (``concepts``: ``#concept-{family}``, one section per tower
-``#concept-{tower}-{family}``), SAE features (``features``: ``#feature-{architecture}-{index}``).
-Each page module renders from ``results`` and a ``Files`` (the workdir files the page shows:
+``#concept-{tower}-{family}``; their examples ``gallery``, per-site AUROCs ``sites``), SAE
+features (``features``: ``#feature-{architecture}-{index}``) and attention heads (``heads``:
+``#heads``). Each page module renders from ``results`` and a ``Files`` (the workdir files the page shows:
 charts from plot sidecars, thumbnails), and lists the files it needs (``files(results)``), which
 ``document`` loads before rendering."""
 
