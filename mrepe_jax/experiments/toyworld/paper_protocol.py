@@ -14,7 +14,9 @@ the same) and fits everything on top of it with seed ``s`` as well (``align.seed
   conservative combination (intersection-union), since averaging p-values is not a test;
 - ``causal`` (the patching sweeps and their heatmaps), ``captioner`` and ``architectures`` (a
   captioner and a second CLIP trained on the first CLIP) and ``gallery`` (the concept pages'
-  examples) are the first seed's: per-model studies, not figures to average.
+  examples) are the first seed's: per-model studies, not figures to average; so is what names one
+  model's own parts (an SAE feature's index and page: the AUROCs beside it pool every seed's own
+  best feature).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import ml_collections
 import numpy as np
 
 SETTING_LISTS = frozenset({"alphas", "table_alphas", "steer_alphas", "metrics", "spurious_pair"})
-FIRST_ONLY = frozenset({"causal", "captioner", "architectures", "gallery", "machine", "map_config", "world"})
+#: Per-model studies and settings, and what names one model's own parts (an SAE feature's index,
+#: its page): the first seed's, never averaged (seed 2's feature 7 is not seed 1's).
+FIRST_ONLY = frozenset({"causal", "captioner", "architectures", "gallery", "machine", "map_config", "world",
+                        "feature", "probe_features", "feature_pages"})
 
 
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:

@@ -51,3 +51,16 @@ def test_seed_config_seeds_the_clip_and_everything_fitted_on_it():
     s = seed_config(c, 3)
     assert (s.train.seed, tuple(s.align.seeds), tuple(s.control.seeds)) == (3, (3,), (3,))
     assert c.train.seed == 0  # the original is untouched
+
+
+def test_a_models_own_feature_indices_are_the_first_seeds():
+    def seed(s, j):
+        return {"features": {"per_value": {"colour": {"red": {"feature": j, "auroc": 0.5 + 0.1 * s,
+                                                              "probe_features": [j, j + 1]}}},
+                             "feature_pages": [{"feature": j}]}}
+
+    pooled = merge([seed(1, 7), seed(2, 30)])["features"]
+    red = pooled["per_value"]["colour"]["red"]
+    assert red["feature"] == 7 and red["probe_features"] == [7, 8]  # not 18.5, not [7, 8, 30, 31]
+    assert red["auroc"] == pytest.approx(0.65)
+    assert pooled["feature_pages"] == [{"feature": 7}]
