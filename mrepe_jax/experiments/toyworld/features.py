@@ -233,15 +233,23 @@ def _sae_config(cfg: ml_collections.ConfigDict, arch: str, d_in: int) -> SAEConf
                      dead_steps=cfg.dead_steps, seed=cfg.seed, **extra)
 
 
+def page_features(arch_out: dict) -> list[int]:
+    """The features of one architecture that get a page: each concept value's best (``per_value``)
+    and, in a world with a shortcut, each target value's best train feature (``spurious``), whose
+    top images show what it reads."""
+    best = {int(b["feature"]) for fam in arch_out["per_value"].values() for b in fam.values()}
+    shortcut = {int(e["feature"]) for e in ((arch_out.get("spurious") or {}).get("per_value") or {}).values()}
+    return sorted(best | shortcut)
+
+
 def _pages(model, params, world, saes: dict, out: dict, test_tokens: np.ndarray, test_x: np.ndarray,
            test_labels: dict, scale: float, workdir) -> dict:
-    """What each feature page shows (``feature_cards``) for every feature that is some value's
-    best, per architecture: ``{arch: [{feature, top_examples, histogram, words}]}`` (a list, so
+    """What each feature page shows (``feature_cards``) for every ``page_features`` feature, per
+    architecture: ``{arch: [{feature, top_examples, histogram, words}]}`` (a list, so
     that the ``:paper`` protocol's pooling concatenates seeds instead of mixing their features)."""
     chunk = len(world.families) * max(len(v) for v in world.families.values())
     words, word_emb = cards.word_embeddings(model, params, world, chunk)
-    picked = {arch: sorted({int(b["feature"]) for fam in out[arch]["per_value"].values() for b in fam.values()})
-              for arch in saes}
+    picked = {arch: page_features(out[arch]) for arch in saes}
     rows = np.concatenate([np.asarray(saes[a].params["W_dec"])[picked[a]] for a in saes])
     pad = -len(rows) % 16  # a few row counts, so a few compiled readouts serve every world
     shifts = cards.embedding_shift(model, params, test_tokens[:, 0], np.pad(rows, ((0, pad), (0, 0))),

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mrepe_jax.report.html import gallery as gallery_page
+from mrepe_jax.report.html.features import world_label
+from mrepe_jax.report.html.features import worlds as feature_worlds
 from mrepe_jax.report.html.pages import (
     Files,
     bars,
@@ -42,20 +44,19 @@ def _identification_rows(ident: Mapping, tower: str, family: str) -> list[str] |
 
 
 def _features_of(results: Mapping, family: str) -> list[list[str]]:
-    f = results.get("features")
-    if not isinstance(f, Mapping) or "architectures" not in f:
-        return []
     rows = []
-    directions = f.get("directions", {}).get("per_value", {})
-    values = dict.fromkeys(v for r in f["architectures"].values() for v in r.get("per_value", {}).get(family, {}))
-    for value in values:
-        for arch, r in f["architectures"].items():
-            best = r.get("per_value", {}).get(family, {}).get(value)
-            if best is None:
-                continue
-            link = f'<a href="#{feature_id(arch, best["feature"])}">{esc(arch)} #{int(best["feature"])}</a>'
-            rows.append([esc(value), link, fmt(best.get("auroc")), fmt(best.get("probe_auroc")),
-                         fmt(directions.get(f"{family}={value}"))])
+    for world, f, _ in feature_worlds(results):
+        directions = f.get("directions", {}).get("per_value", {})
+        values = dict.fromkeys(v for r in f["architectures"].values() for v in r.get("per_value", {}).get(family, {}))
+        for value in values:
+            for arch, r in f["architectures"].items():
+                best = r.get("per_value", {}).get(family, {}).get(value)
+                if best is None:
+                    continue
+                index = int(best["feature"])
+                link = f'<a href="#{feature_id(arch, index, world)}">{esc(arch)} #{index}</a>'
+                rows.append([esc(value + world_label(world)), link, fmt(best.get("auroc")),
+                             fmt(best.get("probe_auroc")), fmt(directions.get(f"{family}={value}"))])
     return rows
 
 

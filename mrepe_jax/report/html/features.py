@@ -2,7 +2,9 @@
 that is some concept value's best, with what it detects, its top-activating test images with the
 latent's activation per patch, its activation histogram, its decoder row's top words through the
 text tower and its own steering effect (``results["features"]``, from
-``experiments/toyworld/features.py`` and ``feature_cards``)."""
+``experiments/toyworld/features.py`` and ``feature_cards``). The hard world's SAEs get pages of
+their own (``#feature-hard-{architecture}-{index}``), with its shortcut check on the pages of the
+features that best detect a shape on its training images, where shape follows colour."""
 
 from __future__ import annotations
 
@@ -18,6 +20,24 @@ def _features(results: Mapping) -> Mapping | None:
     return f if isinstance(f, Mapping) and "architectures" in f else None
 
 
+def worlds(results: Mapping) -> list[tuple[str, Mapping, str]]:
+    """``[(world, its results["features"], its image prefix)]``: the main world's (world "") and,
+    where the run has one, the hard world's ("hard", images under ``hard/``), each trained its own
+    SAEs, so a feature index names a feature of one world only."""
+    out = []
+    if (f := _features(results)) is not None:
+        out.append(("", f, results.get("plot_dir", "")))
+    hard = results.get("hard")
+    if isinstance(hard, Mapping) and (f := _features(hard)) is not None:
+        out.append(("hard", f, "hard/" + hard.get("plot_dir", "")))
+    return out
+
+
+def world_label(world: str) -> str:
+    """What a page name adds for ``world``: nothing for the main world."""
+    return f" ({world} world)" if world else ""
+
+
 def _cards(r: Mapping) -> dict[int, Mapping]:
     """``{feature index: its page data}`` of one architecture (the first entry of an index wins:
     under the ``:paper`` protocol the first seed's, whose images ``plot_dir`` points at)."""
@@ -29,11 +49,8 @@ def _cards(r: Mapping) -> dict[int, Mapping]:
 
 def files(results: Mapping) -> list[str]:
     """Workdir files (relative paths) the feature pages show: the top examples' images."""
-    f = _features(results)
-    if f is None:
-        return []
-    prefix = results.get("plot_dir", "")
-    return list(dict.fromkeys(f"{prefix}{ex['image']}" for r in f["architectures"].values()
+    return list(dict.fromkeys(f"{prefix}{ex['image']}" for _, f, prefix in worlds(results)
+                              for r in f["architectures"].values()
                               for card in _cards(r).values() for ex in card.get("top_examples", [])))
 
 
@@ -126,58 +143,85 @@ def _steering(steer: Mapping, arch: str, detects: list) -> str:
     return "".join(parts)
 
 
-def feature_pages(results: Mapping, files: Files | None = None) -> list[tuple[str, str, str]]:
-    """``[(id, name, page markup)]``: one page per SAE feature that is some concept value's best feature."""
-    f = _features(results)
-    if f is None:
-        return []
-    pages = []
+def _shortcut(entries: list, spurious: Mapping) -> str:
+    """The hard world's shortcut check for a feature that is some target value's best on the
+    training images, where the target follows the source (``features._spurious``)."""
+    source, target = spurious.get("source", "?"), spurious.get("target", "?")
+    rows = [[esc(f"{target} = {value}"), esc(", ".join(e.get("sources", []))), fmt(e.get("test_auroc_target")),
+             fmt(e.get("test_auroc_source")),
+             f"the {esc(source)} (shortcut)" if (e.get("test_auroc_source") or 0) > (e.get("test_auroc_target") or 0)
+             else f"the {esc(target)}"] for value, e in entries]
+    return ("<h2>Shortcut check</h2>"
+            f"<p>In this world's training images {esc(target)} follows {esc(source)}; in its test images the two "
+            f"are independent. This is the feature whose activation best detects the {esc(target)} below on the "
+            f"training images. On the test images, the AUROC of its activation for that {esc(target)} and for the "
+            f"{esc(source)}s that came with it in training: whichever is higher is what the feature reads.</p>"
+            + table(["best train feature for", f"training {esc(source)}s", f"test AUROC: {esc(target)}",
+                     f"test AUROC: {esc(source)}", "reads"], rows))
+
+
+def _page(world: str, arch: str, index: int, f: Mapping, r: Mapping, prefix: str, detects: list,
+          shortcut: list, files: Files | None) -> str:
+    fid, label = feature_id(arch, index, world), world_label(world)
     directions = f.get("directions", {}).get("per_value", {})
     settings = f.get("feature_pages", {})
-    prefix = results.get("plot_dir", "")
-    for arch, r in f["architectures"].items():
-        detects: dict[int, list] = {}
-        for family, values in r.get("per_value", {}).items():
-            for value, best in values.items():
-                detects.setdefault(int(best["feature"]), []).append((family, value, best))
-        cards = _cards(r)
-        for index in sorted(detects):
-            fid = feature_id(arch, index)
-            rows = [[f'<a href="#{concept_id(fam)}">{esc(fam)}</a>', esc(val), fmt(b.get("auroc")),
-                     fmt(b.get("probe_auroc")), fmt(directions.get(f"{fam}={val}"))]
-                    for fam, val, b in detects[index]]
-            card = cards.get(index)
-            body, missing = [], []
-            if card and card.get("top_examples") and files is not None:
-                body += ["<h2>Top-activating test images</h2>",
-                         "<p>The test images where the latent's activation (mean over the image's tokens) is "
-                         "highest, highest first; over each, the activation on each patch token (hover a cell "
-                         "for its value; the CLS token's is in the note).</p>",
-                         _examples(card, detects[index], files, prefix)]
-            else:
-                missing.append("top-activating examples with patch heatmaps")
-            if card and card.get("histogram"):
-                hist = card["histogram"]
-                body += ["<h2>Activation histogram</h2>",
-                         f"<p>The activation of every test image ({hist.get('n', sum(hist['counts']))}; "
-                         f"{hist.get('zeros', '?')} of them exactly 0), in equal bins; bar heights on a log "
-                         "scale, counts on hover.</p>",
-                         histogram_svg(hist, f"{arch} #{index}")]
-            else:
-                missing.append("the activation histogram")
-            if card and card.get("words"):
-                body += ["<h2>Decoder direction through the text tower</h2>", _words(card["words"], settings)]
-            else:
-                missing.append("the decoder direction's top words through the text tower")
-            note = ('<p class="missing">Not in results.json: ' + "; ".join(missing) + ".</p>") if missing else ""
-            pages.append((fid, f"{arch} #{index}", "".join([
-                f'<section class="page" id="{fid}">',
-                '<p><a href="#top">&larr; back to the report</a> · <a href="#features">all features</a></p>',
-                f"<h1>SAE feature {esc(arch)} #{index}</h1>",
-                f"<p>{esc(arch)} SAE of {esc(f.get('latents', '?'))} latents at <code>{esc(f.get('site', '?'))}"
-                f"</code>, L0 {fmt(r.get('l0'), 2)}, FVU {fmt(r.get('fvu'))}. The concept values this feature "
-                "detects best (test AUROC of its activation; the eq 6 direction's beside it):</p>",
-                table(["family", "value", "feature AUROC", "probe AUROC", "eq 6 direction AUROC"], rows),
-                *body, _steering(f.get("steering", {}), arch, detects[index]) if f.get("steering") else "",
-                note, "</section>"])))
+    rows = [[f'<a href="#{concept_id(fam)}">{esc(fam)}</a>', esc(val), fmt(b.get("auroc")),
+             fmt(b.get("probe_auroc")), fmt(directions.get(f"{fam}={val}"))] for fam, val, b in detects]
+    card = _cards(r).get(index)
+    body, missing = [], []
+    if shortcut:
+        body.append(_shortcut(shortcut, r.get("spurious") or {}))
+    if card and card.get("top_examples") and files is not None:
+        body += ["<h2>Top-activating test images</h2>",
+                 "<p>The test images where the latent's activation (mean over the image's tokens) is "
+                 "highest, highest first; over each, the activation on each patch token (hover a cell "
+                 "for its value; the CLS token's is in the note).</p>",
+                 _examples(card, detects, files, prefix)]
+    else:
+        missing.append("top-activating examples with patch heatmaps")
+    if card and card.get("histogram"):
+        hist = card["histogram"]
+        body += ["<h2>Activation histogram</h2>",
+                 f"<p>The activation of every test image ({hist.get('n', sum(hist['counts']))}; "
+                 f"{hist.get('zeros', '?')} of them exactly 0), in equal bins; bar heights on a log "
+                 "scale, counts on hover.</p>",
+                 histogram_svg(hist, f"{arch} #{index}{label}")]
+    else:
+        missing.append("the activation histogram")
+    if card and card.get("words"):
+        body += ["<h2>Decoder direction through the text tower</h2>", _words(card["words"], settings)]
+    else:
+        missing.append("the decoder direction's top words through the text tower")
+    note = ('<p class="missing">Not in results.json: ' + "; ".join(missing) + ".</p>") if missing else ""
+    detected = (table(["family", "value", "feature AUROC", "probe AUROC", "eq 6 direction AUROC"], rows) if rows
+                else "<p>It is no concept value's best feature on the validation images.</p>")
+    steering = _steering(f.get("steering", {}), arch, detects) if f.get("steering") and detects else ""
+    return "".join([
+        f'<section class="page" id="{fid}">',
+        '<p><a href="#top">&larr; back to the report</a> · <a href="#features">all features</a></p>',
+        f"<h1>SAE feature {esc(arch)} #{index}{esc(label)}</h1>",
+        f"<p>{esc(arch)} SAE of {esc(f.get('latents', '?'))} latents at <code>{esc(f.get('site', '?'))}"
+        f"</code>{f' in the {esc(world)} world' if world else ''}, L0 {fmt(r.get('l0'), 2)}, "
+        f"FVU {fmt(r.get('fvu'))}. The concept values this feature detects best (test AUROC of its "
+        "activation; the eq 6 direction's beside it):</p>",
+        detected, *body, steering, note, "</section>"])
+
+
+def feature_pages(results: Mapping, files: Files | None = None) -> list[tuple[str, str, str]]:
+    """``[(id, name, page markup)]``: one page per SAE feature that is some concept value's best
+    feature, and in the hard world also per feature of its shortcut check, in each world."""
+    pages = []
+    for world, f, prefix in worlds(results):
+        for arch, r in f["architectures"].items():
+            detects: dict[int, list] = {}
+            for family, values in r.get("per_value", {}).items():
+                for value, best in values.items():
+                    detects.setdefault(int(best["feature"]), []).append((family, value, best))
+            shortcut: dict[int, list] = {}
+            for value, entry in ((r.get("spurious") or {}).get("per_value") or {}).items():
+                shortcut.setdefault(int(entry["feature"]), []).append((value, entry))
+            for index in sorted(set(detects) | set(shortcut)):
+                pages.append((feature_id(arch, index, world), f"{arch} #{index}{world_label(world)}",
+                              _page(world, arch, index, f, r, prefix, detects.get(index, []),
+                                    shortcut.get(index, []), files)))
     return pages

@@ -43,8 +43,11 @@ def concept_id(family: str, tower: str | None = None) -> str:
     return f"concept-{slug(tower)}-{slug(family)}" if tower else f"concept-{slug(family)}"
 
 
-def feature_id(architecture: str, index: int) -> str:
-    return f"feature-{slug(architecture)}-{int(index)}"
+def feature_id(architecture: str, index: int, world: str = "") -> str:
+    """The page anchor of SAE feature ``index`` of ``architecture`` (``world``: "" for the main
+    world, "hard" for the hard world's own SAEs, whose indices name other features)."""
+    head = f"feature-{slug(world)}-" if world else "feature-"
+    return f"{head}{slug(architecture)}-{int(index)}"
 
 
 _KEYS = ("baseline", "mrepe", "mrepe_site", "direction_auroc", "direction_site")

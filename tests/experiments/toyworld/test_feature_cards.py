@@ -81,3 +81,12 @@ def test_word_embeddings_are_the_prompts_through_the_text_tower(tiny):
     ids, mask = world.tokenizer.encode([cards.PROMPT.format(w) for w in words[-3:]], world.config.max_len)
     np.testing.assert_allclose(emb[-3:], np.asarray(encode_text(model, params, ids, mask)), atol=1e-5)
     assert jax.tree.leaves(params)
+
+
+def test_pages_go_to_each_values_best_feature_and_each_shortcut_feature():
+    from mrepe_jax.experiments.toyworld.features import page_features
+
+    per_value = {"colour": {"red": {"feature": 7}, "blue": {"feature": 2}}, "shape": {"circle": {"feature": 7}}}
+    assert page_features({"per_value": per_value, "spurious": None}) == [2, 7]
+    spurious = {"per_value": {"circle": {"feature": 11}, "square": {"feature": 2}}}
+    assert page_features({"per_value": per_value, "spurious": spurious}) == [2, 7, 11]

@@ -120,3 +120,13 @@ def test_a_missing_thumbnail_is_named(tmp_path):
     res = results()
     page = document.render("# r\n", res, {})  # no file loaded
     assert "gallery/concepts/test_00001.png is not in the workdir" in page
+
+
+def test_the_sae_features_of_each_world_link_to_their_own_pages():
+    arch = {"per_value": {"colour": {"red": {"feature": 3, "auroc": 0.97, "probe_auroc": 0.98}}}}
+    hard_arch = {"per_value": {"colour": {"red": {"feature": 9, "auroc": 0.81, "probe_auroc": 0.9}}}}
+    res = {**results(), "features": {"architectures": {"topk": arch}},
+           "hard": {"features": {"architectures": {"topk": hard_arch}}}}
+    page = concepts.concept_page(res, "colour", ["vision"], document.Loaded({}))
+    assert '<td>red</td><td><a href="#feature-topk-3">topk #3</a></td><td>0.970</td>' in page
+    assert '<td>red (hard world)</td><td><a href="#feature-hard-topk-9">topk #9</a></td><td>0.810</td>' in page

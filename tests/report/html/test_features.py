@@ -2,6 +2,7 @@
 shows its top images (data: URIs, heat cells on hover), the activation histogram, the decoder row's
 words and its own steering, and says "missing" only for what results.json lacks."""
 
+import copy
 import re
 
 import pytest
@@ -83,3 +84,45 @@ def test_the_report_loads_the_example_images(tmp_path):
         (tmp_path / path).write_bytes(PNG)
     page = document.write(tmp_path, "# r\n", res).read_text()
     assert page.count('src="data:image/png;base64,') == 3 and '<a href="#features">Features</a>' in page
+
+
+def with_hard_world():
+    """``results()`` plus a hard world of its own SAEs: feature 3 detects red there too, and
+    feature 5 (no value's best) is the best train feature for circle, which came with red and
+    yellow in training and reads them on test."""
+    res = results()
+    hard = copy.deepcopy(res["features"])
+    arch = hard["architectures"]["topk"]
+    arch["spurious"] = {"source": "colour", "target": "shape", "shortcut_values": ["circle"], "per_value": {
+        "circle": {"feature": 5, "sources": ["red", "yellow"], "test_auroc_target": 0.52, "test_auroc_source": 0.93},
+        "square": {"feature": 3, "sources": ["green"], "test_auroc_target": 0.91, "test_auroc_source": 0.6}}}
+    arch["feature_pages"] = arch["feature_pages"] + [{**arch["feature_pages"][0], "feature": 5}]
+    return {**res, "hard": {"features": hard}}
+
+
+def test_the_hard_worlds_features_get_pages_of_their_own_with_the_shortcut_check():
+    res = with_hard_world()
+    # Its images live in the hard world's workdir, its pages under their own anchors.
+    assert features.files(res)[3:] == [f"hard/gallery/features/test_{i:05d}.png" for i in range(3)]
+    figures = {p: document.Figure(PNG, None) for p in features.files(res)}
+    pages = {fid: (name, page) for fid, name, page in features.feature_pages(res, document.Loaded(figures))}
+    assert list(pages) == ["feature-topk-3", "feature-hard-topk-3", "feature-hard-topk-5"]
+    name, page = pages["feature-hard-topk-5"]
+    assert name == "topk #5 (hard world)" and "SAE feature topk #5 (hard world)</h1>" in page
+    assert "It is no concept value's best feature on the validation images." in page
+    assert ("<tr><td>shape = circle</td><td>red, yellow</td><td>0.520</td><td>0.930</td>"
+            "<td>the colour (shortcut)</td></tr>") in page
+    assert page.count('src="data:image/png;base64,') == 3 and 'class="missing"' not in page
+    _, page3 = pages["feature-hard-topk-3"]
+    assert "<td>shape = square</td><td>green</td><td>0.910</td><td>0.600</td><td>the shape</td>" in page3
+    assert "Shortcut check" not in pages["feature-topk-3"][1]  # the main world has none
+
+
+def test_the_report_lists_both_worlds_feature_pages(tmp_path):
+    res = with_hard_world()
+    for path in features.files(res):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(PNG)
+    page = document.write(tmp_path, "# r\n", res).read_text()
+    assert '<li><a href="#feature-hard-topk-5">topk #5 (hard world)</a></li>' in page
+    assert page.count('src="data:image/png;base64,') == 9
