@@ -4,11 +4,13 @@ concept link followed, a value read by hovering, screenshots saved.
 
 Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON
 messages, NUL-terminated, on file descriptors 3 and 4), so nothing beyond the standard library is
-needed. ``python -m mrepe_jax.report.html.browser WORKDIR/report.html`` runs the check and saves the
-screenshots beside the report."""
+needed. ``python -m mrepe_jax.report.html.browser WORKDIR/report.html [PAGE_ID ...]`` runs the
+check and saves the screenshots beside the report (one more per page id, e.g.
+``feature-hard-topk-50``: ``report_feature-hard-topk-50.png``)."""
 
 from __future__ import annotations
 
+import difflib
 import fcntl
 import json
 import os
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 #: Names of the distribution's Chromium binary (Debian: ``chromium``; Ubuntu's deb: ``chromium-browser``).
@@ -195,12 +198,34 @@ class Chromium:
         return [e["params"]["request"]["url"] for e in self.events if e["method"] == "Network.requestWillBeSent"]
 
 
-def check_report(path: Path, screenshots: Path | None = None) -> dict:
+def show_pages(browser: Chromium, anchors: Sequence[str], shots: Path) -> dict[str, str]:
+    """Opens each page ``#anchor`` of the loaded report and saves ``report_{anchor}.png``; an
+    anchor the report lacks is an error naming it and the page ids closest to it."""
+    out = {}
+    ids = browser.evaluate('[...document.querySelectorAll("section.page[id]")].map(s => s.id)')
+    for anchor in anchors:
+        anchor = anchor.lstrip("#")
+        if anchor not in ids:
+            near = difflib.get_close_matches(anchor, ids, n=3, cutoff=0.5)
+            raise BrowserError(f"the report has no page #{anchor}"
+                               + (f"; did you mean {', '.join('#' + n for n in near)}?" if near else
+                                  f" (it has {len(ids)} pages, e.g. {', '.join('#' + n for n in ids[:3])})"))
+        browser.evaluate(f"location.hash = {json.dumps('#' + anchor)}")
+        time.sleep(0.2)
+        browser.evaluate("window.scrollTo(0, 0)")
+        out[anchor] = str(browser.screenshot(shots / f"report_{anchor}.png"))
+    return out
+
+
+def check_report(path: Path, screenshots: Path | None = None, pages: Sequence[str] = ()) -> dict:
     """Opens ``path`` from disk and reads it as a user would; returns what it saw (``problems``,
     ``requests`` beyond the file and ``data:`` URLs, the concept link followed, the hovered value,
     a sort and a series toggle, the screenshots' paths). Screenshots go to ``screenshots``
-    (default: the report's folder): ``report_first_screen.png`` and ``report_concept_page.png``."""
+    (default: the report's folder): ``report_first_screen.png``, ``report_concept_page.png`` and
+    ``report_{anchor}.png`` for each page id in ``pages`` (e.g. ``feature-hard-topk-50``)."""
     path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"no report at {str(path)!r}")
     shots = Path(screenshots) if screenshots is not None else path.parent
     url = path.as_uri()
     seen: dict = {}
@@ -266,16 +291,26 @@ def check_report(path: Path, screenshots: Path | None = None) -> dict:
                                                      "!== 'none'")}
         browser.evaluate("window.scrollTo(0, 0)")
         seen["concept_page"] = str(browser.screenshot(shots / "report_concept_page.png"))
+        seen["pages"] = show_pages(browser, pages, shots)
         seen["problems"] = browser.problems()
         seen["requests"] = [u for u in browser.requests() if u != url and not u.startswith("data:")]
     return seen
 
 
+USAGE = "usage: python -m mrepe_jax.report.html.browser WORKDIR/report.html [PAGE_ID ...]"
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m mrepe_jax.report.html.browser WORKDIR/report.html", file=sys.stderr)
+    """Checks a report as ``check_report`` does and prints what it saw; each ``PAGE_ID`` (a
+    concept, feature or heads page's anchor) also gets a screenshot. Exit 0 when clean."""
+    if len(argv) < 2 or argv[1] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr if len(argv) < 2 else sys.stdout)
+        return 2 if len(argv) < 2 else 0
+    try:
+        seen = check_report(Path(argv[1]), pages=argv[2:])
+    except (FileNotFoundError, BrowserError) as e:
+        print(f"{e}\n{USAGE}", file=sys.stderr)
         return 2
-    seen = check_report(Path(argv[1]))
     print(json.dumps(seen, indent=2))
     ok = (not seen["problems"] and not seen["requests"] and seen["concept"]["page_shown"]
           and seen["hover"]["tooltip"] == seen["hover"]["expected"])

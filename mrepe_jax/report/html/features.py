@@ -85,8 +85,8 @@ def histogram_svg(hist: Mapping, label: str) -> str:
     return "".join(out)
 
 
-def _examples(card: Mapping, detects: list, files: Files, prefix: str) -> str:
-    detected = dict.fromkeys(fam for fam, _, _ in detects)
+def _examples(card: Mapping, detected: list[str], files: Files, prefix: str) -> str:
+    """The top images, each labelled by its values of the ``detected`` families (the rest in its note)."""
     items = []
     for ex in card.get("top_examples", []):
         labels = ex.get("labels", {})
@@ -168,15 +168,18 @@ def _page(world: str, arch: str, index: int, f: Mapping, r: Mapping, prefix: str
     rows = [[f'<a href="#{concept_id(fam)}">{esc(fam)}</a>', esc(val), fmt(b.get("auroc")),
              fmt(b.get("probe_auroc")), fmt(directions.get(f"{fam}={val}"))] for fam, val, b in detects]
     card = _cards(r).get(index)
+    spurious = r.get("spurious") or {}
+    families = list(dict.fromkeys([fam for fam, _, _ in detects] if detects else
+                                  [spurious.get("target"), spurious.get("source")] if shortcut else []))
     body, missing = [], []
     if shortcut:
-        body.append(_shortcut(shortcut, r.get("spurious") or {}))
+        body.append(_shortcut(shortcut, spurious))
     if card and card.get("top_examples") and files is not None:
         body += ["<h2>Top-activating test images</h2>",
                  "<p>The test images where the latent's activation (mean over the image's tokens) is "
                  "highest, highest first; over each, the activation on each patch token (hover a cell "
                  "for its value; the CLS token's is in the note).</p>",
-                 _examples(card, detects, files, prefix)]
+                 _examples(card, families, files, prefix)]
     else:
         missing.append("top-activating examples with patch heatmaps")
     if card and card.get("histogram"):
@@ -193,8 +196,11 @@ def _page(world: str, arch: str, index: int, f: Mapping, r: Mapping, prefix: str
     else:
         missing.append("the decoder direction's top words through the text tower")
     note = ('<p class="missing">Not in results.json: ' + "; ".join(missing) + ".</p>") if missing else ""
-    detected = (table(["family", "value", "feature AUROC", "probe AUROC", "eq 6 direction AUROC"], rows) if rows
-                else "<p>It is no concept value's best feature on the validation images.</p>")
+    detected = ("The concept values this feature detects best (test AUROC of its activation; the eq 6 "
+                "direction's beside it):</p>"
+                + table(["family", "value", "feature AUROC", "probe AUROC", "eq 6 direction AUROC"], rows) if rows
+                else "It is no concept value's best feature on the validation images; its page is for the "
+                "shortcut check.</p>")
     steering = _steering(f.get("steering", {}), arch, detects) if f.get("steering") and detects else ""
     return "".join([
         f'<section class="page" id="{fid}">',
@@ -202,9 +208,7 @@ def _page(world: str, arch: str, index: int, f: Mapping, r: Mapping, prefix: str
         f"<h1>SAE feature {esc(arch)} #{index}{esc(label)}</h1>",
         f"<p>{esc(arch)} SAE of {esc(f.get('latents', '?'))} latents at <code>{esc(f.get('site', '?'))}"
         f"</code>{f' in the {esc(world)} world' if world else ''}, L0 {fmt(r.get('l0'), 2)}, "
-        f"FVU {fmt(r.get('fvu'))}. The concept values this feature detects best (test AUROC of its "
-        "activation; the eq 6 direction's beside it):</p>",
-        detected, *body, steering, note, "</section>"])
+        f"FVU {fmt(r.get('fvu'))}. ", detected, *body, steering, note, "</section>"])
 
 
 def feature_pages(results: Mapping, files: Files | None = None) -> list[tuple[str, str, str]]:

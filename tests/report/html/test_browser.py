@@ -2,13 +2,14 @@
 Chromium (the distribution's package; `.ci/run` installs it), with no console error and no network
 request; a concept link followed, a hovered value read, screenshots saved in the workdir."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from mrepe_jax.report.html.browser import Chromium, check_report, find_chromium
+from mrepe_jax.report.html.browser import BrowserError, Chromium, check_report, find_chromium, main, show_pages
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -35,7 +36,8 @@ def test_the_tiny_pipelines_report_opens_offline_and_reads_as_a_dashboard(tiny_w
     page = report.read_text()
     # The plots wrote their numbers: the dose-response and the patching heatmap are charts.
     assert '<svg class="chart lines"' in page and '<svg class="chart heatmap"' in page
-    seen = check_report(report)
+    feature = re.search(r'<section class="page" id="(feature-[^"]+)"', page)[1]
+    seen = check_report(report, pages=[feature])
     assert seen["problems"] == [], seen["problems"]
     assert seen["requests"] == [], seen["requests"]
     assert seen["title"] == "mrepe_jax — ToyWorld report"
@@ -49,9 +51,11 @@ def test_the_tiny_pipelines_report_opens_offline_and_reads_as_a_dashboard(tiny_w
     assert hover["visible"] and hover["tooltip"] == hover["expected"]
     assert hover["tooltip"].startswith("layer 0, position 0: ")
     float(hover["tooltip"].rsplit(": ", 1)[1])
-    for name in ("report_first_screen.png", "report_concept_page.png"):
-        shot = tiny_workdir / name
-        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000, name
+    assert seen["pages"] == {feature: str(tiny_workdir / f"report_{feature}.png")}
+    shots = [tiny_workdir / n for n in ("report_first_screen.png", "report_concept_page.png", f"report_{feature}.png")]
+    for shot in shots:
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000, shot
+    assert shots[2].read_bytes() != shots[1].read_bytes()  # the feature page, not the concept page again
 
 
 def test_the_checker_sees_console_errors_and_requests(tmp_path):
@@ -63,3 +67,21 @@ def test_the_checker_sees_console_errors_and_requests(tmp_path):
         browser.navigate(page.as_uri())
         assert any("console.error: broken" in p for p in browser.problems()), browser.problems()
         assert "http://127.0.0.1:9/x.png" in browser.requests()
+
+
+def test_a_page_the_report_lacks_is_named_with_its_near_matches(tmp_path):
+    page = tmp_path / "r.html"
+    page.write_text('<!doctype html><title>r</title><section class="page" id="feature-topk-12">a</section>'
+                    '<section class="page" id="concept-colour">b</section>')
+    with Chromium(timeout=30) as browser:
+        browser.navigate(page.as_uri())
+        shots = show_pages(browser, ["#concept-colour"], tmp_path)
+        assert shots == {"concept-colour": str(tmp_path / "report_concept-colour.png")}
+        with pytest.raises(BrowserError, match="no page #feature-topk-1; did you mean #feature-topk-12"):
+            show_pages(browser, ["feature-topk-1"], tmp_path)
+
+
+def test_the_command_line_names_a_missing_report(tmp_path, capsys):
+    assert main(["browser", str(tmp_path / "none.html")]) == 2
+    assert f"no report at '{tmp_path / 'none.html'}'" in capsys.readouterr().err
+    assert main(["browser", "--help"]) == 0 and "PAGE_ID" in capsys.readouterr().out

@@ -109,10 +109,11 @@ def test_the_hard_worlds_features_get_pages_of_their_own_with_the_shortcut_check
     assert list(pages) == ["feature-topk-3", "feature-hard-topk-3", "feature-hard-topk-5"]
     name, page = pages["feature-hard-topk-5"]
     assert name == "topk #5 (hard world)" and "SAE feature topk #5 (hard world)</h1>" in page
-    assert "It is no concept value's best feature on the validation images." in page
+    assert "It is no concept value's best feature on the validation images; its page is for the shortcut check." in page
     assert ("<tr><td>shape = circle</td><td>red, yellow</td><td>0.520</td><td>0.930</td>"
             "<td>the colour (shortcut)</td></tr>") in page
     assert page.count('src="data:image/png;base64,') == 3 and 'class="missing"' not in page
+    assert page.count('<span class="ex-label">square red</span>') == 3  # labelled by the shape, then the colour
     _, page3 = pages["feature-hard-topk-3"]
     assert "<td>shape = square</td><td>green</td><td>0.910</td><td>0.600</td><td>the shape</td>" in page3
     assert "Shortcut check" not in pages["feature-topk-3"][1]  # the main world has none
