@@ -58,23 +58,17 @@ def test_the_tiny_pipelines_report_opens_offline_and_reads_as_a_dashboard(tiny_w
     assert shots[2].read_bytes() != shots[1].read_bytes()  # the feature page, not the concept page again
 
 
-def test_the_checker_sees_console_errors_and_requests(tmp_path):
-    """The two failures the report test looks for are seen when a page has them."""
+def test_the_checker_sees_console_errors_and_requests_and_names_a_missing_page(tmp_path):
+    """The two failures the report test looks for are seen when a page has them; a page asked for
+    by id is screenshotted, or named with its near matches when the report lacks it."""
     page = tmp_path / "bad.html"
     page.write_text('<!doctype html><title>bad</title><img src="http://127.0.0.1:9/x.png">'
-                    '<script>console.error("broken")</script>')
+                    '<script>console.error("broken")</script><section class="page" id="feature-topk-12">a</section>'
+                    '<section class="page" id="concept-colour">b</section>')
     with Chromium(timeout=30) as browser:
         browser.navigate(page.as_uri())
         assert any("console.error: broken" in p for p in browser.problems()), browser.problems()
         assert "http://127.0.0.1:9/x.png" in browser.requests()
-
-
-def test_a_page_the_report_lacks_is_named_with_its_near_matches(tmp_path):
-    page = tmp_path / "r.html"
-    page.write_text('<!doctype html><title>r</title><section class="page" id="feature-topk-12">a</section>'
-                    '<section class="page" id="concept-colour">b</section>')
-    with Chromium(timeout=30) as browser:
-        browser.navigate(page.as_uri())
         shots = show_pages(browser, ["#concept-colour"], tmp_path)
         assert shots == {"concept-colour": str(tmp_path / "report_concept-colour.png")}
         with pytest.raises(BrowserError, match="no page #feature-topk-1; did you mean #feature-topk-12"):

@@ -77,12 +77,16 @@ def test_a_histogram_of_another_shape_is_refused():
         features.histogram_svg({"edges": [0, 1], "counts": [1, 2]}, "x")
 
 
-def test_the_report_loads_the_example_images(tmp_path):
-    res = results()
+def write_report(workdir, res) -> str:
+    """report.html of ``res`` written in ``workdir``, with every example image the pages name."""
     for path in features.files(res):
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_bytes(PNG)
-    page = document.write(tmp_path, "# r\n", res).read_text()
+        (workdir / path).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / path).write_bytes(PNG)
+    return document.write(workdir, "# r\n", res).read_text()
+
+
+def test_the_report_loads_the_example_images(tmp_path):
+    page = write_report(tmp_path, results())
     assert page.count('src="data:image/png;base64,') == 3 and '<a href="#features">Features</a>' in page
 
 
@@ -120,10 +124,6 @@ def test_the_hard_worlds_features_get_pages_of_their_own_with_the_shortcut_check
 
 
 def test_the_report_lists_both_worlds_feature_pages(tmp_path):
-    res = with_hard_world()
-    for path in features.files(res):
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_bytes(PNG)
-    page = document.write(tmp_path, "# r\n", res).read_text()
+    page = write_report(tmp_path, with_hard_world())
     assert '<li><a href="#feature-hard-topk-5">topk #5 (hard world)</a></li>' in page
     assert page.count('src="data:image/png;base64,') == 9
