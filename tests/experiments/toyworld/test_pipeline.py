@@ -12,26 +12,20 @@ import numpy as np
 import pytest
 
 from tests.multiprocess import finish, launch_two
+from tests.tiny_run import run_tiny_toyworld
 from tests.xla_flags import with_compile_flags
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def run(workdir, *flags):
-    return subprocess.run(
-        [sys.executable, "-m", "launch.run", "--config=configs/toyworld.py:tiny", *flags,
-         f"--workdir={workdir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return run_tiny_toyworld(workdir, *flags, timeout=600)
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    """The single-process run's workdir and its results (shared by the tests below)."""
-    workdir = tmp_path_factory.mktemp("single") / "w"
-    # --progress: the stage bar is asked for (stderr is a pipe here, where it is off by default).
-    proc = run(workdir, f"--compile_cache={workdir.parent / 'compile_cache'}", "--progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir, proc
+def single(tiny_toyworld):
+    """The single-process run's workdir and its process (the session's shared tiny run)."""
+    return tiny_toyworld.workdir, tiny_toyworld
 
 
 def test_pipeline_writes_results_and_report(single):

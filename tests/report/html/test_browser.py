@@ -3,15 +3,10 @@ Chromium (the distribution's package; `.ci/run` installs it), with no console er
 request; a concept link followed, a hovered value read, screenshots saved in the workdir."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from mrepe_jax.report.html.browser import BrowserError, Chromium, check_report, find_chromium, main, show_pages
-
-ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.skipif(
     find_chromium() is None,
@@ -19,15 +14,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def tiny_workdir(tmp_path_factory):
-    """The workdir of the tiny ToyWorld pipeline, run here as `make demo` runs the default one."""
-    workdir = tmp_path_factory.mktemp("tiny") / "w"
-    proc = subprocess.run(
-        [sys.executable, "-m", "launch.run", "--config=configs/toyworld.py:tiny", f"--workdir={workdir}",
-         f"--compile_cache={workdir.parent / 'compile_cache'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir
+def tiny_workdir(tiny_toyworld):
+    """The workdir of the tiny ToyWorld pipeline (the session's shared run), as `make demo` writes the default's."""
+    assert tiny_toyworld.returncode == 0, tiny_toyworld.stderr[-3000:]
+    return tiny_toyworld.workdir
 
 
 def test_the_tiny_pipelines_report_opens_offline_and_reads_as_a_dashboard(tiny_workdir):
