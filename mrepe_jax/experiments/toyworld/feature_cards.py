@@ -20,13 +20,13 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mrepe_jax.data.toyworld.text import caption_vocabulary
+from mrepe_jax.experiments.toyworld.gallery import patch_grid
 from mrepe_jax.models.layers import normalize
 from mrepe_jax.report.images import save_png
 from mrepe_jax.train.zero_shot import encode_text
@@ -39,31 +39,27 @@ GALLERY = "gallery/features"
 EXAMPLES, BINS, WORDS, WORDS_ALPHA = 6, 20, 8, 1.0
 
 
-def patch_grid(num_tokens: int) -> tuple[int, int]:
-    """``(rows, cols)`` of a square ViT's patches from its token count (CLS + rows x cols)."""
-    side = math.isqrt(max(num_tokens - 1, 0))
-    if side < 1 or side * side != num_tokens - 1:
-        raise ValueError(f"expected CLS + a square grid of patch tokens, got {num_tokens} tokens")
-    return side, side
-
-
 def image_path(index: int) -> str:
     """The PNG of test image ``index``, relative to the stage's workdir."""
     return f"{GALLERY}/test_{int(index):05d}.png"
 
 
-def top_examples(token_acts: np.ndarray, count: int, labels: dict, names: dict) -> list[dict]:
+def top_examples(token_acts: np.ndarray, count: int, labels: dict, names: dict,
+                 grid: tuple[int, int]) -> list[dict]:
     """The ``count`` test images of highest mean activation, highest first (ties: lower index).
 
-    ``token_acts [N, T]``: one latent's activation per image and token (CLS first);
+    ``token_acts [N, T]``: one latent's activation per image and token (CLS first, then the
+    ``grid``'s ``rows x cols`` patches row-major: the vision config's ``grid``);
     ``labels``: ``{family: [N]}`` value indices, ``names``: ``{family: [value name]}``."""
     token_acts = np.asarray(token_acts, np.float64)
-    grid = patch_grid(token_acts.shape[1])
     image = token_acts.mean(1)
     order = np.argsort(-image, kind="stable")[:count]
-    return [{"index": int(i), "image": image_path(i), "activation": float(image[i]),
-             "cls": float(token_acts[i, 0]), "heat": token_acts[i, 1:].reshape(grid).round(5).tolist(),
-             "labels": {f: names[f][int(labels[f][i])] for f in names}} for i in order]
+    out = []
+    for i in order:
+        cls, heat = patch_grid(token_acts[i], grid)
+        out.append({"index": int(i), "image": image_path(i), "activation": float(image[i]), "cls": cls,
+                    "heat": heat.round(5).tolist(), "labels": {f: names[f][int(labels[f][i])] for f in names}})
+    return out
 
 
 def histogram(values: np.ndarray, bins: int) -> dict:

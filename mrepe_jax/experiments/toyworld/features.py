@@ -254,12 +254,13 @@ def _pages(model, params, world, saes: dict, out: dict, test_tokens: np.ndarray,
     pad = -len(rows) % 16  # a few row counts, so a few compiled readouts serve every world
     shifts = cards.embedding_shift(model, params, test_tokens[:, 0], np.pad(rows, ((0, pad), (0, 0))),
                                    cards.WORDS_ALPHA, scale)
+    grid = tuple(model.config.vision_config.grid)
     pages, at, shown = {}, 0, set()
     for arch, sae in saes.items():
         acts = _token_features(sae, test_tokens)  # [N, T, m]
         pages[arch] = []
         for j in picked[arch]:
-            top = cards.top_examples(acts[:, :, j], cards.EXAMPLES, test_labels, world.families)
+            top = cards.top_examples(acts[:, :, j], cards.EXAMPLES, test_labels, world.families, grid)
             shown.update(e["index"] for e in top)
             pages[arch].append({"feature": j, "top_examples": top,
                                 "histogram": cards.histogram(acts[:, :, j].mean(1), cards.BINS),

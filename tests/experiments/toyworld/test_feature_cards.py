@@ -21,7 +21,7 @@ def test_top_examples_are_the_highest_images_with_their_patch_grids():
     rng = np.random.default_rng(0)
     acts = rng.exponential(size=(12, 5)) * (rng.random((12, 5)) > 0.3)  # CLS + 2 x 2 patches
     labels = {"colour": np.arange(12) % 3}
-    top = cards.top_examples(acts, 4, labels, {"colour": ["red", "green", "blue"]})
+    top = cards.top_examples(acts, 4, labels, {"colour": ["red", "green", "blue"]}, (2, 2))
     means = acts.mean(1)
     assert [e["index"] for e in top] == list(np.argsort(-means)[:4])
     assert [e["activation"] for e in top] == sorted((e["activation"] for e in top), reverse=True)
@@ -31,8 +31,11 @@ def test_top_examples_are_the_highest_images_with_their_patch_grids():
         np.testing.assert_allclose(e["heat"], acts[i, 1:].reshape(2, 2), atol=1e-5)  # row-major patches
         assert e["labels"] == {"colour": ["red", "green", "blue"][i % 3]}
         assert e["image"] == f"gallery/features/test_{i:05d}.png"
-    with pytest.raises(ValueError, match="square grid of patch tokens, got 4 tokens"):
-        cards.top_examples(acts[:, :4], 2, labels, {"colour": ["r", "g", "b"]})
+    # A grid that is not square (a 1 x 4 strip of patches) keeps its shape.
+    (strip,) = cards.top_examples(acts, 1, labels, {"colour": ["r", "g", "b"]}, (1, 4))
+    np.testing.assert_allclose(strip["heat"], acts[strip["index"], 1:][None], atol=1e-5)
+    with pytest.raises(ValueError, match=r"expected 1 \+ 2 x 2 token projections \(CLS first\), got shape \(4,\)"):
+        cards.top_examples(acts[:, :4], 2, labels, {"colour": ["r", "g", "b"]}, (2, 2))
 
 
 def test_the_histogram_counts_every_image_once():
