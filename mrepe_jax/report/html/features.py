@@ -211,21 +211,58 @@ def _page(world: str, arch: str, index: int, f: Mapping, r: Mapping, prefix: str
         f"FVU {fmt(r.get('fvu'))}. ", detected, *body, steering, note, "</section>"])
 
 
+def _roles(r: Mapping) -> tuple[dict[int, list], dict[int, list]]:
+    """One architecture's features by role: ``{index: [(family, value, best)]}`` for those that
+    are some value's best, ``{index: [(target value, entry)]}`` for the shortcut check's."""
+    detects: dict[int, list] = {}
+    for family, values in r.get("per_value", {}).items():
+        for value, best in values.items():
+            detects.setdefault(int(best["feature"]), []).append((family, value, best))
+    shortcut: dict[int, list] = {}
+    for value, entry in ((r.get("spurious") or {}).get("per_value") or {}).items():
+        shortcut.setdefault(int(entry["feature"]), []).append((value, entry))
+    return detects, shortcut
+
+
+def page_titles(results: Mapping) -> dict[str, str]:
+    """``{page id: what the feature is for}``, e.g. ``"colour = red; shape = circle (shortcut check)"``."""
+    out = {}
+    for world, f, _ in worlds(results):
+        for arch, r in f["architectures"].items():
+            detects, shortcut = _roles(r)
+            target = (r.get("spurious") or {}).get("target", "?")
+            for index in sorted(set(detects) | set(shortcut)):
+                out[feature_id(arch, index, world)] = "; ".join(
+                    [f"{fam} = {val}" for fam, val, _ in detects.get(index, [])]
+                    + [f"{target} = {val} (shortcut check)" for val, _ in shortcut.get(index, [])])
+    return out
+
+
 def feature_pages(results: Mapping, files: Files | None = None) -> list[tuple[str, str, str]]:
     """``[(id, name, page markup)]``: one page per SAE feature that is some concept value's best
     feature, and in the hard world also per feature of its shortcut check, in each world."""
     pages = []
     for world, f, prefix in worlds(results):
         for arch, r in f["architectures"].items():
-            detects: dict[int, list] = {}
-            for family, values in r.get("per_value", {}).items():
-                for value, best in values.items():
-                    detects.setdefault(int(best["feature"]), []).append((family, value, best))
-            shortcut: dict[int, list] = {}
-            for value, entry in ((r.get("spurious") or {}).get("per_value") or {}).items():
-                shortcut.setdefault(int(entry["feature"]), []).append((value, entry))
+            detects, shortcut = _roles(r)
             for index in sorted(set(detects) | set(shortcut)):
                 pages.append((feature_id(arch, index, world), f"{arch} #{index}{world_label(world)}",
                               _page(world, arch, index, f, r, prefix, detects.get(index, []),
                                     shortcut.get(index, []), files)))
     return pages
+
+
+def index_markup(pages: list[tuple[str, str, str]], titles: Mapping[str, str] | None = None) -> str:
+    """The feature pages' index: a line per architecture and world, its features' links in page
+    order (``pages``: ``feature_pages``' list, named ``"{arch} #{index}{world_label}"``), each
+    link's hover saying what the feature is for (``titles``: ``page_titles``)."""
+    groups: dict[str, list[str]] = {}
+    for fid, name, _ in pages:
+        arch, _, rest = name.partition(" #")
+        index, _, world = rest.partition(" ")
+        title = (titles or {}).get(fid)
+        tip = f' title="{esc(title)}"' if title else ""
+        groups.setdefault(f"{arch} {world}".strip(), []).append(f'<a href="#{fid}"{tip}>#{esc(index)}</a>')
+    return '<ul class="feature-index">' + "".join(
+        f"<li>{esc(group)}: {' · '.join(links)}</li>" for group, links in groups.items()) + "</ul>"
+

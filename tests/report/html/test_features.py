@@ -125,5 +125,9 @@ def test_the_hard_worlds_features_get_pages_of_their_own_with_the_shortcut_check
 
 def test_the_report_lists_both_worlds_feature_pages(tmp_path):
     page = write_report(tmp_path, with_hard_world())
-    assert '<li><a href="#feature-hard-topk-5">topk #5 (hard world)</a></li>' in page
+    # A line per architecture and world, its features' links in order, each saying what it is for.
+    assert ('<ul class="feature-index"><li>topk: <a href="#feature-topk-3" title="colour = red">#3</a></li>'
+            '<li>topk (hard world): <a href="#feature-hard-topk-3" title="colour = red; shape = square (shortcut '
+            'check)">#3</a> · <a href="#feature-hard-topk-5" title="shape = circle (shortcut check)">#5</a></li>'
+            '</ul>') in page
     assert page.count('src="data:image/png;base64,') == 9
