@@ -4,7 +4,8 @@ latent's activation per patch, its activation histogram, its decoder row's top w
 text tower and its own steering effect (``results["features"]``, from
 ``experiments/toyworld/features.py`` and ``feature_cards``). The hard world's SAEs get pages of
 their own (``#feature-hard-{architecture}-{index}``), with its shortcut check on the pages of the
-features that best detect a shape on its training images, where shape follows colour."""
+features that best detect the shortcut's target values on its training images, where the target
+follows the source (ToyWorld's default pair: shape follows colour)."""
 
 from __future__ import annotations
 
