@@ -97,19 +97,18 @@ class Loaded:
         return "data:image/png;base64," + base64.b64encode(fig.png).decode()
 
 
-def index_lists(concepts: Mapping[str, list[str]], feature_pages: list[tuple[str, str, str]],
-                head_worlds: list[str] = (), feature_titles: Mapping[str, str] | None = None) -> str:
+def index_lists(concepts: Mapping[str, list[str]], feature_index: str, head_worlds: list[str] = ()) -> str:
     """The report's lists of concept and feature pages (anchors ``#concepts``, ``#features``;
-    ``feature_titles``: each feature link's hover, ``features.page_titles``) and the link to the
-    head-label page (``#heads``; ``head_worlds``: what it shows, "default world"...)."""
+    ``feature_index``: ``features.index_markup``) and the link to the head-label page (``#heads``;
+    ``head_worlds``: what it shows, "default world"...)."""
     out = []
     if concepts:
         out.append('<h2 id="concepts">Concept pages</h2><ul class="concept-list">' + "".join(
             f'<li><a class="concept" href="#{pages.concept_id(f)}">{pages.esc(f)}</a> ('
             + ", ".join(f'<a href="#{pages.concept_id(f, t)}">{pages.esc(t)}</a>' for t in towers) + ")</li>"
             for f, towers in concepts.items()) + "</ul>")
-    if feature_pages:
-        out.append('<h2 id="features">Feature pages</h2>' + features.index_markup(feature_pages, feature_titles))
+    if feature_index:
+        out.append('<h2 id="features">Feature pages</h2>' + feature_index)
     if head_worlds:
         out.append(f'<h2 id="heads-index">Attention heads</h2><p><a href="#{heads.PAGE_ID}">TextSpan head labels and '
                    f"mean-ablation</a> ({pages.esc(', '.join(head_worlds))})</p>")
@@ -165,8 +164,7 @@ def render(markdown_text: str, results: Mapping, figures: Mapping[str, Figure], 
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{assets.STYLE}</style></head><body>",
         f'<header class="top" id="top"><strong>{html.escape(title)}</strong>{"".join(links)}</header>',
-        "<main>", "\n".join(body), index_lists(concepts, feature_pages, head_worlds, features.page_titles(results)),
-        "</main>",
+        "<main>", "\n".join(body), index_lists(concepts, features.index_markup(results), head_worlds), "</main>",
         "\n".join(concept_pages), "\n".join(markup for _, _, markup in feature_pages), heads_page,
         f"<script>{assets.SCRIPT}</script></body></html>\n",
     ])

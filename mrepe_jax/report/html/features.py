@@ -225,45 +225,36 @@ def _roles(r: Mapping) -> tuple[dict[int, list], dict[int, list]]:
     return detects, shortcut
 
 
-def page_titles(results: Mapping) -> dict[str, str]:
-    """``{page id: what the feature is for}``, e.g. ``"colour = red; shape = circle (shortcut check)"``."""
-    out = {}
-    for world, f, _ in worlds(results):
+def _paged(results: Mapping):
+    """``(world, features, prefix, arch, its results, index, detects, shortcut)`` for every feature
+    that gets a page, in page order: per world, per architecture, by index."""
+    for world, f, prefix in worlds(results):
         for arch, r in f["architectures"].items():
             detects, shortcut = _roles(r)
-            target = (r.get("spurious") or {}).get("target", "?")
             for index in sorted(set(detects) | set(shortcut)):
-                out[feature_id(arch, index, world)] = "; ".join(
-                    [f"{fam} = {val}" for fam, val, _ in detects.get(index, [])]
-                    + [f"{target} = {val} (shortcut check)" for val, _ in shortcut.get(index, [])])
-    return out
+                yield world, f, prefix, arch, r, index, detects.get(index, []), shortcut.get(index, [])
 
 
 def feature_pages(results: Mapping, files: Files | None = None) -> list[tuple[str, str, str]]:
     """``[(id, name, page markup)]``: one page per SAE feature that is some concept value's best
     feature, and in the hard world also per feature of its shortcut check, in each world."""
-    pages = []
-    for world, f, prefix in worlds(results):
-        for arch, r in f["architectures"].items():
-            detects, shortcut = _roles(r)
-            for index in sorted(set(detects) | set(shortcut)):
-                pages.append((feature_id(arch, index, world), f"{arch} #{index}{world_label(world)}",
-                              _page(world, arch, index, f, r, prefix, detects.get(index, []),
-                                    shortcut.get(index, []), files)))
-    return pages
+    return [(feature_id(arch, index, world), f"{arch} #{index}{world_label(world)}",
+             _page(world, arch, index, f, r, prefix, detects, shortcut, files))
+            for world, f, prefix, arch, r, index, detects, shortcut in _paged(results)]
 
 
-def index_markup(pages: list[tuple[str, str, str]], titles: Mapping[str, str] | None = None) -> str:
-    """The feature pages' index: a line per architecture and world, its features' links in page
-    order (``pages``: ``feature_pages``' list, named ``"{arch} #{index}{world_label}"``), each
-    link's hover saying what the feature is for (``titles``: ``page_titles``)."""
+def index_markup(results: Mapping) -> str:
+    """The feature pages' index ("" without pages): a line per architecture and world, its
+    features' links in page order, each link's hover saying what the feature is for (e.g.
+    "colour = red; shape = circle (shortcut check)")."""
     groups: dict[str, list[str]] = {}
-    for fid, name, _ in pages:
-        arch, _, rest = name.partition(" #")
-        index, _, world = rest.partition(" ")
-        title = (titles or {}).get(fid)
-        tip = f' title="{esc(title)}"' if title else ""
-        groups.setdefault(f"{arch} {world}".strip(), []).append(f'<a href="#{fid}"{tip}>#{esc(index)}</a>')
+    for world, _, _, arch, r, index, detects, shortcut in _paged(results):
+        target = (r.get("spurious") or {}).get("target", "?")
+        title = "; ".join([f"{fam} = {val}" for fam, val, _ in detects]
+                          + [f"{target} = {val} (shortcut check)" for val, _ in shortcut])
+        groups.setdefault(f"{arch}{world_label(world)}", []).append(
+            f'<a href="#{feature_id(arch, index, world)}" title="{esc(title)}">#{index}</a>')
+    if not groups:
+        return ""
     return '<ul class="feature-index">' + "".join(
         f"<li>{esc(group)}: {' · '.join(links)}</li>" for group, links in groups.items()) + "</ul>"
-
